@@ -1,0 +1,1 @@
+"""Bundled data: the quickstart plan, published reference tables."""

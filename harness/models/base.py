@@ -1,0 +1,96 @@
+"""A model source: where a model comes from and how its inputs and outputs look.
+
+`rfdetr.py` builds RF-DETR through the rfdetr package (torch module, rfdetr object, ONNX export);
+`onnx_file.py` wraps a user's ONNX detector (file + preprocessing + decoder). Runtimes ask the
+source for what they need: a torch module, or an ONNX file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from harness.models.detections import Detections
+
+if TYPE_CHECKING:
+    from harness.plan.cells import Cell
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """How one image was turned into model input, so boxes can be mapped back."""
+
+    orig_h: int
+    orig_w: int
+    scale_x: float  # model pixels per original pixel
+    scale_y: float
+    pad_x: float = 0.0  # letterbox offset in model pixels
+    pad_y: float = 0.0
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    path: Path
+    input_name: str
+    output_names: list[str]
+    dynamic_batch: bool
+    opset: int | None
+    export_s: float | None  # None when the file came from the cache or the user
+    cached: bool
+    bytes: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "input_name": self.input_name,
+            "output_names": self.output_names,
+            "dynamic_batch": self.dynamic_batch,
+            "opset": self.opset,
+            "export_s": self.export_s,
+            "cached": self.cached,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+
+
+class ModelSource(ABC):
+    family: str = "detection"  # detection | segmentation | keypoint
+
+    def __init__(self, cell: Cell, log: TextIO):
+        self.cell = cell
+        self.log = log
+
+    @property
+    @abstractmethod
+    def class_names(self) -> list[str | None]:
+        """Names in output index order; None for indices the model never predicts."""
+
+    @property
+    def random_weights(self) -> bool:
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the model for the result (variant, weights file and hash, params...)."""
+        return {}
+
+    @abstractmethod
+    def preprocess(self, images: Sequence[np.ndarray], resolution: int) -> tuple[np.ndarray, list[ImageMeta]]:
+        """HxWx3 uint8 RGB images to a float32 NCHW batch, with the metas to undo it."""
+
+    @abstractmethod
+    def decode(self, outputs: dict[str, np.ndarray], metas: list[ImageMeta]) -> list[Detections]:
+        """Host raw outputs to detections in original-image coordinates."""
+
+    def torch_model(self, device: str) -> Any:
+        """The core torch module (fp32, eval) on `device`; model-scope torch timing calls it."""
+        raise NotImplementedError(f"{type(self).__name__} has no PyTorch model")
+
+    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
+        """An ONNX file for this model at the cell's resolution (exported once, then cached)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot give an ONNX file")

@@ -1,0 +1,123 @@
+"""Loading a plan file with messages a user can act on: the file, the field path, what was
+expected. Every failure is a `UserError`, which the CLI prints without a traceback (exit 2)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from harness.errors import UserError
+from harness.plan.cells import Cell, PlanProblem, expand
+from harness.plan.schema import Plan
+
+BUNDLED_QUICKSTART = "quickstart.yaml"
+
+
+@dataclass(frozen=True)
+class LoadedPlan:
+    plan: Plan
+    path: Path | None  # None for the bundled default
+    text: str  # the plan exactly as given, stored with the run
+    sha256: str
+    cells: list[Cell]
+
+    @property
+    def display_name(self) -> str:
+        return str(self.path) if self.path else f"<bundled {BUNDLED_QUICKSTART}>"
+
+
+def bundled_quickstart_text() -> str:
+    return resources.files("harness.data").joinpath(BUNDLED_QUICKSTART).read_text("utf-8")
+
+
+def load_plan(path: str | Path | None) -> LoadedPlan:
+    """Read, parse, validate and expand a plan; `None` means the bundled quickstart."""
+    if path is None:
+        text, file, where, plan_dir = bundled_quickstart_text(), None, f"<bundled {BUNDLED_QUICKSTART}>", Path.cwd()
+    else:
+        file = Path(path)
+        where = str(file)
+        if not file.exists():
+            raise UserError(f"{where}: no such plan file")
+        if file.is_dir():
+            raise UserError(f"{where}: is a directory; expected a YAML plan file")
+        try:
+            text = file.read_text("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{where}: not a text file (expected YAML in UTF-8)") from None
+        except OSError as exc:
+            raise UserError(f"{where}: cannot be read ({exc.strerror})") from None
+        plan_dir = file.resolve().parent
+    return parse_plan(text, where, plan_dir, file)
+
+
+def parse_plan(text: str, where: str, plan_dir: Path, file: Path | None = None) -> LoadedPlan:
+    data = _parse_yaml(text, where)
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_validation(where, exc)) from None
+    try:
+        cells = expand(plan, plan_dir)
+    except PlanProblem as exc:
+        lines = [f"{where}: the plan asks for cells that cannot exist:"]
+        lines += [f"  {field}: {what}" for field, what in exc.problems]
+        raise UserError("\n".join(lines)) from None
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return LoadedPlan(plan=plan, path=file, text=text, sha256=sha, cells=cells)
+
+
+def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+    if not text.strip():
+        raise UserError(f"{where}: the file is empty; expected a YAML mapping with at least `name` and `models`")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise UserError(f"{where}: YAML syntax error at {at}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where}: not valid YAML ({exc})") from None
+    if data is None:
+        raise UserError(f"{where}: the file holds no YAML content; expected a mapping with `name` and `models`")
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a YAML mapping at the top level, found a {type(data).__name__}")
+    return data
+
+
+def _format_validation(where: str, exc: ValidationError) -> str:
+    lines = [f"{where}: the plan is not valid ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
+    for err in exc.errors(include_url=False):
+        field = _field_path(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            what = "unknown key (check its spelling; unknown keys are errors, not ignored)"
+        elif kind == "missing":
+            what = "required, but missing"
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            what = f"got {err.get('input')!r}; expected one of {expected}"
+        else:
+            what = err["msg"].removeprefix("Value error, ")
+            if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
+                what += f" (got {err['input']!r})"
+        lines.append(f"  {field or '<top level>'}: {what}")
+    return "\n".join(lines)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-", "literal[", "str", "dict[")):
+            continue  # pydantic's union-branch names: noise to a user
+        else:
+            out += f".{part}" if out else str(part)
+    return out

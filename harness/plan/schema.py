@@ -1,0 +1,277 @@
+"""The plan: what a user writes in YAML, validated by pydantic.
+
+Every model forbids unknown keys, so a typo is an error that names the field rather than a
+setting silently ignored. Cross-field rules that need the whole plan (cells that cannot exist)
+live in `harness.plan.cells`, which reports them with the same field paths.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+Scope = Literal["model", "end_to_end"]
+
+# Runtime names a plan may use. Each maps to one module in harness/runtimes/, imported only
+# when a plan uses it (see harness.runtimes.registry).
+RuntimeName = Literal[
+    "torch",  # eager PyTorch on the model's core module (fp32 / fp16 / bf16)
+    "rfdetr-predict",  # rfdetr's own predict(): what a user calls out of the box
+    "rfdetr-optimized",  # rfdetr's inference(): torchscript or inductor, the "FP16+JIT" path
+    "onnxruntime-cpu",
+    "onnxruntime-cuda",
+    "onnxruntime-tensorrt",
+    "tensorrt",  # native TensorRT engine
+]
+
+# Where each runtime can run: "cpu" only, "cuda" only, or "any" (follows the plan's device).
+RUNTIME_DEVICES: dict[str, str] = {
+    "torch": "any",
+    "rfdetr-predict": "any",
+    "rfdetr-optimized": "any",
+    "onnxruntime-cpu": "cpu",
+    "onnxruntime-cuda": "cuda",
+    "onnxruntime-tensorrt": "cuda",
+    "tensorrt": "cuda",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SustainedSpec(Strict):
+    """Run a cell for a set time and keep latency per window (thermal soak, clock drift)."""
+
+    duration_s: Annotated[float, Field(gt=0)] = 300.0
+    window_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class LatencyProtocol(Strict):
+    """How a cell is timed. Warm-up and measurement each stop only when BOTH their count and
+    their time are met (trtexec and optimum-benchmark practice), measurement is capped."""
+
+    warmup_iterations: Annotated[int, Field(ge=0)] = 10
+    warmup_seconds: Annotated[float, Field(ge=0)] = 1.0
+    min_iterations: Annotated[int, Field(ge=1)] = 100
+    min_seconds: Annotated[float, Field(ge=0)] = 3.0
+    max_iterations: Annotated[int, Field(ge=1)] = 100_000
+    max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    pause_ms: Annotated[float, Field(ge=0)] = 0.0
+    sustained: SustainedSpec | None = None
+
+    @model_validator(mode="after")
+    def _caps_above_minimums(self) -> LatencyProtocol:
+        if self.max_iterations < self.min_iterations:
+            raise ValueError(
+                f"max_iterations ({self.max_iterations}) is below min_iterations "
+                f"({self.min_iterations})"
+            )
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(
+                f"max_seconds ({self.max_seconds}) is below min_seconds ({self.min_seconds})"
+            )
+        return self
+
+
+class ProtocolOverride(Strict):
+    """Partial protocol: only the keys given replace the plan's."""
+
+    warmup_iterations: Annotated[int, Field(ge=0)] | None = None
+    warmup_seconds: Annotated[float, Field(ge=0)] | None = None
+    min_iterations: Annotated[int, Field(ge=1)] | None = None
+    min_seconds: Annotated[float, Field(ge=0)] | None = None
+    max_iterations: Annotated[int, Field(ge=1)] | None = None
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
+    pause_ms: Annotated[float, Field(ge=0)] | None = None
+    sustained: SustainedSpec | None = None
+
+
+class RuntimeSpec(Strict):
+    """A runtime with optional settings; `label` tells two configurations of one runtime apart
+    (for example rfdetr-optimized with torchscript and with inductor)."""
+
+    name: RuntimeName
+    label: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    reference: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+def _runtime_from_str(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class Preprocess(Strict):
+    """How images become the model's input tensor (for a user's ONNX file; RF-DETR's is known)."""
+
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    # Pixel values are divided by this before mean/std (255 maps uint8 to [0, 1]).
+    value_scale: Annotated[float, Field(gt=0)] = 255.0
+    letterbox_fill: Annotated[int, Field(ge=0, le=255)] = 114
+
+
+class NmsSpec(Strict):
+    where: Literal["harness"] = "harness"
+    iou_threshold: Annotated[float, Field(gt=0, le=1)] = 0.7
+    class_agnostic: bool = False
+
+
+class DecoderSpec(Strict):
+    """How raw outputs become detections.
+
+    rfdetr: `dets` (cxcywh, normalised) + `labels` (logits): sigmoid, top-k over queries x classes.
+    yolo_end2end: boxes, scores, classes already filtered by the model (xyxy in input pixels).
+    yolo_raw: (1, 4 + C, N) predictions; the harness runs NMS with the thresholds given.
+    """
+
+    kind: Literal["rfdetr", "yolo_end2end", "yolo_raw"] = "rfdetr"
+    top_k: Annotated[int, Field(ge=1)] = 300
+    score_threshold: Annotated[float, Field(ge=0, le=1)] = 0.0
+    nms: NmsSpec | None = None
+    # Output names, when the model's differ from the decoder's defaults.
+    outputs: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelSpec(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=120)]
+    source: Literal["rfdetr", "onnx"] = "rfdetr"
+    # rfdetr: the variant (nano, small, medium, large, xlarge, 2xlarge, seg-nano, ...,
+    # keypoint). onnx: unused.
+    variant: str | None = None
+    # rfdetr: "random" (stated on purpose), "cache" (rfdetr's download cache, offline-safe),
+    # or a path to a local checkpoint. onnx: the weights are the file itself.
+    weights: str | None = None
+    path: str | None = None  # onnx source: the .onnx file
+    input_name: str | None = None
+    class_names: list[str] | None = None  # onnx source: names in output index order
+    preprocess: Preprocess | None = None
+    decoder: DecoderSpec | None = None
+    # Per-model overrides of the plan's axes and protocol.
+    runtimes: list[Annotated[RuntimeSpec, Field()]] | None = None
+    precisions: list[Precision] | None = None
+    batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] | None = None
+    resolutions: list[Annotated[int, Field(ge=32, le=4096)]] | None = None
+    scopes: list[Scope] | None = None
+    protocol: ProtocolOverride | None = None
+
+    @field_validator("runtimes", mode="before")
+    @classmethod
+    def _runtime_strings(cls, value: Any) -> Any:
+        return [_runtime_from_str(v) for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelSpec:
+        if self.source == "rfdetr":
+            if not self.variant:
+                raise ValueError("an rfdetr model needs `variant` (for example nano, small, medium)")
+            if not self.weights:
+                raise ValueError(
+                    "an rfdetr model needs `weights`: `random` (stated on purpose), `cache` "
+                    "(rfdetr's download cache) or a path to a checkpoint"
+                )
+            if self.path:
+                raise ValueError("`path` is for onnx models; rfdetr models use `weights`")
+        else:
+            if not self.path:
+                raise ValueError("an onnx model needs `path` to the .onnx file")
+            if self.variant:
+                raise ValueError("`variant` is for rfdetr models")
+        return self
+
+
+class SubsetSpec(Strict):
+    mode: Literal["all", "first", "random"] = "all"
+    n: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _n_when_needed(self) -> SubsetSpec:
+        if self.mode != "all" and self.n is None:
+            raise ValueError(f"subset mode `{self.mode}` needs `n`, the number of images")
+        return self
+
+
+class DatasetSpec(Strict):
+    """A COCO-format dataset, or the project's generated sample (`sample: true`)."""
+
+    sample: bool = False
+    sample_images: Annotated[int, Field(ge=1, le=5000)] = 24
+    images: str | None = None  # folder of images
+    annotations: str | None = None  # instances JSON
+    subset: SubsetSpec = SubsetSpec()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if self.sample and (self.images or self.annotations):
+            raise ValueError("give either `sample: true` or `images` + `annotations`, not both")
+        if not self.sample and not (self.images and self.annotations):
+            raise ValueError("a dataset needs `images` and `annotations`, or `sample: true`")
+        return self
+
+
+class AccuracySpec(Strict):
+    enabled: bool = True
+    # A cell whose AP50:95 falls more than this (absolute, 0..1 scale x100 = points) below
+    # its model's reference is marked accuracy_regression.
+    max_map_drop: Annotated[float, Field(ge=0)] | None = None
+    # Exit non-zero when a cell is past max_map_drop.
+    gate: bool = False
+    agreement_images: Annotated[int, Field(ge=1)] = 8
+    gallery_images: Annotated[int, Field(ge=0)] = 4
+    evaluator: Literal["pycocotools", "faster-coco-eval"] = "pycocotools"
+    loader_workers: Annotated[int, Field(ge=0)] = 2
+
+
+class GpuConditions(Strict):
+    """Optional conditions before each cell. The harness never changes GPU settings."""
+
+    cooldown_s: Annotated[float, Field(ge=0)] = 0.0
+    wait_idle: bool = False
+    max_start_temperature_c: Annotated[float, Field(gt=0)] | None = None
+    wait_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    monitor_interval_ms: Annotated[float, Field(ge=10, le=50)] = 20.0
+
+
+class Plan(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    description: str = ""
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
+    output: str = "reports"
+    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    runtimes: Annotated[list[RuntimeSpec], Field(min_length=1)] = [RuntimeSpec(name="torch")]
+    precisions: Annotated[list[Precision], Field(min_length=1)] = ["fp32"]
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(min_length=1)] = [1]
+    # None: each model's native resolution.
+    resolutions: list[Annotated[int, Field(ge=32, le=4096)]] | None = None
+    scopes: Annotated[list[Scope], Field(min_length=1)] = ["model"]
+    protocol: LatencyProtocol = LatencyProtocol()
+    dataset: DatasetSpec | None = None
+    accuracy: AccuracySpec = AccuracySpec()
+    gpu: GpuConditions = GpuConditions()
+    cell_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    artifacts: str = "artifacts"  # cache of exported ONNX files and TensorRT engines
+    # Include image decoding (JPEG -> pixels) in the end_to_end scope.
+    time_decode: bool = False
+
+    @field_validator("runtimes", mode="before")
+    @classmethod
+    def _runtime_strings(cls, value: Any) -> Any:
+        return [_runtime_from_str(v) for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Plan:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"two models are named `{model.name}`; names must be unique")
+            seen.add(model.name)
+        return self

@@ -1,0 +1,133 @@
+"""The runtime protocol: what every runtime module implements.
+
+A runtime is built from a cell (model, precision, batch, resolution, device, settings) and the
+cell's model source. Its life in a worker process:
+
+    reason = RuntimeClass.unavailable_reason(cell)   # cheap, before anything loads
+    rt = RuntimeClass(cell, source, log)
+    prep = rt.prepare()                               # export / build / compile, timed apart
+    x = rt.model_input()                              # a prepared device-side batch
+    rt.run_model(x)                                   # model scope: output left on the device
+    rt.stages()                                       # end-to-end scope, stage by stage
+    rt.predict(images)                                # accuracy pass: same object, same artifact
+    rt.settings()                                     # what it actually ran with, read back
+    rt.close()
+
+Timers need to know where the work runs: `timer_stream()` returns the CUDA stream whose events
+bracket the work (a `torch.cuda.Stream`), or None when the call is synchronous on the host.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from harness.models.base import ModelSource
+    from harness.models.detections import Detections
+    from harness.plan.cells import Cell
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the end-to-end path. Each takes the previous step's output."""
+
+    name: str
+    fn: Callable[[Any], Any]
+    # True when the step may leave work queued on the device, so a per-stage timer must
+    # synchronise after it to charge the time to the right stage.
+    asynchronous: bool = False
+
+
+class Runtime(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, cell: Cell, source: ModelSource, log: TextIO):
+        self.cell = cell
+        self.source = source
+        self.log = log
+
+    # -- before anything loads -------------------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls, cell: Cell) -> str | None:
+        """Why this runtime cannot run `cell` here (missing package, no GPU, provider absent),
+        or None. Must be cheap and must not fall back to something else."""
+        return None
+
+    # -- preparation (never inside latency) ------------------------------------------------
+    @abstractmethod
+    def prepare(self) -> dict[str, Any]:
+        """Export / build / compile / load. Returns timings in seconds and artifact facts, e.g.
+        {"export_s": 4.1, "load_s": 0.3, "artifact": {"path": ..., "bytes": ..., "sha256": ...}}."""
+
+    # -- model scope -----------------------------------------------------------------------
+    @abstractmethod
+    def to_device(self, batch: np.ndarray) -> Any:
+        """A host float32 NCHW batch onto the runtime's device, in its input dtype."""
+
+    @abstractmethod
+    def run_model(self, inputs: Any) -> Any:
+        """One forward pass on a device-side batch; outputs stay on the device."""
+
+    @abstractmethod
+    def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
+        """Device outputs to host numpy arrays named as the decoder expects
+        (rfdetr: `dets`, `labels`, and `masks` / `keypoints` for those families)."""
+
+    def model_input(self) -> Any:
+        """A seeded random batch, prepared on the device (model scope measures only the call)."""
+        rng = np.random.default_rng(0)
+        res = self.cell.resolution
+        batch = rng.standard_normal((self.cell.batch, 3, res, res), dtype=np.float32)
+        return self.to_device(batch)
+
+    # -- timing hooks ----------------------------------------------------------------------
+    def timer_stream(self) -> Any | None:
+        """The torch.cuda.Stream the work runs on (CUDA events go there), or None (host clock)."""
+        return None
+
+    def synchronize(self) -> None:
+        """Wait until all work this runtime queued has finished."""
+
+    # -- end-to-end scope ------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        """Decoded images (list of HxWx3 uint8 RGB) in, detections out."""
+        metas: dict[str, Any] = {}
+
+        def preprocess(images: Sequence[np.ndarray]) -> np.ndarray:
+            batch, metas["meta"] = self.source.preprocess(images, self.cell.resolution)
+            return batch
+
+        def postprocess(outputs: dict[str, np.ndarray]) -> list[Detections]:
+            return self.source.decode(outputs, metas["meta"])
+
+        return [
+            Stage("preprocess", preprocess),
+            Stage("h2d", self.to_device, asynchronous=True),
+            Stage("infer", self.run_model, asynchronous=True),
+            Stage("d2h", self.to_host),
+            Stage("postprocess", postprocess),
+        ]
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """The end-to-end path without timing: what the accuracy pass calls."""
+        value: Any = images
+        for stage in self.stages():
+            value = stage.fn(value)
+        return value
+
+    def raw_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw model outputs for a host batch (for agreement checks against PyTorch FP32)."""
+        return self.to_host(self.run_model(self.to_device(batch)))
+
+    # -- what it ran with ------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """Settings read back from the library (providers, flags, versions), not the plan's."""
+        return {}
+
+    def close(self) -> None:
+        """Free what prepare() built."""
