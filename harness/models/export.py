@@ -1,0 +1,233 @@
+"""RF-DETR -> ONNX through rfdetr's own exporter, cached by what determines the graph.
+
+A plan with ten ONNX cells of one model exports once: the file lives in
+`<artifacts>/onnx/<key>/model.onnx`, key = first 16 hex of sha256 over the canonical JSON of
+the key fields (model variant, weights identity, resolution, batch mode, opset, rfdetr
+version...). The export is written into a temporary sibling folder and renamed into place, so
+two workers exporting the same key at once both end with a whole file (the loser's rename
+fails and it uses the winner's). `meta.json` beside the file records the key fields, export time,
+size and sha256.
+
+rfdetr's exporter prints the whole graph (torch.onnx verbose output, from C++ as well as
+Python), so stdout and stderr are redirected at the file-descriptor level into the cell log
+while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from harness.models.base import OnnxArtifact
+
+ONNX_FILE = "model.onnx"
+META_FILE = "meta.json"
+
+
+def cache_key(key_fields: dict[str, Any]) -> str:
+    canonical = json.dumps(key_fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def redirect_fds(log: TextIO) -> Iterator[None]:
+    """Send fds 1 and 2 (and Python's sys.stdout/stderr) into `log` for the duration.
+
+    Works for output from C/C++ extensions too, which Python-level redirection misses. When
+    `log` has no real file descriptor (a StringIO in tests), output goes through a temporary
+    file that is copied into `log` afterwards.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log.flush()
+    with contextlib.ExitStack() as stack:
+        sink: TextIO = log
+        spool: TextIO | None = None
+        try:
+            target_fd = log.fileno()
+        except (AttributeError, OSError, ValueError):
+            spool = stack.enter_context(tempfile.TemporaryFile(mode="w+"))
+            sink, target_fd = spool, spool.fileno()
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(target_fd, 1)
+            os.dup2(target_fd, 2)
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if spool is not None:
+                spool.flush()
+                spool.seek(0)
+                log.write(spool.read())
+            log.flush()
+
+
+def read_onnx_io(path: Path) -> tuple[str, list[str], int | None, bool]:
+    """(input name, output names, default-domain opset, dynamic batch?) read from the file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if not inputs:
+        raise ValueError(f"{path} has no graph input")
+    opset = next(
+        (int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None
+    )
+    dims = inputs[0].type.tensor_type.shape.dim
+    dynamic = bool(dims) and not dims[0].HasField("dim_value")
+    return inputs[0].name, [o.name for o in model.graph.output], opset, dynamic
+
+
+def artifact_from_file(
+    path: Path, *, export_s: float | None, cached: bool, sha256: str | None = None
+) -> OnnxArtifact:
+    input_name, output_names, opset, dynamic = read_onnx_io(path)
+    return OnnxArtifact(
+        path=path,
+        input_name=input_name,
+        output_names=output_names,
+        dynamic_batch=dynamic,
+        opset=opset,
+        export_s=export_s,
+        cached=cached,
+        bytes=path.stat().st_size,
+        sha256=sha256 or file_sha256(path),
+    )
+
+
+def _cached(folder: Path) -> OnnxArtifact | None:
+    onnx_path, meta_path = folder / ONNX_FILE, folder / META_FILE
+    if not (onnx_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        return None
+    if meta.get("bytes") != onnx_path.stat().st_size:
+        return None  # a truncated or replaced file: export again
+    return artifact_from_file(onnx_path, export_s=None, cached=True, sha256=meta.get("sha256"))
+
+
+def export_rfdetr_onnx(
+    build_model: Callable[[], Any],
+    *,
+    cache_dir: Path,
+    key_fields: dict[str, Any],
+    resolution: int,
+    batch: int,
+    dynamic_batch: bool,
+    opset: int = 17,
+    log: TextIO,
+) -> OnnxArtifact:
+    """The ONNX file for an RF-DETR model, from the cache or exported now.
+
+    `build_model()` returns an `rfdetr.RFDETR` (called only on a cache miss). `key_fields`
+    identify the model and weights; resolution, batch mode, opset and the rfdetr version are
+    added here so callers cannot forget them.
+    """
+    import rfdetr
+
+    fields = {
+        **key_fields,
+        "resolution": resolution,
+        "batch": "dynamic" if dynamic_batch else batch,
+        "opset": opset,
+        "rfdetr": getattr(rfdetr, "__version__", None) or _dist_version("rfdetr"),
+        "exporter": "rfdetr.RFDETR.export(format=onnx)",
+    }
+    key = cache_key(fields)
+    folder = Path(cache_dir) / "onnx" / key
+    hit = _cached(folder)
+    if hit is not None:
+        print(f"[export] ONNX cache hit {folder}", file=log, flush=True)
+        return hit
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    try:
+        print(f"[export] exporting ONNX to {folder} ({json.dumps(fields, sort_keys=True)})",
+              file=log, flush=True)
+        model = build_model()
+        start = time.perf_counter()
+        with redirect_fds(log):
+            written = model.export(
+                output_dir=str(staging / "rfdetr-out"),
+                format="onnx",
+                opset_version=opset,
+                verbose=False,
+                shape=(resolution, resolution),
+                batch_size=batch,
+                dynamic_batch=dynamic_batch,
+                output_name="model",
+            )
+        export_s = time.perf_counter() - start
+        written_path = Path(written) if written else next((staging / "rfdetr-out").glob("*.onnx"))
+        onnx_path = staging / ONNX_FILE
+        os.replace(written_path, onnx_path)
+        # A model over 2 GB would carry external data files; RF-DETR sizes stay well below.
+        shutil.rmtree(staging / "rfdetr-out", ignore_errors=True)
+        artifact = artifact_from_file(onnx_path, export_s=export_s, cached=False)
+        meta = {
+            "key": key,
+            "key_fields": fields,
+            "export_s": export_s,
+            "bytes": artifact.bytes,
+            "sha256": artifact.sha256,
+            "input_name": artifact.input_name,
+            "output_names": artifact.output_names,
+            "opset": artifact.opset,
+            "dynamic_batch": artifact.dynamic_batch,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            # Another worker finished the same key first (or a stale folder is in the way).
+            hit = _cached(folder)
+            if hit is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                os.rename(staging, folder)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+                return OnnxArtifact(**{**hit.__dict__, "export_s": export_s, "cached": False})
+        print(f"[export] done in {export_s:.1f} s, {artifact.bytes / 1e6:.1f} MB", file=log,
+              flush=True)
+        return OnnxArtifact(**{**artifact.__dict__, "path": folder / ONNX_FILE})
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
