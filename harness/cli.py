@@ -1,0 +1,174 @@
+"""`bench`: thin on purpose. Parse, call, print, exit.
+
+    bench                        run the bundled quickstart plan
+    bench PLAN.yaml              run a plan (same as `bench run PLAN.yaml`)
+    bench run --resume RUN_DIR   finish an interrupted run
+    bench validate PLAN.yaml     check a plan and list its cells without running anything
+    bench env [--json]           the environment a result would be recorded with
+    bench report RUN_DIR         (re)render report.html, summary.md, results.csv from results
+    bench compare A B            compare two runs cell by cell, with a significance test
+    bench make-sample OUT        generate the COCO-format sample dataset
+
+Exit status: 0 success, 1 a cell failed / a gate tripped / a significant slowdown,
+2 bad input (the message names the file and field), 130 interrupted.
+Nothing heavy is imported here: `bench --help` must stay fast and never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness import __version__
+from harness.errors import UserError
+
+COMMANDS = ("run", "validate", "env", "report", "compare", "make-sample")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Reproducible latency and accuracy benchmarks for exported object detectors. "
+        "`bench PLAN.yaml` runs a plan; `bench` alone runs the bundled quickstart.",
+    )
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a plan (the default command)")
+    run.add_argument("plan", nargs="?", help="plan YAML file (default: the bundled quickstart)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run in RUN_DIR")
+    run.add_argument("--output", metavar="DIR", help="base folder for run folders (overrides the plan's `output`)")
+    run.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+
+    validate = sub.add_parser("validate", help="check a plan without running it")
+    validate.add_argument("plan", help="plan YAML file")
+
+    env = sub.add_parser("env", help="print the environment results are recorded with")
+    env.add_argument("--json", action="store_true", help="emit JSON")
+    env.add_argument("--device", action="append", default=None, help="device to describe (cuda:0, cpu); repeatable")
+
+    report = sub.add_parser("report", help="render report.html, summary.md and results.csv from a run folder")
+    report.add_argument("run_dir", help="run folder")
+
+    compare = sub.add_parser("compare", help="compare two runs (folders or results.json files)")
+    compare.add_argument("a", help="baseline run")
+    compare.add_argument("b", help="candidate run")
+    compare.add_argument("--threshold", type=float, default=5.0, metavar="PCT",
+                         help="fail (exit 1) when a cell is significantly slower by more than PCT percent (default 5)")
+    compare.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+    compare.add_argument("--force", action="store_true", help="compare even when the environments' fingerprints differ")
+    compare.add_argument("--out", metavar="DIR", help="folder for compare.html and compare.md")
+
+    sample = sub.add_parser("make-sample", help="generate the COCO-format sample dataset")
+    sample.add_argument("out", help="output folder")
+    sample.add_argument("--images", type=int, default=24, help="number of images (default 24)")
+    sample.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _normalise(argv: list[str]) -> list[str]:
+    """`bench` alone and `bench PLAN.yaml` both mean `bench run ...`."""
+    if not argv:
+        return ["run"]
+    first = argv[0]
+    if first in COMMANDS or first.startswith("-"):
+        return argv
+    return ["run", *argv]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(_normalise(list(sys.argv[1:] if argv is None else argv)))
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "env":
+        return _env(args)
+    if args.command == "report":
+        from harness.report.render import render_run
+
+        paths = render_run(Path(args.run_dir))
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return 0
+    if args.command == "compare":
+        from harness.report.compare import compare_runs
+
+        code, text = compare_runs(
+            Path(args.a), Path(args.b), threshold_pct=args.threshold, alpha=args.alpha,
+            force=args.force, out_dir=Path(args.out) if args.out else None,
+        )
+        print(text)
+        return code
+    if args.command == "make-sample":
+        from harness.accuracy.sample import make_sample_dataset
+
+        images, annotations = make_sample_dataset(Path(args.out), n_images=args.images, seed=args.seed)
+        print(f"images: {images}\nannotations: {annotations}")
+        return 0
+    raise UserError(f"unknown command {args.command!r}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.run.execute import execute, reopen_run, start_run
+
+    if args.resume:
+        if args.plan:
+            raise UserError("give either a plan or --resume RUN_DIR, not both")
+        store, loaded = reopen_run(Path(args.resume))
+    else:
+        from harness.plan.load import load_plan
+
+        loaded = load_plan(args.plan)
+        store = start_run(loaded, Path(args.output) if args.output else None)
+    return execute(store, loaded)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from harness.plan.load import load_plan
+
+    loaded = load_plan(args.plan)
+    print(f"{loaded.display_name}: valid plan `{loaded.plan.name}`, {len(loaded.cells)} cell(s)")
+    for cell in loaded.cells:
+        marks = [m for m, on in (("reference", cell.is_reference), ("accuracy", cell.run_accuracy)) if on]
+        print(f"  {cell.cell_id}  [{cell.device}]" + (f"  ({', '.join(marks)})" if marks else ""))
+    random = [m.name for m in loaded.plan.models if m.weights == "random"]
+    if random:
+        print(f"note: random weights for {', '.join(random)}: latency is real, mAP will be meaningless")
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.environment.capture import capture_environment, format_environment
+
+    devices = args.device or []
+    if not devices:
+        devices = ["cuda:0"] if _nvidia_present() else []
+    env = capture_environment(devices)
+    if args.json:
+        print(json.dumps(env, indent=1, default=str))
+    else:
+        print(format_environment(env))
+    return 0
+
+
+def _nvidia_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""RF-DETR through the `rfdetr` package: building the model, its class list, its ONNX export.
+
+Weights come from exactly one of three places, named in the plan:
+  random      built with `pretrain_weights=None` after seeding torch, so every process (the
+              torch cell, the export for the ONNX cells) gets the SAME random weights and
+              output agreement stays meaningful. mAP is then meaningless, and results say so.
+  cache       rfdetr's own download cache (RF_HOME, default ~/.roboflow/models). The file must
+              already be there: the harness never downloads during a measurement.
+  <path>      a local checkpoint file.
+When weights are asked for and can't be had, the cell fails with that reason; it never falls
+back to random weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from harness.models.base import ImageMeta, ModelSource, OnnxArtifact
+from harness.models.detections import Detections
+from harness.models.variants import VARIANTS
+
+RANDOM_SEED = 0
+
+
+class WeightsUnavailable(Exception):
+    """The plan asked for weights that are not on this machine."""
+
+
+def rfdetr_cache_dir() -> Path:
+    """rfdetr's weight cache, resolved the way rfdetr resolves it (RF_HOME / ROBOFLOW_HOME)."""
+    for var in ("RF_HOME", "ROBOFLOW_HOME"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    return Path("~/.roboflow/models").expanduser()
+
+
+def resolve_weights(weights: str, variant: str, plan_dir: Path) -> Path | None:
+    """The checkpoint file for `weights`, or None for random weights; WeightsUnavailable when
+    the file isn't there (offline machines can't download, and we never download mid-run)."""
+    if weights == "random":
+        return None
+    if weights == "cache":
+        name = VARIANTS[variant].checkpoint
+        if name is None:
+            raise WeightsUnavailable(
+                f"RF-DETR {variant} has no checkpoint in rfdetr's cache scheme (it comes with rfdetr_plus)"
+            )
+        path = rfdetr_cache_dir() / name
+        if not path.is_file():
+            raise WeightsUnavailable(
+                f"weights: cache asks for {name}, which is not in rfdetr's cache {path.parent} "
+                "(fetch it first with scripts/fetch-weights.sh; the harness never downloads during a run, "
+                "and it does not fall back to random weights)"
+            )
+        return path
+    path = Path(weights).expanduser()
+    if not path.is_absolute():
+        path = plan_dir / path
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights: checkpoint {path} does not exist (no fallback to random weights)")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def quiet_fds(log: TextIO):
+    """Send everything written to fds 1 and 2 (rfdetr's prints, torch's warnings, C++ logs)
+    into the cell log while building or exporting."""
+    try:
+        log_fd = log.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+class RfdetrSource(ModelSource):
+    def __init__(self, cell: Any, log: TextIO):
+        super().__init__(cell, log)
+        spec = cell.model
+        self.variant = VARIANTS[spec.variant]
+        self.family = self.variant.family
+        self.weights_path = resolve_weights(spec.weights, spec.variant, Path(cell.plan_dir))
+        self.build_s: float | None = None
+
+    # -- the rfdetr object -----------------------------------------------------------------
+    def build(self, device: str = "cpu") -> Any:
+        """A fresh rfdetr model object (RFDETRNano, ...) at the cell's resolution."""
+        import torch
+
+        import rfdetr
+
+        cls = getattr(rfdetr, self.variant.class_name, None)
+        if cls is None:
+            raise WeightsUnavailable(
+                f"rfdetr {getattr(rfdetr, '__version__', '?')} has no {self.variant.class_name}"
+                + (" (it ships in the separate rfdetr_plus package)" if self.variant.plus_only else "")
+            )
+        kwargs: dict[str, Any] = {"device": device, "resolution": self.cell.resolution}
+        kwargs["pretrain_weights"] = str(self.weights_path) if self.weights_path else None
+        started = time.perf_counter()
+        torch.manual_seed(RANDOM_SEED)  # identical random weights in every process
+        with quiet_fds(self.log):
+            model = cls(**kwargs)
+        self.build_s = time.perf_counter() - started
+        return model
+
+    @cached_property
+    def rfdetr_model(self) -> Any:
+        return self.build(self._torch_device())
+
+    def _torch_device(self) -> str:
+        device = self.cell.device
+        if device == "auto":
+            import torch
+
+            device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        return device
+
+    # -- ModelSource -----------------------------------------------------------------------
+    @property
+    def random_weights(self) -> bool:
+        return self.weights_path is None
+
+    @cached_property
+    def class_names(self) -> list[str | None]:
+        """Names by logit index. COCO-pretrained RF-DETR indexes logits by COCO category id
+        (1..90 with gaps) while `class_names` is the flat list of 80; fine-tuned models index
+        their own list from 0. Mirrors rfdetr's predict() mapping."""
+        from rfdetr.assets.coco_classes import COCO_CLASSES
+
+        model = self.rfdetr_model
+        names = list(model.class_names)
+        args = getattr(model.model, "args", None)
+        slots = int(getattr(args, "num_classes", len(names))) + 1
+        if slots - 1 > len(names) and names == [COCO_CLASSES[k] for k in sorted(COCO_CLASSES)]:
+            table: dict[int, str] = dict(COCO_CLASSES)
+        else:
+            table = dict(enumerate(names))
+        return [table.get(i) for i in range(slots)]
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "source": "rfdetr",
+            "variant": self.cell.model.variant,
+            "class": self.variant.class_name,
+            "family": self.family,
+            "weights": "random" if self.weights_path is None else str(self.weights_path),
+            "weights_sha256": _sha256(self.weights_path) if self.weights_path else None,
+            "random_weights": self.random_weights,
+            "random_seed": RANDOM_SEED if self.weights_path is None else None,
+            "build_s": self.build_s,
+        }
+        with contextlib.suppress(Exception):
+            import rfdetr
+
+            from importlib.metadata import version
+
+            info["rfdetr_version"] = version("rfdetr")
+            del rfdetr
+        return info
+
+    def weights_identity(self) -> str:
+        return f"random:seed{RANDOM_SEED}" if self.weights_path is None else f"sha256:{_sha256(self.weights_path)}"
+
+    def preprocess(self, images: Sequence[np.ndarray], resolution: int) -> tuple[np.ndarray, list[ImageMeta]]:
+        from harness.models.preprocess import RFDETR_PREPROCESS, preprocess_images
+
+        return preprocess_images(images, resolution, RFDETR_PREPROCESS)
+
+    def decode(self, outputs: dict[str, np.ndarray], metas: list[ImageMeta]) -> list[Detections]:
+        from harness.models.decode import decode_rfdetr
+
+        return decode_rfdetr(outputs, metas, top_k=self._num_select())
+
+    def _num_select(self) -> int:
+        args = getattr(self.rfdetr_model.model, "args", None)
+        return int(getattr(args, "num_select", 300) or 300)
+
+    def output_names(self) -> list[str]:
+        names = ["dets", "labels"]
+        if self.family == "segmentation":
+            names.append("masks")
+        if self.family == "keypoint":
+            names.append("keypoints")
+        return names
+
+    def torch_model(self, device: str) -> Any:
+        """The core LWDETR module in export mode (tensor in, tuple of tensors out), fp32, eval."""
+        import copy
+
+        module = copy.deepcopy(self.rfdetr_model.model.model).to(device).eval()
+        module.export()
+        return module
+
+    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
+        from harness.models.export import export_rfdetr_onnx
+
+        from importlib.metadata import version
+
+        key_fields = {
+            "model": self.cell.model.name,
+            "variant": self.cell.model.variant,
+            "weights": self.weights_identity(),
+            "rfdetr": version("rfdetr"),
+        }
+        return export_rfdetr_onnx(
+            lambda: self.build("cpu"),
+            cache_dir=artifacts_dir,
+            key_fields=key_fields,
+            resolution=self.cell.resolution,
+            batch=self.cell.batch,
+            dynamic_batch=dynamic_batch,
+            opset=int(self.cell.runtime.settings.get("opset", 17)),
+            log=self.log,
+        )

@@ -1,0 +1,186 @@
+"""A whole run: create or resume the run folder, run the cells one by one with a live view,
+derive comparisons, write results.json and the report, print the summary.
+
+Exit status: 0 when every cell ran (skipped cells included: they say why), 1 when a cell
+failed or the plan's accuracy gate tripped, 130 when interrupted (finished cells are kept and
+`bench run --resume RUN_FOLDER` picks up from there).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.plan.cells import Cell
+from harness.plan.load import LoadedPlan, parse_plan
+from harness.run.record import SCHEMA_VERSION, worst_status
+from harness.run.scheduler import run_cell_process
+from harness.run.store import RunStore, utc_now
+
+
+def start_run(loaded: LoadedPlan, output: Path | None = None) -> RunStore:
+    base = output or Path(loaded.plan.output)
+    if not base.is_absolute() and loaded.path is not None and output is None:
+        base = Path.cwd() / base
+    plan_dir = loaded.path.resolve().parent if loaded.path else Path.cwd()
+    return RunStore.create(
+        base,
+        loaded.plan.name,
+        loaded.text,
+        {
+            "plan_sha256": loaded.sha256,
+            "plan_file": str(loaded.path) if loaded.path else "<bundled quickstart>",
+            "plan_dir": str(plan_dir),
+            "cell_ids": [c.cell_id for c in loaded.cells],
+        },
+    )
+
+
+def reopen_run(run_dir: Path) -> tuple[RunStore, LoadedPlan]:
+    store = RunStore.open(run_dir)
+    meta = store.meta()
+    loaded = parse_plan(store.plan_text(), str(run_dir / "plan.yaml"), Path(meta.get("plan_dir", run_dir)))
+    return store, loaded
+
+
+def execute(store: RunStore, loaded: LoadedPlan, *, console: Any = None) -> int:
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    done = store.finished_cell_ids()
+    cells = loaded.cells
+    todo = [c for c in cells if c.cell_id not in done]
+    if done:
+        console.print(f"[bold]resuming[/] {store.run_dir}: {len(done)} cell(s) already finished, {len(todo)} to go")
+    else:
+        console.print(f"[bold]run[/] {store.run_dir} ({len(cells)} cells)")
+    interrupted = False
+    try:
+        _run_cells(todo, store, console, total=len(cells), already=len(done))
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted[/]: finished cells are kept; resume with "
+                      f"`bench run --resume {store.run_dir}`")
+    results = finalize(store, loaded)
+    print_summary(results, console, store.run_dir)
+    if interrupted:
+        return 130
+    return exit_status(results, loaded)
+
+
+def _run_cells(todo: list[Cell], store: RunStore, console: Any, *, total: int, already: int) -> None:
+    from rich.live import Live
+    from rich.table import Table
+
+    state: dict[str, Any] = {"cell": "", "phase": "", "since": time.monotonic(), "done": already}
+    statuses: list[tuple[str, str]] = []
+
+    def render() -> Table:
+        table = Table.grid(padding=(0, 1))
+        left = total - state["done"]
+        table.add_row(f"[bold]{state['done']}/{total}[/] cells done, {left} left")
+        if state["cell"]:
+            elapsed = time.monotonic() - state["since"]
+            table.add_row(f"now: [cyan]{state['cell']}[/]  phase: [magenta]{state['phase']}[/]  {elapsed:5.1f} s")
+        for cell_id, status in statuses[-5:]:
+            colour = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(status, "yellow")
+            table.add_row(f"  [{colour}]{status:>9}[/] {cell_id}")
+        return table
+
+    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
+        for cell in todo:
+            state.update(cell=cell.cell_id, phase="starting", since=time.monotonic())
+            live.update(render())
+
+            def on_phase(name: str) -> None:
+                state["phase"] = name
+                live.update(render())
+
+            record = run_cell_process(cell, store, on_phase=on_phase)
+            store.write_cell(record)
+            state["done"] += 1
+            statuses.append((cell.cell_id, record["status"]))
+            state["cell"] = ""
+            live.update(render())
+
+
+def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
+    """results.json from the cell files alone (plus derived comparisons), then the report."""
+    records = store.read_cells()
+    order = {c.cell_id: i for i, c in enumerate(loaded.cells)}
+    records.sort(key=lambda r: order.get(r["cell_id"], len(order)))
+    derived: dict[str, Any] = {}
+    try:
+        from harness.accuracy.derive import derive_accuracy
+
+        derived = derive_accuracy(records, store.run_dir)
+    except Exception as exc:  # derived data must never lose measured data
+        derived = {"_error": f"deriving accuracy comparisons failed: {exc!r}"}
+    for record in records:
+        entry = derived.setdefault(record["cell_id"], {}) if isinstance(derived, dict) else {}
+        flags = list(record.get("flags", []))
+        if record["status"] in ("failed", "skipped"):
+            flags.append(record["status"])
+        if (entry.get("gate") or {}).get("regressed"):
+            flags.append("accuracy_regression")
+        entry["status"] = worst_status(flags) if flags else record["status"]
+    meta = store.meta()
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "run": {**meta, "finished_at": utc_now(), "harness_version_finalized": __version__},
+        "cells": records,
+        "derived": derived,
+    }
+    store.write_results(results)
+    store.mark_finished()
+    try:
+        from harness.report.render import render_run
+
+        render_run(store.run_dir)
+    except Exception as exc:  # a report problem never loses results
+        (store.run_dir / "report-error.txt").write_text(f"report rendering failed: {exc!r}\n")
+    return results
+
+
+def effective_status(results: dict[str, Any], record: dict[str, Any]) -> str:
+    return (results.get("derived", {}).get(record["cell_id"]) or {}).get("status", record["status"])
+
+
+def exit_status(results: dict[str, Any], loaded: LoadedPlan) -> int:
+    statuses = [effective_status(results, r) for r in results["cells"]]
+    if "failed" in statuses:
+        return 1
+    if loaded.plan.accuracy.gate and "accuracy_regression" in statuses:
+        return 1
+    return 0
+
+
+def print_summary(results: dict[str, Any], console: Any, run_dir: Path | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(title="summary", show_lines=False)
+    for col in ("cell", "status", "median ms", "p99 ms", "img/s", "AP50:95", "reason"):
+        table.add_column(col, overflow="fold")
+    for record in results["cells"]:
+        lat = record.get("latency") or {}
+        stats = lat.get("stats") or {}
+        acc = ((record.get("accuracy") or {}).get("bbox") or {}).get("AP")
+        status = effective_status(results, record)
+        colour = {"ok": "green", "failed": "red"}.get(status, "yellow")
+        table.add_row(
+            record["cell_id"],
+            f"[{colour}]{status}[/]",
+            f"{stats['p50']:.2f}" if stats else "-",
+            f"{stats['p99']:.2f}" if stats else "-",
+            f"{lat['throughput_ips']:.1f}" if lat else "-",
+            f"{acc:.3f}" if isinstance(acc, float) else "-",
+            (record.get("reason") or "")[:120],
+        )
+    console.print(table)
+    if any(r.get("random_weights") for r in results["cells"]):
+        console.print("[yellow]random weights[/] were used: latency is real, mAP is meaningless.")
+    if run_dir is not None:
+        report = run_dir / "report.html"
+        console.print(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else ""))
