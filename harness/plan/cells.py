@@ -131,7 +131,6 @@ def expand(plan: Plan, plan_dir: Path) -> list[Cell]:
         runtimes = model.runtimes or plan.runtimes
         rt_field = f"{where}.runtimes" if model.runtimes else "runtimes"
         precisions = model.precisions or plan.precisions
-        pr_field = f"{where}.precisions" if model.precisions else "precisions"
         batches = model.batch_sizes or plan.batch_sizes
         scopes = model.scopes or plan.scopes
         protocol = _merge_protocol(plan.protocol, model)
@@ -146,8 +145,16 @@ def expand(plan: Plan, plan_dir: Path) -> list[Cell]:
             if model.source == "rfdetr" and (why := resolution_problem(model.variant or "", res)):
                 problems.append((res_field, why))
         model_cells: list[Cell] = []
-        for runtime, precision, batch, res in itertools.product(runtimes, precisions, batches, resolutions):
+        combos = [
+            (runtime, precision, batch, res)
+            for runtime in runtimes
+            for precision, batch, res in itertools.product(runtime.precisions or precisions, batches, resolutions)
+        ]
+        for runtime, precision, batch, res in combos:
             rt_where = f"{rt_field}[{keys.index(runtime.key)}]"
+            pr_field = f"{rt_where}.precisions" if runtime.precisions else (
+                f"{where}.precisions" if model.precisions else "precisions"
+            )
             runs_on = RUNTIME_DEVICES[runtime.name]
             if runs_on == "cuda" and plan.device == "cpu":
                 problems.append((rt_where, f"runtime {runtime.name} needs a GPU but the plan's device is cpu"))
@@ -192,7 +199,7 @@ def expand(plan: Plan, plan_dir: Path) -> list[Cell]:
                 )
         cells.extend(_with_reference_first(model_cells))
     if problems:
-        raise PlanProblem(problems)
+        raise PlanProblem(list(dict.fromkeys(problems)))  # one line per distinct problem
     return cells
 
 

@@ -97,6 +97,9 @@ class RuntimeSpec(Strict):
     label: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     reference: bool = False
+    # This runtime's own precisions, replacing the plan's axis for it (a plan that compares
+    # predict() FP32 with FP16+JIT and ONNX FP32 is not a full product).
+    precisions: list[Precision] | None = None
 
     @property
     def key(self) -> str:
