@@ -205,8 +205,8 @@ def expand(plan: Plan, plan_dir: Path) -> list[Cell]:
 
 def _with_reference_first(cells: list[Cell]) -> list[Cell]:
     """Mark the model's reference configuration (the runtime marked `reference: true`, else
-    the first PyTorch FP32 one) and move its cells to the front, so every later cell of the
-    model can be compared against it."""
+    PyTorch FP32) and move its cells to the front, so every later cell of the model can be
+    compared against the reference cell of the same resolution and batch."""
     if not cells:
         return cells
     marked = [c for c in cells if c.runtime.reference]
@@ -214,7 +214,10 @@ def _with_reference_first(cells: list[Cell]) -> list[Cell]:
         marked = [c for c in cells if c.runtime.name == "torch" and c.precision == "fp32"]
     if not marked:
         return cells
-    ref_key = marked[0].config_key
-    ref = [c.model_copy(update={"is_reference": True}) for c in cells if c.config_key == ref_key]
-    rest = [c for c in cells if c.config_key != ref_key]
-    return ref + rest
+    ref_runtime, ref_precision = marked[0].runtime.key, marked[0].precision
+
+    def is_ref(c: Cell) -> bool:
+        return c.runtime.key == ref_runtime and c.precision == ref_precision
+
+    ref = [c.model_copy(update={"is_reference": True}) for c in cells if is_ref(c)]
+    return ref + [c for c in cells if not is_ref(c)]
