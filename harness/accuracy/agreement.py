@@ -1,0 +1,239 @@
+"""How closely an artifact's outputs agree with its model's reference (PyTorch FP32).
+
+Two levels, because they fail differently:
+  - detection agreement: the final boxes, matched greedily per image and class by IoU. It
+    shows what a user sees (a box lost, a box shifted, a score moved) and is what the gallery
+    ranks images by;
+  - raw output agreement: the model's output tensors compared element by element, Polygraphy
+    style (absolute and relative difference, pass when every element is within atol OR rtol).
+    It catches drift before it flips a detection.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from harness.models.detections import Detections
+
+REL_EPSILON = 1e-12  # keeps the relative difference finite where the reference is 0
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def match_detections(
+    reference: Detections, other: Detections, iou_threshold: float = 0.5, min_score: float = 0.3
+) -> tuple[list[tuple[int, int, float]], np.ndarray, np.ndarray]:
+    """Greedy same-class matching of one image: highest-IoU pairs first, each box used once.
+    Returns (matches as (ref index, other index, IoU), kept ref indices, kept other indices);
+    only boxes scoring at least `min_score` take part."""
+    ref_keep = np.flatnonzero(np.asarray(reference.scores) >= min_score)
+    oth_keep = np.flatnonzero(np.asarray(other.scores) >= min_score)
+    if not len(ref_keep) or not len(oth_keep):
+        return [], ref_keep, oth_keep
+    iou = box_iou(reference.boxes_xyxy[ref_keep], other.boxes_xyxy[oth_keep])
+    same_class = np.asarray(reference.class_ids)[ref_keep][:, None] == np.asarray(other.class_ids)[oth_keep][None, :]
+    iou = np.where(same_class, iou, -1.0)
+    candidates = np.argwhere(iou >= iou_threshold)
+    # Highest IoU first; ties by index so the result does not depend on the sort's stability.
+    order = sorted(candidates.tolist(), key=lambda rc: (-iou[rc[0], rc[1]], rc[0], rc[1]))
+    used_r: set[int] = set()
+    used_o: set[int] = set()
+    matches: list[tuple[int, int, float]] = []
+    for r, o in order:
+        if r in used_r or o in used_o:
+            continue
+        used_r.add(r)
+        used_o.add(o)
+        matches.append((int(ref_keep[r]), int(oth_keep[o]), float(iou[r, o])))
+    return matches, ref_keep, oth_keep
+
+
+def detection_agreement(
+    reference: Sequence[Detections],
+    other: Sequence[Detections],
+    *,
+    iou_threshold: float = 0.5,
+    min_score: float = 0.3,
+) -> dict[str, Any]:
+    """Agreement of two runs over the same images (lists in the same image order).
+
+    Per image, the disagreement score is: unmatched boxes on either side + sum(1 - IoU) +
+    sum(|score difference|) over matched pairs. 0 means the same boxes with the same scores;
+    every lost or extra box adds 1."""
+    if len(reference) != len(other):
+        raise ValueError(f"agreement needs the same images: {len(reference)} reference vs {len(other)} other")
+    ious: list[float] = []
+    score_diffs: list[float] = []
+    per_image: list[float] = []
+    n_ref = n_other = 0
+    for ref, oth in zip(reference, other, strict=True):
+        matches, ref_keep, oth_keep = match_detections(ref, oth, iou_threshold, min_score)
+        n_ref += len(ref_keep)
+        n_other += len(oth_keep)
+        image_ious = [m[2] for m in matches]
+        image_diffs = [abs(float(ref.scores[r]) - float(oth.scores[o])) for r, o, _ in matches]
+        ious += image_ious
+        score_diffs += image_diffs
+        unmatched = (len(ref_keep) - len(matches)) + (len(oth_keep) - len(matches))
+        per_image.append(float(unmatched + sum(1 - v for v in image_ious) + sum(image_diffs)))
+    matched = len(ious)
+    return {
+        "images": len(reference),
+        "iou_threshold": iou_threshold,
+        "min_score": min_score,
+        "reference_detections": n_ref,
+        "other_detections": n_other,
+        "matched": matched,
+        "unmatched_reference": n_ref - matched,
+        "unmatched_other": n_other - matched,
+        # Share of all boxes (either side) that found a partner: 1.0 = same set of boxes.
+        "match_rate": (2 * matched / (n_ref + n_other)) if (n_ref + n_other) else 1.0,
+        "mean_iou": float(np.mean(ious)) if ious else None,
+        "min_iou": float(np.min(ious)) if ious else None,
+        "mean_abs_score_diff": float(np.mean(score_diffs)) if score_diffs else None,
+        "max_abs_score_diff": float(np.max(score_diffs)) if score_diffs else None,
+        "per_image": per_image,
+    }
+
+
+def raw_output_agreement(
+    reference: Mapping[str, np.ndarray],
+    other: Mapping[str, np.ndarray],
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+) -> dict[str, Any]:
+    """Element-wise comparison of two sets of named output tensors.
+
+    Per output present in both with the same shape: max_abs_diff, max_rel_diff
+    (|a - b| / (|a| + 1e-12), a = reference), mean_abs_diff, mismatches (elements outside both
+    atol and rtol, Polygraphy's rule) and passed. A shape mismatch or a name on one side only is
+    reported, not raised. NaNs: an element that is NaN on exactly one side is a mismatch."""
+    outputs: dict[str, Any] = {}
+    for name in sorted(set(reference) & set(other)):
+        a = np.asarray(reference[name])
+        b = np.asarray(other[name])
+        if a.shape != b.shape:
+            outputs[name] = {"shape_mismatch": [list(a.shape), list(b.shape)], "passed": False}
+            continue
+        a64 = a.astype(np.float64)
+        b64 = b.astype(np.float64)
+        nan_a, nan_b = np.isnan(a64), np.isnan(b64)
+        both_nan = nan_a & nan_b
+        finite = ~(nan_a | nan_b)
+        absdiff = np.abs(a64 - b64)
+        reldiff = absdiff / (np.abs(a64) + REL_EPSILON)
+        bad = (absdiff > atol) & (reldiff > rtol)
+        mismatches = int(np.count_nonzero(bad & finite) + np.count_nonzero(nan_a ^ nan_b))
+        fa, fr = absdiff[finite], reldiff[finite]
+        outputs[name] = {
+            "shape": list(a.shape),
+            "dtype": [str(a.dtype), str(b.dtype)],
+            "max_abs_diff": float(fa.max()) if fa.size else None,
+            "max_rel_diff": float(fr.max()) if fr.size else None,
+            "mean_abs_diff": float(fa.mean()) if fa.size else None,
+            "mismatches": mismatches,
+            "nan_mismatches": int(np.count_nonzero(nan_a ^ nan_b)),
+            "both_nan": int(np.count_nonzero(both_nan)),
+            "elements": int(a.size),
+            "passed": mismatches == 0,
+        }
+    only_ref = sorted(set(reference) - set(other))
+    only_other = sorted(set(other) - set(reference))
+    return {
+        "atol": atol,
+        "rtol": rtol,
+        "outputs": outputs,
+        "only_in_reference": only_ref,
+        "only_in_other": only_other,
+        "passed": bool(outputs) and all(o["passed"] for o in outputs.values()) and not only_ref and not only_other,
+    }
+
+
+# -- helpers for the worker and for derive ---------------------------------------------------
+
+def collect_raw_outputs(
+    run: Callable[[np.ndarray], Mapping[str, np.ndarray]], inputs: np.ndarray, batch: int
+) -> dict[str, np.ndarray]:
+    """Raw outputs for a host NCHW `inputs` (the fixed agreement images), run `batch` at a time
+    (the last chunk padded by repeating its last image, extras dropped) and concatenated on
+    axis 0. Cells with different batch sizes then give arrays of the same shape."""
+    n = int(inputs.shape[0])
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch):
+        chunk = inputs[start : start + batch]
+        real = int(chunk.shape[0])
+        if real < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+        for name, value in run(chunk).items():
+            parts.setdefault(name, []).append(np.asarray(value)[:real])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def save_outputs_npz(path: Path, outputs: Mapping[str, np.ndarray], image_ids: Iterable[int] | None = None) -> None:
+    """Raw outputs to `outputs/<cell_id>.npz` atomically; `image_ids` saved as `__image_ids__`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.asarray(v) for k, v in outputs.items()}
+    if image_ids is not None:
+        arrays["__image_ids__"] = np.asarray(list(image_ids), dtype=np.int64)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_outputs_npz(path: Path) -> tuple[dict[str, np.ndarray], list[int] | None]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    ids = arrays.pop("__image_ids__", None)
+    return arrays, (ids.tolist() if ids is not None else None)
+
+
+def detections_from_coco_results(results: Iterable[Mapping[str, Any]], image_ids: Sequence[int]) -> list[Detections]:
+    """COCO results entries back to one Detections per image id (class_ids = category ids,
+    boxes xyxy), in the order of `image_ids`; images without entries get empty Detections."""
+    from harness.models.detections import Detections
+
+    rows: dict[int, list[tuple[list[float], float, int]]] = {int(i): [] for i in image_ids}
+    for r in results:
+        image_id = int(r["image_id"])
+        if image_id in rows:
+            x, y, w, h = (float(v) for v in r["bbox"])
+            rows[image_id].append(([x, y, x + w, y + h], float(r["score"]), int(r["category_id"])))
+    out: list[Detections] = []
+    for image_id in image_ids:
+        entries = rows[int(image_id)]
+        if not entries:
+            out.append(Detections.empty())
+            continue
+        out.append(
+            Detections(
+                boxes_xyxy=np.array([e[0] for e in entries], dtype=np.float32),
+                scores=np.array([e[1] for e in entries], dtype=np.float32),
+                class_ids=np.array([e[2] for e in entries], dtype=np.int64),
+            )
+        )
+    return out
