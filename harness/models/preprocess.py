@@ -42,12 +42,14 @@ RFDETR_PREPROCESS = Preprocess(
 def _source_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lower index, upper index and upper weight for each output pixel along one axis
     (PyTorch's align_corners=False rule, upsampling and downsampling alike)."""
-    scale = in_size / out_size
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)
+    # float32 arithmetic on purpose: PyTorch computes the source index in float32 for float32
+    # images, and float64 here would move the far-edge weights by up to 1e-4 (0.01 grey levels).
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
     lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
-    weight = (src - lo).astype(np.float32)
+    weight = src - lo.astype(np.float32)
     return lo, hi, weight
 
 
