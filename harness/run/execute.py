@@ -118,6 +118,7 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
         derived = derive_accuracy(records, store.run_dir)
     except Exception as exc:  # derived data must never lose measured data
         derived = {"_error": f"deriving accuracy comparisons failed: {exc!r}"}
+    _draw_galleries(records, derived, store.run_dir, loaded)
     for record in records:
         entry = derived.setdefault(record["cell_id"], {}) if isinstance(derived, dict) else {}
         flags = list(record.get("flags", []))
@@ -142,6 +143,31 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
     except Exception as exc:  # a report problem never loses results
         (store.run_dir / "report-error.txt").write_text(f"report rendering failed: {exc!r}\n")
     return results
+
+
+def _draw_galleries(records: list[dict[str, Any]], derived: dict[str, Any], run_dir: Path, loaded: LoadedPlan) -> None:
+    """The disagreement gallery: for each compared cell, the images where it and its reference
+    disagree most, drawn from the stored detection files."""
+    n = loaded.plan.accuracy.gallery_images
+    if not n or not loaded.plan.dataset:
+        return
+    by_id = {r["cell_id"]: r for r in records}
+    datasets: dict[str, Any] = {}
+    for record in records:
+        entry = derived.get(record["cell_id"]) or {}
+        ref = by_id.get(entry.get("reference") or "")
+        if ref is None or not record.get("accuracy") or not ref.get("accuracy"):
+            continue
+        try:
+            from harness.accuracy.datasets import dataset_for_cell
+            from harness.accuracy.gallery import gallery_for_cell
+
+            cell = Cell.model_validate(record["cell"])
+            key = cell.config_key
+            dataset = datasets.setdefault(key, dataset_for_cell(cell))
+            entry["gallery"] = gallery_for_cell(record, ref, run_dir, dataset, n)
+        except Exception as exc:  # a drawing problem never loses results
+            entry["gallery_error"] = repr(exc)
 
 
 def effective_status(results: dict[str, Any], record: dict[str, Any]) -> str:

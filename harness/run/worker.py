@@ -164,7 +164,13 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     if cell.dataset is not None:
         from harness.accuracy.datasets import load_dataset
 
+        from harness.accuracy.categories import check_mapping
+
         dataset = load_dataset(cell.dataset, Path(cell.plan_dir), cell.resolve_path(cell.artifacts_dir) / "datasets")
+        # A dataset whose classes the model doesn't know is an error before anything is timed.
+        mapping_check = check_mapping(source.class_names, dataset.categories, dataset.annotated_category_ids)
+        if mapping_check.warning:
+            log.write(f"class mapping: {mapping_check.warning}\n")
 
     gpu_index = _gpu_index(device)
     conditions = None
@@ -253,6 +259,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
             evaluator=cell.accuracy.evaluator,
             workers=cell.accuracy.loader_workers,
             log=log,
+            random_weights=random_weights,
         )
         files["detections"] = f"detections/{cell.cell_id}.json"
         outputs_path = _save_raw_outputs(cell, runtime, source, dataset, run_dir)
@@ -300,8 +307,10 @@ def _save_raw_outputs(cell: Cell, runtime: Any, source: Any, dataset: Any, run_d
     n = cell.accuracy.agreement_images
     collected: dict[str, list[np.ndarray]] = {}
     taken = 0
-    for _, images in iter_batches(dataset, cell.batch, workers=1):
+    ids: list[int] = []
+    for image_ids, images in iter_batches(dataset, cell.batch, workers=1):
         real = len(images)
+        ids.extend(image_ids)
         while len(images) < cell.batch:
             images.append(images[-1])
         batch, _ = source.preprocess(images, cell.resolution)
@@ -313,11 +322,11 @@ def _save_raw_outputs(cell: Cell, runtime: Any, source: Any, dataset: Any, run_d
             break
     if not collected:
         return None
+    from harness.accuracy.agreement import save_outputs_npz
+
     rel = f"outputs/{cell.cell_id}.npz"
     arrays = {name: np.concatenate(parts)[:n] for name, parts in collected.items()}
-    tmp = run_dir / "outputs" / f".tmp-{cell.cell_id}.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, run_dir / rel)
+    save_outputs_npz(run_dir / rel, arrays, ids[:n])
     return rel
 
 
