@@ -1,0 +1,206 @@
+"""Access to NVML (nvidia-ml-py, `import pynvml`), shared by capture, monitor and conditions.
+
+Everything here is lazy: importing this module imports nothing NVIDIA-related, so the CLI
+stays fast and a machine without a driver never pays for it. NVML failing (no driver, no
+library, no permission) is an ordinary outcome, reported as `NvmlUnavailable` with a reason
+in words, never a crash.
+
+Device numbering: the harness speaks CUDA's numbering (`cuda:N` in a plan), which counts only
+the GPUs in CUDA_VISIBLE_DEVICES. NVML ignores that variable and counts every GPU in PCI
+order. `handle_for_cuda_index` translates, and says how it did so, so a record can be checked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from types import ModuleType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Clock-event ("throttle") reason bits, from nvml.h (nvmlClocksEventReason*). They are part of
+# NVML's ABI; tests check them against pynvml's constants. Kept here so the summary and the
+# report can name bits without importing pynvml.
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x001: "gpu_idle",
+    0x002: "applications_clocks_setting",  # also "user defined clocks": app clocks or locked clocks
+    0x004: "sw_power_cap",
+    0x008: "hw_slowdown",
+    0x010: "sync_boost",
+    0x020: "sw_thermal_slowdown",
+    0x040: "hw_thermal_slowdown",
+    0x080: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+GPU_IDLE = 0x001
+APPLICATIONS_CLOCKS_SETTING = 0x002
+# Reasons that mean the GPU slowed itself down for power or heat: a measurement taken while
+# one is active is not the GPU's normal speed. Idle, application-clock and sync-boost reasons
+# are recorded but are not throttling.
+SLOWDOWN_REASONS = 0x004 | 0x008 | 0x020 | 0x040 | 0x080
+
+
+def reason_names(bits: int | None) -> list[str]:
+    """Names of the bits set in a clock-event bitmask (unknown bits as `unknown_0x...`)."""
+    if not bits:
+        return []
+    names = [name for bit, name in CLOCK_EVENT_REASONS.items() if bits & bit]
+    known = 0
+    for bit in CLOCK_EVENT_REASONS:
+        known |= bit
+    rest = bits & ~known
+    bit = 1
+    while rest:
+        if rest & bit:
+            names.append(f"unknown_{bit:#x}")
+            rest &= ~bit
+        bit <<= 1
+    return names
+
+
+class NvmlUnavailable(Exception):
+    """NVML cannot be used here; str(exc) says why in words."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """An NVML error in words, with a hint for the common causes."""
+    name = type(exc).__name__
+    text = str(exc) or name
+    hints = {
+        "NVMLError_LibraryNotFound": "no NVIDIA driver here, or libnvidia-ml.so not visible; "
+        "a container needs GPU access (--gpus)",
+        "NVMLError_DriverNotLoaded": "the NVIDIA kernel driver is not loaded",
+        "NVMLError_NoPermission": "no permission to query the GPU",
+        "NVMLError_NotSupported": "not supported on this GPU or driver",
+        "NVMLError_FunctionNotFound": "this driver's NVML lacks the function (older driver)",
+        "NVMLError_GpuIsLost": "the GPU fell off the bus or stopped responding",
+    }
+    hint = hints.get(name)
+    return f"{text} ({hint})" if hint and hint.lower() not in text.lower() else text
+
+
+def open_nvml() -> ModuleType:
+    """Import pynvml and initialise NVML; pair every call with `close_nvml` (NVML counts them)."""
+    try:
+        import pynvml
+    except ImportError as exc:  # nvidia-ml-py is a core dependency, but be honest if absent
+        raise NvmlUnavailable(f"nvidia-ml-py is not installed ({exc})") from exc
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError subclasses, or OSError from ctypes
+        raise NvmlUnavailable(f"NVML could not start: {describe_error(exc)}") from exc
+    return pynvml
+
+
+def close_nvml(pynvml: ModuleType) -> None:
+    # Shutting down must never mask the result it follows.
+    with suppress(Exception):
+        pynvml.nvmlShutdown()
+
+
+@contextmanager
+def nvml_session() -> Iterator[ModuleType]:
+    """`with nvml_session() as nv:` -- raises NvmlUnavailable before entering if it can't."""
+    nv = open_nvml()
+    try:
+        yield nv
+    finally:
+        close_nvml(nv)
+
+
+def call(reasons: dict[str, str], field: str, fn: Callable[..., T], *args: Any) -> T | None:
+    """fn(*args), or None with `reasons[field]` set to why it failed (NotSupported is common:
+    ECC on a GeForce, power limits in a VM...)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 -- NVMLError, or a function this driver lacks
+        reasons[field] = describe_error(exc)
+        return None
+
+
+def as_text(value: Any) -> str:
+    """pynvml returns str in recent versions and bytes in old ones."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def visible_devices() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: entries up to the first invalid one; None when
+    unset (every GPU visible)."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    entries: list[str] = []
+    for entry in raw.split(","):
+        entry = entry.strip()
+        # CUDA stops at the first entry it can't parse (-1 hides everything after it).
+        if not entry or entry.startswith("-"):
+            break
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        entries.append(entry)
+    return entries
+
+
+def cuda_visible_count(pynvml: ModuleType) -> int:
+    """How many GPUs CUDA would number here (per CUDA_VISIBLE_DEVICES, else all NVML sees)."""
+    entries = visible_devices()
+    if entries is None:
+        return int(pynvml.nvmlDeviceGetCount())
+    return len(entries)
+
+
+def handle_for_cuda_index(pynvml: ModuleType, cuda_index: int) -> tuple[Any, dict[str, Any]]:
+    """The NVML handle of CUDA device `cuda_index`, and how it was found.
+
+    Raises NvmlUnavailable when the device does not exist. With integer entries in
+    CUDA_VISIBLE_DEVICES (or none), CUDA and NVML agree when CUDA_DEVICE_ORDER=PCI_BUS_ID or
+    all GPUs are the same model (CUDA's default FASTEST_FIRST order then equals PCI order);
+    the record carries the GPU's UUID so the match can be checked afterwards.
+    """
+    entries = visible_devices()
+    how: dict[str, Any] = {"cuda_index": cuda_index}
+    if entries is None:
+        nvml_index: int | None = cuda_index
+        how["mapping"] = "CUDA_VISIBLE_DEVICES unset: CUDA index = NVML index"
+    else:
+        if cuda_index >= len(entries):
+            raise NvmlUnavailable(
+                f"cuda:{cuda_index} is not visible (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r} shows {len(entries)} GPU(s))"
+            )
+        entry = entries[cuda_index]
+        if entry.isdigit():
+            nvml_index = int(entry)
+            how["mapping"] = f"CUDA_VISIBLE_DEVICES entry {entry}"
+        else:
+            nvml_index = None
+            how["mapping"] = f"CUDA_VISIBLE_DEVICES UUID {entry}"
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(entry)
+            except Exception as exc:
+                raise NvmlUnavailable(
+                    f"no GPU with UUID {entry} (from CUDA_VISIBLE_DEVICES): {describe_error(exc)}"
+                ) from exc
+            how["nvml_index"] = None
+            return handle, how
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
+    except Exception as exc:
+        raise NvmlUnavailable(f"no GPU at NVML index {nvml_index}: {describe_error(exc)}") from exc
+    how["nvml_index"] = nvml_index
+    order = os.environ.get("CUDA_DEVICE_ORDER")
+    if order:
+        how["cuda_device_order"] = order
+    return handle, how
+
+
+def parse_cuda_index(device: str) -> int | None:
+    """`cuda` -> 0, `cuda:N` -> N, anything else (cpu, auto) -> None."""
+    device = device.strip().lower()
+    if device == "cuda":
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    return None
