@@ -117,9 +117,8 @@ class RfdetrSource(ModelSource):
     # -- the rfdetr object -----------------------------------------------------------------
     def build(self, device: str = "cpu") -> Any:
         """A fresh rfdetr model object (RFDETRNano, ...) at the cell's resolution."""
-        import torch
-
         import rfdetr
+        import torch
 
         cls = getattr(rfdetr, self.variant.class_name, None)
         if cls is None:
@@ -182,13 +181,10 @@ class RfdetrSource(ModelSource):
             "random_seed": RANDOM_SEED if self.weights_path is None else None,
             "build_s": self.build_s,
         }
-        with contextlib.suppress(Exception):
-            import rfdetr
+        from importlib.metadata import PackageNotFoundError, version
 
-            from importlib.metadata import version
-
+        with contextlib.suppress(PackageNotFoundError):
             info["rfdetr_version"] = version("rfdetr")
-            del rfdetr
         return info
 
     def weights_identity(self) -> str:
@@ -225,9 +221,9 @@ class RfdetrSource(ModelSource):
         return module
 
     def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
-        from harness.models.export import export_rfdetr_onnx
-
         from importlib.metadata import version
+
+        from harness.models.export import export_rfdetr_onnx
 
         key_fields = {
             "model": self.cell.model.name,

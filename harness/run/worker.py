@@ -101,11 +101,17 @@ def _gpu_index(device: str) -> int | None:
     return int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
 
 
-def _capture_env(device: str, log: TextIO) -> tuple[dict[str, Any], Any]:
+def _plan_sha256(run_dir: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((run_dir / "run.json").read_text("utf-8")).get("plan_sha256")
+    return None
+
+
+def _capture_env(device: str, log: TextIO, run_dir: Path) -> tuple[dict[str, Any], Any]:
     try:
         from harness.environment.capture import capture_environment
 
-        return capture_environment([device]), capture_environment
+        return capture_environment([device], plan_sha256=_plan_sha256(run_dir)), capture_environment
     except Exception as exc:  # the environment never takes a measurement down
         log.write(f"environment capture failed: {exc!r}\n")
         return {"error": repr(exc)}, None
@@ -125,13 +131,13 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     runtime_cls = runtime_class(cell.runtime.name)
     phase("check")
     if reason := runtime_cls.unavailable_reason(cell):
-        env, _ = _capture_env("cpu" if cell.device == "auto" else cell.device, log)
+        env, _ = _capture_env("cpu" if cell.device == "auto" else cell.device, log, run_dir)
         return finish("skipped", reason=reason, environment=env)
 
     device = cell.device
     if device == "auto":
         device = resolve_device(device)
-    env, _ = _capture_env(device, log)
+    env, _ = _capture_env(device, log, run_dir)
 
     phase("prepare")
     from harness.models.rfdetr import WeightsUnavailable
@@ -162,9 +168,8 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     # the latency pass and the accuracy pass.
     dataset = None
     if cell.dataset is not None:
-        from harness.accuracy.datasets import load_dataset
-
         from harness.accuracy.categories import check_mapping
+        from harness.accuracy.datasets import load_dataset
 
         dataset = load_dataset(cell.dataset, Path(cell.plan_dir), cell.resolve_path(cell.artifacts_dir) / "datasets")
         # A dataset whose classes the model doesn't know is an error before anything is timed.
@@ -244,6 +249,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
 
     accuracy = None
     files: dict[str, Any] = {}
+    monitor_data = _keep_trace_small(monitor_data, run_dir, cell.cell_id, files)
     if cell.run_accuracy and dataset is not None:
         phase("accuracy")
         from harness.accuracy.evaluate import run_accuracy_pass
@@ -282,6 +288,26 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
         fingerprint=fingerprint,
         files=files,
     )
+
+
+MAX_TRACE_ROWS_IN_RECORD = 2000
+
+
+def _keep_trace_small(monitor_data: dict[str, Any], run_dir: Path, cell_id: str, files: dict[str, Any]) -> dict[str, Any]:
+    """A long sustained run samples NVML tens of thousands of times: the full trace goes to
+    its own file, the record keeps an evenly thinned copy for the report's charts."""
+    trace = (monitor_data or {}).get("trace") or []
+    if len(trace) <= MAX_TRACE_ROWS_IN_RECORD:
+        return monitor_data
+    from harness.run.store import write_new
+
+    (run_dir / "monitor").mkdir(exist_ok=True)
+    rel = f"monitor/{cell_id}.json"
+    write_new(run_dir / rel, dumps(trace))
+    files["monitor_trace"] = rel
+    step = len(trace) / MAX_TRACE_ROWS_IN_RECORD
+    thinned = [trace[int(i * step)] for i in range(MAX_TRACE_ROWS_IN_RECORD)]
+    return {**monitor_data, "trace": thinned, "trace_thinned_from": len(trace)}
 
 
 def _with_decode_stage(stages: list[Any], dataset: Any, batch: int) -> tuple[list[Any], list[Path]]:

@@ -90,7 +90,7 @@ class Runtime(ABC):
         """The torch.cuda.Stream the work runs on (CUDA events go there), or None (host clock)."""
         return None
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 (a no-op is right for synchronous runtimes)
         """Wait until all work this runtime queued has finished."""
 
     # -- end-to-end scope ------------------------------------------------------------------
@@ -129,5 +129,5 @@ class Runtime(ABC):
         """Settings read back from the library (providers, flags, versions), not the plan's."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook)
         """Free what prepare() built."""
