@@ -88,6 +88,7 @@ def test_decode_rfdetr_keypoints_match_rfdetr(postprocess_cls) -> None:  # type:
     for r, o in zip(ref, ours, strict=True):
         np.testing.assert_array_equal(o.class_ids, r["labels"].numpy())
         np.testing.assert_allclose(o.scores, r["scores"].numpy(), atol=1e-5)  # fused scores
+        assert o.keypoints is not None
         np.testing.assert_allclose(o.keypoints, r["keypoints"].numpy(), atol=1e-3)
 
 
@@ -129,7 +130,7 @@ def test_yolo_end2end_single_output_layout() -> None:
 
 
 def test_yolo_end2end_named_outputs_with_num_dets() -> None:
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "num": np.array([[1]], np.int64),
         "b": np.array([[[1, 2, 3, 4], [5, 6, 7, 8]]], np.float32),
         "s": np.array([[0.8, 0.7]], np.float32),

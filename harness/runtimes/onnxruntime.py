@@ -1,0 +1,638 @@
+"""ONNX Runtime with the CPU, CUDA and TensorRT execution providers, with proof of provider.
+
+ONNX Runtime quietly substitutes providers: the CPU-only `onnxruntime` package accepts
+`providers=["CUDAExecutionProvider"]` with a warning and runs on the CPU; onnxruntime-gpu without
+libnvinfer prints "EP Error" and retries with CUDA. So every session here is created with
+`enable_fallback=0` (no silent retry at creation or at run time), its stdout/stderr captured at
+the fd level (ORT's C++ logger and its Python prints both land in the cell log), and afterwards
+`session.get_providers()[0]` must be the provider asked for; otherwise the cell is skipped with
+ORT's own words as the reason. Never a number under a provider that did not run.
+
+Node placement: the session is created with log severity VERBOSE (0), under which ORT's
+`VerifyEachNodeIsAssignedToAnEp` logs "All nodes placed on [EP]. Number of nodes: N" or one
+"Node(s) placed on [EP]. Number of nodes: N" line per provider. Those counts are recorded in
+settings()["node_placement"]. For the TensorRT EP a "node" is a fused TensorRT subgraph, so
+{"TensorrtExecutionProvider": 1} means the whole graph became one engine.
+
+Plan settings (runtime `settings:`), all optional:
+  graph_optimization_level  disable | basic | extended | all (ORT default: all)
+  intra_op_num_threads, inter_op_num_threads  ints (0: ORT's default)
+  execution_mode            sequential | parallel
+  dynamic_batch             export with a dynamic batch axis (default: batch > 1)
+  opset                     ONNX opset for RF-DETR export (default 17; read by the model source)
+  cudnn_conv_algo_search    EXHAUSTIVE | HEURISTIC | DEFAULT (CUDA EP)
+  user_compute_stream       true (default when torch with CUDA is importable): run ORT on a
+                            torch CUDA stream so CUDA events bracket its work
+  trt_max_workspace_size    bytes (TensorRT EP)
+  provider_options          dict merged into the requested provider's options, verbatim
+  log_placements            false to skip the verbose session log (default true)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from harness.errors import CellSkipped, UserError
+from harness.runtimes.base import Runtime
+
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+TRT_EP = "TensorrtExecutionProvider"
+
+KNOWN_SETTINGS = {
+    "graph_optimization_level",
+    "intra_op_num_threads",
+    "inter_op_num_threads",
+    "execution_mode",
+    "dynamic_batch",
+    "opset",
+    "cudnn_conv_algo_search",
+    "user_compute_stream",
+    "trt_max_workspace_size",
+    "provider_options",
+    "log_placements",
+}
+
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+_EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+
+_PLACEMENT = re.compile(
+    r"(?:All nodes placed on|Node\(s\) placed on) \[(\w+)\]\. Number of nodes: (\d+)"
+)
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+# Distributions that provide the `onnxruntime` module; they overwrite each other's files.
+_ORT_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-qnn",
+    "ort-nightly",
+    "ort-nightly-gpu",
+)
+
+
+def ort_distribution() -> str | None:
+    """Which installed distribution the imported `onnxruntime` module came from.
+
+    Both `onnxruntime` and `onnxruntime-gpu` may be installed at once (the GPU machine has the
+    CPU build in the image and the GPU build ahead of it on PYTHONPATH), so match by file
+    location rather than by what is installed.
+    """
+    import onnxruntime
+
+    module_dir = Path(onnxruntime.__file__).resolve().parent
+    found = []
+    for name in _ORT_DISTRIBUTIONS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+        init = Path(str(dist.locate_file("onnxruntime/__init__.py"))).resolve()
+        if init.parent == module_dir:
+            return name
+    return found[0] if len(found) == 1 else None
+
+
+def _describe_distribution(dist: str | None) -> str:
+    if dist == "onnxruntime":
+        return "package onnxruntime, the CPU build"
+    if dist is None:
+        return "package unknown"
+    return f"package {dist}"
+
+
+def float16_converter_problem() -> str | None:
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means "no converter"
+        return f"no ONNX float16 converter (onnxruntime.transformers.float16: {exc})"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def capture_fds() -> Iterator[list[str]]:
+    """Capture fds 1 and 2 (C++ logs, Python prints and warnings) into a list's single
+    element, filled when the block exits."""
+    result: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as spool:
+        saved = os.dup(1), os.dup(2)
+        try:
+            os.dup2(spool.fileno(), 1)
+            os.dup2(spool.fileno(), 2)
+            with (
+                open(os.dup(spool.fileno()), "w", closefd=True) as text,
+                contextlib.redirect_stdout(text),
+                contextlib.redirect_stderr(text),
+            ):
+                try:
+                    yield result
+                finally:
+                    text.flush()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            spool.seek(0)
+            result.append(spool.read().decode("utf-8", "replace"))
+
+
+def node_placements(log_text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for provider, count in _PLACEMENT.findall(log_text):
+        counts[provider] = counts.get(provider, 0) + int(count)
+    return counts
+
+
+def _error_lines(log_text: str, limit: int = 6) -> list[str]:
+    """ORT's error/warning lines ([E:...], [W:...], 'EP Error', Python warnings), trimmed."""
+    keep = []
+    for line in log_text.splitlines():
+        if re.search(r"\[(E|F|W):onnxruntime|EP Error|Error|error|UserWarning|Warning:", line):
+            keep.append(line.strip()[:400])
+    return keep[-limit:]
+
+
+def _device_id(device: str) -> int:
+    return int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
+
+
+class OrtRuntime(Runtime):
+    """Shared by the three providers; subclasses name the provider."""
+
+    provider: ClassVar[str]
+    on_cuda: ClassVar[bool] = False
+
+    # -- availability ----------------------------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls, cell: Any) -> str | None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            return (
+                f"onnxruntime is not installed ({exc}); install onnxruntime (CPU) or "
+                "onnxruntime-gpu (CUDA and TensorRT providers)"
+            )
+        available = ort.get_available_providers()
+        if cls.provider not in available:
+            dist = ort_distribution()
+            hint = (
+                "; install onnxruntime-gpu"
+                if cls.provider in (CUDA_EP, TRT_EP)
+                else ""
+            )
+            return (
+                f"onnxruntime {ort.__version__} ({_describe_distribution(dist)}) has no "
+                f"{cls.provider} (it offers {', '.join(available)}){hint}"
+            )
+        fp16_on_cuda_ep = cls.provider == CUDA_EP and cell.precision == "fp16"
+        if fp16_on_cuda_ep and (problem := float16_converter_problem()):
+            return f"fp16 on the CUDA EP needs an fp16 ONNX file: {problem}"
+        return None
+
+    # -- preparation -----------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        settings = dict(self.cell.runtime.settings)
+        unknown = sorted(set(settings) - KNOWN_SETTINGS)
+        if unknown:
+            raise UserError(
+                f"runtime `{self.cell.runtime.key}` settings: unknown key(s) "
+                f"{', '.join(unknown)}; known: {', '.join(sorted(KNOWN_SETTINGS))}"
+            )
+        return settings
+
+    def _session_options(self, settings: dict[str, Any]) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        level = settings.get("graph_optimization_level")
+        if level is not None:
+            if level not in _OPT_LEVELS:
+                raise UserError(
+                    f"runtime `{self.cell.runtime.key}` settings.graph_optimization_level: "
+                    f"`{level}` is not one of {', '.join(_OPT_LEVELS)}"
+                )
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
+        for key in ("intra_op_num_threads", "inter_op_num_threads"):
+            if key in settings:
+                value = settings[key]
+                if not isinstance(value, int) or value < 0:
+                    raise UserError(
+                        f"runtime `{self.cell.runtime.key}` settings.{key}: expected an integer "
+                        f">= 0, got {value!r}"
+                    )
+                setattr(so, key, value)
+        mode = settings.get("execution_mode")
+        if mode is not None:
+            if mode not in _EXEC_MODES:
+                raise UserError(
+                    f"runtime `{self.cell.runtime.key}` settings.execution_mode: `{mode}` is not "
+                    f"one of {', '.join(_EXEC_MODES)}"
+                )
+            so.execution_mode = getattr(ort.ExecutionMode, _EXEC_MODES[mode])
+        # VERBOSE during creation only: it is what logs the node placements. Run-time logging
+        # follows RunOptions (default WARNING), so timing is unaffected.
+        so.log_severity_level = 0 if settings.get("log_placements", True) else 2
+        return so
+
+    def _providers(self, settings: dict[str, Any], artifacts_dir: Path) -> list[tuple[str, dict]]:
+        return [(CPU_EP, dict(settings.get("provider_options", {})))]
+
+    def _model_file(self, artifact: Any, artifacts_dir: Path) -> Path:
+        return Path(artifact.path)
+
+    def prepare(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        settings = self._settings()
+        self.device_id = _device_id(self.cell.device)
+        artifacts_dir = self.cell.resolve_path(self.cell.artifacts_dir)
+        dynamic_batch = bool(settings.get("dynamic_batch", self.cell.batch > 1))
+        self.artifact = self.source.onnx_artifact(artifacts_dir, dynamic_batch)
+        self.model_path = self._model_file(self.artifact, artifacts_dir)
+        self._torch_stream: Any = None
+        if self.on_cuda:
+            self._setup_cuda_libraries(settings)
+        self.session_options = self._session_options(settings)
+        providers = self._providers(settings, artifacts_dir)
+        self.requested_providers = [name for name, _ in providers]
+
+        print(
+            f"[onnxruntime] {ort.__version__} ({_describe_distribution(ort_distribution())}); "
+            f"creating a session on {self.model_path} with {self.requested_providers}",
+            file=self.log, flush=True,
+        )
+        started = time.perf_counter()
+        error: BaseException | None = None
+        with capture_fds() as captured:
+            try:
+                session = ort.InferenceSession(
+                    str(self.model_path),
+                    sess_options=self.session_options,
+                    providers=[name for name, _ in providers],
+                    provider_options=[opts for _, opts in providers],
+                    # No silent retry on other providers, at creation or later at run time.
+                    enable_fallback=0,
+                )
+            except Exception as exc:  # noqa: BLE001 - ORT raises RuntimeError and its own Fail types
+                error = exc
+        load_s = time.perf_counter() - started
+        log_text = captured[0] if captured else ""
+        self.log.write(log_text)
+        self.log.flush()
+        self.placements = node_placements(log_text)
+
+        if error is not None:
+            detail = " | ".join(_error_lines(log_text)) or "(no log lines)"
+            message = str(error).strip().splitlines()[0][:600] if str(error).strip() else repr(error)
+            if self._is_provider_failure(str(error) + log_text):
+                raise CellSkipped(
+                    f"onnxruntime could not create a session with {self.provider}: {message}; "
+                    f"ORT log: {detail}"
+                ) from error
+            raise RuntimeError(f"onnxruntime failed to load {self.model_path}: {message}") from error
+
+        self.session = session
+        self.check_provider(session, log_text)
+        self._io_setup()
+        return {
+            "export_s": self.artifact.export_s,
+            "load_s": load_s,
+            "artifact": self.artifact.as_dict(),
+            **({"model_file": str(self.model_path)} if self.model_path != self.artifact.path else {}),
+            **getattr(self, "_extra_prepare", {}),
+        }
+
+    def _is_provider_failure(self, text: str) -> bool:
+        needles = (self.provider, "TensorRT", "libnvinfer", "CUDA", "cuda", "cudnn", "cuDNN",
+                   "provider", "Provider")
+        return any(n in text for n in needles)
+
+    def check_provider(self, session: Any, log_text: str) -> None:
+        """Proof of provider: ORT must report the provider asked for first, and (where the
+        verbose log says so) have placed graph nodes on it."""
+        providers = session.get_providers()
+        if not providers or providers[0] != self.provider:
+            detail = " | ".join(_error_lines(log_text)) or "ORT logged no reason"
+            raise CellSkipped(
+                f"asked onnxruntime for {self.provider} but the session runs on "
+                f"{providers} (ORT fell back); ORT log: {detail}"
+            )
+        if self.placements and self.placements.get(self.provider, 0) == 0:
+            raise CellSkipped(
+                f"{self.provider} is registered but ORT placed no graph node on it "
+                f"(placements: {self.placements})"
+            )
+
+    # -- CUDA setup (overridden in the CUDA subclasses) ------------------------------------
+    def _setup_cuda_libraries(self, settings: dict[str, Any]) -> None:
+        pass
+
+    # -- running ---------------------------------------------------------------------------
+    def _io_setup(self) -> None:
+        session = self.session
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise UserError(
+                f"{self.model_path} has {len(inputs)} inputs ({[i.name for i in inputs]}); the "
+                "harness feeds detectors with one image tensor"
+            )
+        self.input_name = inputs[0].name
+        self.input_dtype = _ORT_TYPES.get(inputs[0].type, np.float32)
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def to_device(self, batch: np.ndarray) -> Any:
+        return np.ascontiguousarray(batch, dtype=self.input_dtype)
+
+    def run_model(self, inputs: Any) -> Any:
+        return self.session.run(self.output_names, {self.input_name: inputs})
+
+    def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    # -- what it ran with ------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        so = self.session_options
+        out: dict[str, Any] = {
+            "onnxruntime_version": ort.__version__,
+            "onnxruntime_distribution": ort_distribution(),
+            "providers_available": ort.get_available_providers(),
+            "providers_requested": self.requested_providers,
+            "providers": self.session.get_providers(),
+            "provider_options": self.session.get_provider_options(),
+            "node_placement": self.placements,
+            "session_options": {
+                "graph_optimization_level": str(so.graph_optimization_level).split(".")[-1],
+                "intra_op_num_threads": so.intra_op_num_threads,
+                "inter_op_num_threads": so.inter_op_num_threads,
+                "execution_mode": str(so.execution_mode).split(".")[-1],
+            },
+            "opset": self.artifact.opset,
+            "dynamic_batch": self.artifact.dynamic_batch,
+            "artifact_sha256": self.artifact.sha256,
+            "model_file": str(self.model_path),
+            "input_dtype": np.dtype(self.input_dtype).name,
+            "io_binding": self.on_cuda,
+        }
+        return out
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)
+
+
+class OrtCpuRuntime(OrtRuntime):
+    name = "onnxruntime-cpu"
+    provider = CPU_EP
+
+
+class _OrtGpuRuntime(OrtRuntime):
+    """CUDA and TensorRT EPs: IOBinding with input and outputs on the device."""
+
+    on_cuda = True
+
+    def _setup_cuda_libraries(self, settings: dict[str, Any]) -> None:
+        """Run ORT on a torch CUDA stream when torch with CUDA is importable, so the harness's
+        CUDA events on that stream bracket ORT's kernels; importing torch also loads the CUDA
+        and cuDNN libraries ORT links against. Without torch, ask ORT to load them from the
+        nvidia pip packages (onnxruntime >= 1.21's preload_dlls)."""
+        want_stream = settings.get("user_compute_stream", True)
+        torch_ok = False
+        if want_stream:
+            try:
+                import torch
+
+                torch_ok = torch.cuda.is_available()
+            except ImportError:
+                torch_ok = False
+        if torch_ok:
+            import torch
+
+            with torch.cuda.device(self.device_id):
+                self._torch_stream = torch.cuda.Stream(self.device_id)
+            self.timing = "cuda events on a torch stream passed as user_compute_stream"
+        else:
+            import onnxruntime as ort
+
+            if hasattr(ort, "preload_dlls"):
+                with contextlib.suppress(Exception), capture_fds() as captured:
+                    ort.preload_dlls()
+                if captured:
+                    self.log.write(captured[0])
+            self.timing = "host clock (ORT's Run synchronises its stream before returning)"
+
+    def _stream_options(self) -> dict[str, str]:
+        if self._torch_stream is None:
+            return {}
+        return {
+            "has_user_compute_stream": "1",
+            "user_compute_stream": str(int(self._torch_stream.cuda_stream)),
+        }
+
+    def _cuda_options(self, settings: dict[str, Any]) -> dict[str, Any]:
+        opts: dict[str, Any] = {"device_id": str(self.device_id)}
+        if "cudnn_conv_algo_search" in settings:
+            opts["cudnn_conv_algo_search"] = str(settings["cudnn_conv_algo_search"])
+        opts.update(self._stream_options())
+        return opts
+
+    def _io_setup(self) -> None:
+        super()._io_setup()
+        import onnxruntime as ort
+
+        self._ort = ort
+        self._binding = self.session.io_binding()
+        self._bound_input: Any = None
+        self._bound_batch: int | None = None
+        self._outputs: list[Any] | None = None
+
+    def to_device(self, batch: np.ndarray) -> Any:
+        host: np.ndarray = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        return self._ort.OrtValue.ortvalue_from_numpy(host, "cuda", self.device_id)
+
+    def _bind_outputs(self, batch: int) -> None:
+        """Preallocate outputs on the device when their shapes are known (static except the
+        batch axis), so a run allocates nothing; otherwise let ORT allocate on the device."""
+        self._binding.clear_binding_outputs()
+        values = []
+        for node in self.session.get_outputs():
+            dims = list(node.shape)
+            known = all(isinstance(d, int) for d in dims[1:]) and dims
+            dtype = _ORT_TYPES.get(node.type)
+            if known and dtype is not None:
+                shape = [batch, *dims[1:]]
+                value = self._ort.OrtValue.ortvalue_from_shape_and_type(
+                    shape, dtype, "cuda", self.device_id
+                )
+                self._binding.bind_ortvalue_output(node.name, value)
+                values.append(value)
+            else:
+                self._binding.bind_output(node.name, "cuda", self.device_id)
+                values.append(None)
+        self._outputs = values if all(v is not None for v in values) else None
+        self._bound_batch = batch
+
+    def run_model(self, inputs: Any) -> Any:
+        if inputs is not self._bound_input:
+            self._binding.bind_ortvalue_input(self.input_name, inputs)
+            self._bound_input = inputs
+            batch = int(inputs.shape()[0])
+            if batch != self._bound_batch:
+                self._bind_outputs(batch)
+        self.session.run_with_iobinding(self._binding)
+        return self._outputs if self._outputs is not None else self._binding.get_outputs()
+
+    def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
+        return {name: value.numpy() for name, value in zip(self.output_names, outputs, strict=True)}
+
+    def timer_stream(self) -> Any | None:
+        return self._torch_stream
+
+    def synchronize(self) -> None:
+        # Run already waits for its stream; with a torch stream, wait on it explicitly too.
+        if self._torch_stream is not None:
+            self._torch_stream.synchronize()
+
+    def settings(self) -> dict[str, Any]:
+        out = super().settings()
+        out["timing"] = self.timing
+        return out
+
+
+class OrtCudaRuntime(_OrtGpuRuntime):
+    name = "onnxruntime-cuda"
+    provider = CUDA_EP
+
+    def _providers(self, settings: dict[str, Any], artifacts_dir: Path) -> list[tuple[str, dict]]:
+        opts = {**self._cuda_options(settings), **settings.get("provider_options", {})}
+        return [(CUDA_EP, opts), (CPU_EP, {})]
+
+    def _model_file(self, artifact: Any, artifacts_dir: Path) -> Path:
+        if self.cell.precision != "fp16":
+            return Path(artifact.path)
+        return self._fp16_file(Path(artifact.path), artifact.sha256, artifacts_dir)
+
+    def _fp16_file(self, src: Path, sha256: str, artifacts_dir: Path) -> Path:
+        """An fp16 copy of the ONNX file (weights and activations fp16, inputs and outputs kept
+        fp32 so preprocessing and decoding are unchanged), cached by the source's sha256."""
+        if problem := float16_converter_problem():
+            raise CellSkipped(f"fp16 on the CUDA EP needs an fp16 ONNX file: {problem}")
+        folder = artifacts_dir / "onnx-fp16" / sha256[:16]
+        target = folder / "model.onnx"
+        self._extra_prepare: dict[str, Any]
+        if target.is_file():
+            self._extra_prepare = {"fp16_convert_s": None, "fp16_cached": True}
+            return target
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with capture_fds() as captured:
+            model = onnx.load(str(src))
+            model16 = convert_float_to_float16(model, keep_io_types=True)
+        self.log.write(captured[0] if captured else "")
+        staging = Path(tempfile.mkdtemp(prefix=".fp16-", dir=folder.parent))
+        onnx.save(model16, str(staging / "model.onnx"))
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another worker got there first
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+        self._extra_prepare = {
+            "fp16_convert_s": time.perf_counter() - started,
+            "fp16_cached": False,
+            "fp16_converter": "onnxruntime.transformers.float16 (keep_io_types=True)",
+        }
+        return target
+
+    def settings(self) -> dict[str, Any]:
+        out = super().settings()
+        out["onnx_precision"] = "fp16 (converted, fp32 I/O)" if self.cell.precision == "fp16" else "fp32"
+        return out
+
+
+class OrtTensorrtRuntime(_OrtGpuRuntime):
+    name = "onnxruntime-tensorrt"
+    provider = TRT_EP
+
+    def _providers(self, settings: dict[str, Any], artifacts_dir: Path) -> list[tuple[str, dict]]:
+        cache = artifacts_dir / "ort-trt-cache" / self.artifact.sha256[:16]
+        cache.mkdir(parents=True, exist_ok=True)
+        self._engine_cache = cache
+        self._engine_files_before = sorted(p.name for p in cache.iterdir())
+        opts: dict[str, Any] = {
+            "device_id": str(self.device_id),
+            "trt_fp16_enable": "1" if self.cell.precision == "fp16" else "0",
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": "1",
+            "trt_timing_cache_path": str(cache),
+        }
+        if "trt_max_workspace_size" in settings:
+            opts["trt_max_workspace_size"] = str(int(settings["trt_max_workspace_size"]))
+        if self.artifact.dynamic_batch:
+            # One optimisation profile at exactly this cell's batch: each cell is its own
+            # process and batch, and an engine tuned for its shape is what a deployment builds.
+            res, b = self.cell.resolution, self.cell.batch
+            shape = f"{self.artifact.input_name}:{b}x3x{res}x{res}"
+            for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+                opts[key] = shape
+        opts.update(self._stream_options())
+        opts.update(settings.get("provider_options", {}))
+        return [(TRT_EP, opts), (CUDA_EP, self._cuda_options(settings)), (CPU_EP, {})]
+
+    def settings(self) -> dict[str, Any]:
+        out = super().settings()
+        after = sorted(p.name for p in self._engine_cache.iterdir())
+        out["trt_engine_cache"] = {
+            "path": str(self._engine_cache),
+            "files_before": self._engine_files_before,
+            "files_after": after,
+            "reused": bool(self._engine_files_before) and self._engine_files_before == after,
+        }
+        return out
