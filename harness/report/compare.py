@@ -1,0 +1,283 @@
+"""`bench compare A B`: did B get slower (or less accurate) than A, cell by cell?
+
+For every cell id in both runs: the change in median latency with a Mann-Whitney U test on
+the raw samples, and the change in mAP. Two numbers compare only when they were measured
+under the same conditions, so the environments' fingerprints must match; when they don't,
+the comparison is refused (exit 2) and the differing fields are listed, unless forced.
+
+Exit status, for CI:
+  0  no matched cell is significantly slower than the threshold allows
+  1  at least one matched cell is significantly slower (p < alpha) by more than threshold_pct,
+     or measured in A but failed in B
+  2  refused: fingerprints differ (and not forced), or the runs share no cell
+
+compare.html and compare.md go to `out_dir`, by default B's run folder (B is the run under
+test; A is the baseline), or the folder holding B's results.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from harness.report import charts, fmt
+from harness.report.render import render_template, write_atomic
+from harness.report.rundata import CellView, cell_views, flatten, is_volatile, load_run, show_value
+from harness.report.significance import MannWhitney, mann_whitney_u, median_change_pct
+
+EXIT_OK, EXIT_REGRESSION, EXIT_REFUSED = 0, 1, 2
+
+
+@dataclass
+class CellComparison:
+    cell_id: str
+    a: CellView
+    b: CellView
+    verdict: str  # slower | faster | within threshold | no significant change | failed in B | not compared
+    note: str = ""
+    change_pct: float | None = None
+    test: MannWhitney | None = None
+    map_change: float | None = None  # points, B - A
+    regression: bool = False
+
+    @property
+    def p_value(self) -> float | None:
+        return self.test.p_value if self.test else None
+
+
+@dataclass
+class FingerprintProblem:
+    cell_id: str
+    a: str | None
+    b: str | None
+    fields: list[tuple[str, str, str]] = field(default_factory=list)  # (field, in A, in B)
+
+
+def _comparable_fields(view: CellView) -> dict[str, Any]:
+    """Environment and runtime settings, minus readings that vary anyway (clocks, times)."""
+    out = {k: v for k, v in flatten(view.record.get("environment") or {}).items() if not is_volatile(k)}
+    out.update({f"settings.{k}": v for k, v in flatten(view.record.get("settings") or {}).items()})
+    return out
+
+
+def _differences(a: CellView, b: CellView) -> list[tuple[str, str, str]]:
+    """The fields behind two different fingerprints: the fingerprint's own inputs
+    (harness.environment.fingerprint.comparability_fields) when they differ, else every
+    captured field that differs apart from readings that always vary."""
+    from harness.environment.fingerprint import comparability_fields, fingerprint_differences
+
+    def inputs(v: CellView) -> dict[str, Any]:
+        return comparability_fields(
+            v.record.get("environment") or {}, runtime=v.runtime_name, precision=v.precision,
+            settings=v.record.get("settings") or {},
+        )
+
+    diff = fingerprint_differences(inputs(a), inputs(b))
+    if diff:
+        return [(key, show_value(va), show_value(vb)) for key, (va, vb) in diff.items()]
+    ea, eb = _comparable_fields(a), _comparable_fields(b)
+    return [
+        (key, show_value(ea[key]) if key in ea else "(not recorded)", show_value(eb[key]) if key in eb else "(not recorded)")
+        for key in sorted(set(ea) | set(eb))
+        if ea.get(key, "\0missing") != eb.get(key, "\0missing")
+    ]
+
+
+def fingerprint_problems(pairs: list[tuple[CellView, CellView]]) -> list[FingerprintProblem]:
+    problems = []
+    for a, b in pairs:
+        fa, fb = a.record.get("fingerprint"), b.record.get("fingerprint")
+        if fa == fb:
+            continue
+        problems.append(FingerprintProblem(a.cell_id, fa, fb, _differences(a, b)))
+    return problems
+
+
+def compare_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float) -> CellComparison:
+    c = CellComparison(a.cell_id, a, b, verdict="not compared")
+    ma = a.ap if a.ap is not None else a.mask_ap
+    mb = b.ap if b.ap is not None else b.mask_ap
+    if ma is not None and mb is not None:
+        c.map_change = mb - ma
+    if a.measured and a.samples and b.measured and b.samples:
+        c.test = mann_whitney_u(b.samples, a.samples)
+        c.change_pct = median_change_pct(a.samples, b.samples)
+        significant = c.test.p_value < alpha
+        if significant and c.change_pct > threshold_pct:
+            c.verdict, c.regression = "slower", True
+        elif significant and c.change_pct < -threshold_pct:
+            c.verdict = "faster"
+        elif significant:
+            c.verdict = "within threshold"
+            c.note = f"significant (p = {c.test.p_value:.2g}) but within ±{threshold_pct:g}%"
+        else:
+            c.verdict = "no significant change"
+    elif a.measured and b.status == "failed":
+        c.verdict, c.regression = "failed in B", True
+        c.note = b.reason or "failed"
+    else:
+        missing = [f"{name} {v.status}" for name, v in (("A", a), ("B", b)) if not (v.measured and v.samples)]
+        c.note = "no latency: " + ", ".join(missing)
+    return c
+
+
+def _out_dir(b: Path, out_dir: Path | None) -> Path:
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return out_dir
+    return b if b.is_dir() else b.parent
+
+
+def compare_runs(
+    a: Path,
+    b: Path,
+    *,
+    threshold_pct: float = 5.0,
+    alpha: float = 0.01,
+    force: bool = False,
+    out_dir: Path | None = None,
+) -> tuple[int, str]:
+    """Compare run B against baseline A; (exit status, text summary). See the module doc."""
+    a, b = Path(a), Path(b)
+    run_a, run_b = load_run(a), load_run(b)
+    views_a = {v.cell_id: v for v in cell_views(run_a)}
+    views_b = cell_views(run_b)
+    matched = [(views_a[v.cell_id], v) for v in views_b if v.cell_id in views_a]
+    only_a = [cid for cid in views_a if cid not in {v.cell_id for v in views_b}]
+    only_b = [v.cell_id for v in views_b if v.cell_id not in views_a]
+    id_a = str(run_a["run"].get("run_id", a))
+    id_b = str(run_b["run"].get("run_id", b))
+    header = f"bench compare: A = {id_a} ({a})\n               B = {id_b} ({b})"
+    if not matched:
+        return EXIT_REFUSED, f"{header}\nREFUSED: the runs share no cell id; nothing to compare."
+
+    problems = fingerprint_problems(matched)
+    warning = ""
+    if problems:
+        warning = _fingerprint_text(problems)
+        if not force:
+            return EXIT_REFUSED, (
+                f"{header}\n\nREFUSED: {warning}\n\nNumbers measured under different conditions do not "
+                "compare. Rerun both under the same environment, or pass --force to compare anyway "
+                "(the report will say the comparison was forced)."
+            )
+
+    rows = [compare_cell(ca, cb, threshold_pct, alpha) for ca, cb in matched]
+    regressions = [r for r in rows if r.regression]
+    code = EXIT_REGRESSION if regressions else EXIT_OK
+    context = {
+        "id_a": id_a, "id_b": id_b, "path_a": str(a), "path_b": str(b),
+        "meta_a": run_a["run"], "meta_b": run_b["run"],
+        "rows": rows, "regressions": regressions, "only_a": only_a, "only_b": only_b,
+        "threshold_pct": threshold_pct, "alpha": alpha, "forced": bool(problems) and force,
+        "problems": problems, "warning": warning, "code": code,
+        "plan_differs": run_a["run"].get("plan_sha256") != run_b["run"].get("plan_sha256"),
+        "change_svg": charts.change_bars(
+            [
+                charts.ChangeBar(r.a.model, f"{r.a.config_label} · {r.a.scope}", r.change_pct, r.verdict, r.p_value or 1.0)
+                for r in rows if r.change_pct is not None
+            ],
+            threshold_pct,
+        ),
+        "dist_svg": charts.latency_distribution(
+            [
+                row
+                for r in rows if r.change_pct is not None
+                for row in (
+                    charts.DistRow(r.a.model, f"A · {r.a.config_label} · {r.a.scope}", r.a.samples, color="#8c959f"),
+                    charts.DistRow(r.b.model, f"B · {r.b.config_label} · {r.b.scope}", r.b.samples, color="#0072B2"),
+                )
+            ],
+            "Latency distributions, A and B",
+            legend=[("#8c959f", "A (baseline)"), ("#0072B2", "B")],
+        ),
+        "generated_at": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+    folder = _out_dir(b, out_dir)
+    write_atomic(folder / "compare.html", render_template("compare.html.j2", context))
+    write_atomic(folder / "compare.md", compare_markdown(context))
+    return code, _text(header, context, folder)
+
+
+def _fingerprint_text(problems: list[FingerprintProblem]) -> str:
+    lines = [f"environment fingerprints differ for {len(problems)} matched cell(s):"]
+    seen: set[tuple[str, str, str]] = set()
+    shown, limit = 0, 40
+    for p in problems:
+        lines.append(f"  {p.cell_id}: A {fmt.short_hash(p.a)} != B {fmt.short_hash(p.b)}")
+        new = [f for f in p.fields if f not in seen]
+        seen.update(new)
+        remaining = max(limit - shown, 0)
+        for f in new[:remaining]:
+            lines.append(f"    {f[0]}: A {f[1]} | B {f[2]}")
+        if len(new) > remaining:
+            lines.append(f"    ... and {len(new) - remaining} more differing fields")
+        shown += min(len(new), remaining)
+    if not any(p.fields for p in problems):
+        lines.append("  (no captured environment field differs; the fingerprint covers more than the report shows)")
+    return "\n".join(lines)
+
+
+def _text(header: str, ctx: dict[str, Any], folder: Path) -> str:
+    lines = [header]
+    if ctx["forced"]:
+        lines += ["", "WARNING: FORCED COMPARISON ACROSS DIFFERENT ENVIRONMENTS", ctx["warning"]]
+    lines.append("")
+    w = max(len(r.cell_id) for r in ctx["rows"])
+    lines.append(f"{'cell':<{w}} {'A ms':>9} {'B ms':>9} {'change':>8} {'p':>8}  verdict")
+    for r in ctx["rows"]:
+        p = f"{r.p_value:.2g}" if r.p_value is not None else "–"
+        verdict = r.verdict + (f" ({r.note})" if r.note and r.verdict != "within threshold" else "")
+        lines.append(
+            f"{r.cell_id:<{w}} {fmt.ms(r.a.median):>9} {fmt.ms(r.b.median):>9} "
+            f"{fmt.pct(r.change_pct):>8} {p:>8}  {verdict}"
+            + (f"; mAP {fmt.signed(r.map_change)} pts" if r.map_change is not None else "")
+        )
+    for cid in ctx["only_a"]:
+        lines.append(f"only in A: {cid}")
+    for cid in ctx["only_b"]:
+        lines.append(f"only in B: {cid}")
+    lines.append("")
+    if ctx["regressions"]:
+        lines.append(
+            f"FAIL: {len(ctx['regressions'])} cell(s) significantly slower than A by more than "
+            f"{ctx['threshold_pct']:g}% (alpha {ctx['alpha']:g}) or failing in B: "
+            + ", ".join(r.cell_id for r in ctx["regressions"])
+        )
+    else:
+        lines.append(f"OK: no cell significantly slower by more than {ctx['threshold_pct']:g}% (alpha {ctx['alpha']:g}).")
+    lines.append(f"Wrote {folder / 'compare.html'} and {folder / 'compare.md'}")
+    return "\n".join(lines)
+
+
+def compare_markdown(ctx: dict[str, Any]) -> str:
+    lines = [f"# Comparison: {fmt.md(ctx['id_b'])} against {fmt.md(ctx['id_a'])}", ""]
+    if ctx["forced"]:
+        lines += ["> [!CAUTION]", "> **Forced comparison across different environments**: the fingerprints differ, so these changes may come from the environment, not the code.", ""]
+        for p in ctx["problems"]:
+            for f in p.fields[:12]:
+                lines.append(f"> - {fmt.md(p.cell_id)}: {fmt.md(f[0])}: A {fmt.md(f[1])}, B {fmt.md(f[2])}")
+        lines.append("")
+    verdict = (
+        f"**FAIL**: {len(ctx['regressions'])} cell(s) significantly slower by more than {ctx['threshold_pct']:g}%"
+        if ctx["regressions"] else f"**PASS**: no cell significantly slower by more than {ctx['threshold_pct']:g}%"
+    )
+    lines += [
+        verdict + f" (Mann-Whitney U on the raw samples, alpha {ctx['alpha']:g}).", "",
+        "| cell | A median ms | B median ms | change | p | verdict | mAP change (pts) |",
+        "| :--- | ---: | ---: | ---: | ---: | :--- | ---: |",
+    ]
+    for r in ctx["rows"]:
+        note = f" ({fmt.md(r.note)})" if r.note else ""
+        lines.append(
+            f"| {fmt.md(r.cell_id)} | {fmt.ms(r.a.median)} | {fmt.ms(r.b.median)} | {fmt.pct(r.change_pct)} | "
+            f"{'–' if r.p_value is None else f'{r.p_value:.2g}'} | {fmt.md(r.verdict)}{note} | {fmt.signed(r.map_change)} |"
+        )
+    if ctx["only_a"] or ctx["only_b"]:
+        lines.append("")
+        lines += [f"- only in A: {fmt.md(c)}" for c in ctx["only_a"]]
+        lines += [f"- only in B: {fmt.md(c)}" for c in ctx["only_b"]]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,471 @@
+"""`bench report RUN_FOLDER`: report.html, summary.md and results.csv from the stored results.
+
+The report reads only the run folder (results.json, or cells/ + run.json) and never measures
+anything. The HTML is one self-contained file: styles, the small sorting script, the charts
+(inline SVG) and the gallery images (data: URIs) are all inside it, so it opens offline, can
+be attached to a release, and makes no network request at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from harness.report import charts, fmt
+from harness.report.published import (
+    Match,
+    Reference,
+    latency_detail,
+    latency_sentence,
+    load_reference,
+    match_cells,
+    overview,
+)
+from harness.report.rundata import (
+    CellView,
+    Verdict,
+    cell_views,
+    environment_table,
+    flatten,
+    load_run,
+    show_value,
+    verdicts,
+)
+
+__all__ = ["load_run", "render_run", "build_context", "write_atomic", "template_env"]
+
+# The gallery is the only part of the report whose size the data decides; these bounds keep
+# the file attachable (GitHub release assets are fine at a few MB).
+GALLERY_MAX_SIDE = 960
+GALLERY_MAX_IMAGES = 24
+GALLERY_JPEG_QUALITY = 80
+
+STATUS_WORDS = {
+    "ok": "ok",
+    "unstable": "unstable",
+    "throttled": "throttled",
+    "accuracy_regression": "accuracy regression",
+    "skipped": "skipped",
+    "failed": "failed",
+}
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write via a temporary file in the same folder and rename, so a reader never sees a
+    half-written report and a crash leaves the previous one intact."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def template_env() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        # Every value a template prints is escaped unless it is Markup built by charts.py,
+        # which escapes its own text: plans and model files are untrusted input.
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        ms=fmt.ms, num=fmt.num, signed=fmt.signed, pct=fmt.pct, short_hash=fmt.short_hash,
+        status_word=lambda s: STATUS_WORDS.get(s, s), show=show_value, sortkey=_sortkey,
+    )
+    return env
+
+
+def _sortkey(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+# ----------------------------------------------------------------------------- context
+
+
+@dataclass
+class GalleryImage:
+    cell: CellView
+    name: str
+    data_uri: str
+    width: int
+    height: int
+
+
+def _inside(base: Path, rel: str) -> Path | None:
+    """A path from a record, only if it stays inside the run folder (a results file must not
+    make the report embed files from elsewhere on the machine)."""
+    try:
+        path = (base / rel).resolve()
+        return path if path.is_relative_to(base.resolve()) and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def gallery_paths(run_dir: Path, view: CellView) -> list[Path]:
+    """The cell's gallery images: from derived["gallery"] (finalize draws them after the
+    cells ran), record["files"]["gallery"], or the layout gallery/<cell_id>-<n>.jpg."""
+    files = view.record.get("files") or {}
+    listed: list[str] = [str(p) for p in view.derived.get("gallery") or [] if isinstance(p, str)]
+    entry = files.get("gallery")
+    if isinstance(entry, list):
+        listed += [str(p) for p in entry]
+    elif isinstance(entry, str):
+        folder = run_dir / entry
+        if folder.is_dir():
+            listed += [str(p.relative_to(run_dir)) for p in sorted(folder.glob(f"{view.cell_id}-*.jpg"))]
+        else:
+            listed.append(entry)
+    listed += [str(v) for k, v in files.items() if k.startswith("gallery") and k != "gallery" and isinstance(v, str)]
+    if not listed:  # the run folder layout in docs/CONTRACTS.md
+        listed = [str(p.relative_to(run_dir)) for p in sorted((run_dir / "gallery").glob(f"{view.cell_id}-*.jpg"))]
+    out = []
+    for rel in listed:
+        path = _inside(run_dir, rel)
+        if path is not None and path not in out:
+            out.append(path)
+    return out
+
+
+def embed_image(path: Path) -> tuple[str, int, int] | None:
+    """The image as a JPEG data URI, scaled down to GALLERY_MAX_SIDE; None if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            image = img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    if max(image.size) > GALLERY_MAX_SIDE or path.stat().st_size > 250_000 or path.suffix.lower() not in (".jpg", ".jpeg"):
+        image.thumbnail((GALLERY_MAX_SIDE, GALLERY_MAX_SIDE))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=GALLERY_JPEG_QUALITY, optimize=True)
+        raw = buffer.getvalue()
+    else:
+        raw = path.read_bytes()
+    return "data:image/jpeg;base64," + base64.b64encode(raw).decode("ascii"), image.width, image.height
+
+
+def _gallery(run_dir: Path, views: list[CellView]) -> tuple[list[GalleryImage], int]:
+    images: list[GalleryImage] = []
+    left_out = 0
+    for v in views:
+        for path in gallery_paths(run_dir, v):
+            if len(images) >= GALLERY_MAX_IMAGES:
+                left_out += 1
+                continue
+            embedded = embed_image(path)
+            if embedded is not None:
+                images.append(GalleryImage(v, path.name, *embedded))
+    return images, left_out
+
+
+def _dist_rows(views: list[CellView]) -> list[charts.DistRow]:
+    return [charts.DistRow(v.model, f"{v.config_label} · {v.scope}", v.samples, v.status) for v in views if v.measured and v.samples]
+
+
+def _pareto_charts(views: list[CellView]) -> list[dict[str, Any]]:
+    """One chart per scope (model first). A scope whose every point has random weights gets
+    no chart, only a note: plotting noise against latency would invite a reading."""
+    out = []
+    for scope in sorted({v.scope for v in views}, key=lambda s: (s != "model", s)):
+        points = []
+        for v in views:
+            metric = v.ap if v.ap is not None else v.mask_ap
+            if v.scope == scope and v.measured and v.median is not None and metric is not None:
+                points.append(
+                    charts.ParetoPoint(
+                        label=f"{v.model} — {v.config_label}",
+                        short=f"{v.runtime} {v.precision} b{v.batch}",
+                        model=v.model,
+                        runtime=v.runtime,
+                        latency=v.median,
+                        ap=metric,
+                        random_weights=v.random_weights,
+                    )
+                )
+        if points:
+            all_random = all(p.random_weights for p in points)
+            out.append(
+                {
+                    "scope": scope,
+                    "svg": None if all_random else charts.pareto(points, f"Latency against mAP, {scope} scope"),
+                    "random": sum(p.random_weights for p in points),
+                    "count": len(points),
+                }
+            )
+    return out
+
+
+def _stage_bars(views: list[CellView]) -> list[charts.StageBar]:
+    bars = []
+    for v in views:
+        stages = ((v.record.get("latency") or {}).get("stages")) or {}
+        medians = {}
+        for name, timing in stages.items():
+            p50 = ((timing or {}).get("stats") or {}).get("p50")
+            if isinstance(p50, (int, float)):
+                medians[str(name)] = float(p50)
+        if medians and v.measured:
+            bars.append(charts.StageBar(v.model, v.config_label, medians, v.median))
+    return bars
+
+
+def _throttle_active(reasons: Any) -> bool:
+    """NVML clock-event reasons that slow the GPU down (power cap, hardware slowdown, thermal
+    slowdowns, power brake): the monitor's bitmask, or their names."""
+    from harness.environment.nvml import SLOWDOWN_REASONS  # constants only; imports no NVML
+
+    if isinstance(reasons, bool):
+        return reasons
+    if isinstance(reasons, int):
+        return bool(reasons & SLOWDOWN_REASONS)
+    if isinstance(reasons, (list, tuple)):
+        return any(_throttle_active(r) for r in reasons)
+    if isinstance(reasons, str):
+        text = reasons.lower()
+        return any(word in text for word in ("power", "thermal", "slowdown", "brake"))
+    return False
+
+
+def _sustained_series(views: list[CellView]) -> list[dict[str, Any]]:
+    out = []
+    for v in views:
+        windows = ((v.record.get("latency") or {}).get("windows")) or []
+        if not windows:
+            continue
+        wins = []
+        clock_from_windows = []
+        for w in windows:
+            stats = w.get("stats") or {}
+            if not isinstance(stats.get("p50"), (int, float)):
+                continue
+            mid = (float(w.get("start_s", 0)) + float(w.get("end_s", 0))) / 2
+            wins.append((mid, float(stats["p50"]), float(stats.get("p99", stats["p50"]))))
+            if isinstance(w.get("sm_clock_mhz_median"), (int, float)):
+                clock_from_windows.append((mid, float(w["sm_clock_mhz_median"])))
+        trace = ((v.record.get("monitor") or {}).get("trace")) or []
+        measure = [p for p in trace if p.get("phase") in (None, "measure", "measurement", "sustained")]
+        clock = [(float(p["t_s"]), float(p["sm_mhz"])) for p in measure if isinstance(p.get("sm_mhz"), (int, float)) and isinstance(p.get("t_s"), (int, float))]
+        if clock:
+            t0 = clock[0][0]
+            clock = [(t - t0, mhz) for t, mhz in clock]
+        spans: list[tuple[float, float]] = []
+        if measure and clock:
+            t0 = float(measure[0].get("t_s", 0))
+            for p in measure:
+                if _throttle_active(p.get("clock_event_reasons")) and isinstance(p.get("t_s"), (int, float)):
+                    t = float(p["t_s"]) - t0
+                    if spans and t - spans[-1][1] < 0.5:
+                        spans[-1] = (spans[-1][0], t)
+                    else:
+                        spans.append((t, t + 0.1))
+        series = charts.SustainedSeries(
+            label=f"{v.model} — {v.config_label} · {v.scope}",
+            windows=wins,
+            clock=charts.downsample(clock) if clock else clock_from_windows,
+            throttled=spans,
+        )
+        first, last = wins[0][1] if wins else None, wins[-1][1] if wins else None
+        drift = (last / first - 1) * 100 if first and last else None
+        out.append({"cell": v, "svg": charts.sustained(series), "drift": drift, "windows": len(wins)})
+    return out
+
+
+def _duration(start: str | None, end: str | None) -> str:
+    try:
+        if not start or not end:
+            return ""
+        seconds = (datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return ""
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else (f"{minutes} min {sec} s" if minutes else f"{sec} s")
+
+
+def _devices(views: list[CellView]) -> list[str]:
+    from harness.report.published import gpu_name
+    from harness.report.rundata import env_lookup
+
+    names: list[str] = []
+    for v in views:
+        if v.device.startswith("cuda"):
+            name = gpu_name(v) or "GPU (name not recorded)"
+        else:
+            cpu = env_lookup(v.record.get("environment") or {}, [r"cpu\.model$", r"cpu_model$", r"cpu\.name$", r"processor$"])
+            name = f"CPU: {cpu}" if cpu else "CPU"
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _pairs(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, dict):
+        return []
+    return [(k, show_value(v)) for k, v in flatten(value).items()]
+
+
+def _agreement_summary(derived: dict[str, Any]) -> list[tuple[str, str]]:
+    """The few agreement figures a reader needs (harness.accuracy.agreement has them all)."""
+    out: list[tuple[str, str]] = []
+    det = derived.get("detection_agreement") or {}
+    if det.get("reason"):
+        out.append(("detections", str(det["reason"])))
+    elif det:
+        for key, label in (("match_rate", "boxes matched"), ("mean_iou", "mean IoU"), ("max_abs_score_diff", "max score diff")):
+            if isinstance(det.get(key), (int, float)) and not isinstance(det.get(key), bool):
+                out.append((label, f"{det[key]:.3g}"))
+    raw = derived.get("raw_agreement") or {}
+    if raw.get("reason"):
+        out.append(("raw outputs", str(raw["reason"])))
+    elif "passed" in raw:
+        worst = [o.get("max_abs_diff") for o in (raw.get("outputs") or {}).values() if isinstance(o, dict)]
+        worst_num = [w for w in worst if isinstance(w, (int, float))]
+        text = "within tolerance" if raw["passed"] else "differ"
+        if worst_num:
+            text += f", max |diff| {max(worst_num):.3g}"
+        out.append(("raw outputs", text))
+    return out
+
+
+def _per_class_drops(derived: dict[str, Any], n: int = 5) -> list[tuple[str, float]]:
+    """The n classes that lost the most AP (negative changes only)."""
+    deltas = derived.get("per_class_delta") or {}
+    # Below the printed precision (0.1 points) is not a drop worth naming.
+    items = [(str(k), float(v)) for k, v in deltas.items() if isinstance(v, (int, float)) and v <= -0.05]
+    return sorted(items, key=lambda kv: kv[1])[:n]
+
+
+def build_context(run: dict[str, Any], reference: Reference | None = None) -> dict[str, Any]:
+    """Everything the templates print, computed once (the Markdown and CSV use it too)."""
+    run_dir = Path(run["run_dir"])
+    meta = run["run"]
+    views = cell_views(run)
+    ref = reference or load_reference()
+    matches, unmatched = match_cells(views, ref)
+    common_env, differing_env = environment_table(views)
+    gallery, gallery_left_out = _gallery(run_dir, views)
+    counts = Counter(v.status for v in views)
+    planned = [c for c in meta.get("cell_ids") or [] if c not in {v.cell_id for v in views}]
+    env_sections: dict[str, list[tuple[str, str]]] = {}
+    for key, value in common_env:
+        env_sections.setdefault(key.split(".", 1)[0] if "." in key else "general", []).append((key, value))
+    if "general" in env_sections:  # top-level scalars (hostname, devices, ...) first
+        env_sections = {"general": env_sections.pop("general"), **env_sections}
+    return {
+        "meta": meta,
+        "run_id": str(meta.get("run_id", run_dir.name)),
+        "plan_name": str(meta.get("plan_name", "")),
+        "duration": _duration(meta.get("started_at"), meta.get("finished_at")),
+        "views": views,
+        "verdicts": verdicts(views),
+        "verdict_groups": _group_verdicts(verdicts(views)),
+        "counts": [(s, counts[s]) for s in STATUS_WORDS if counts.get(s)],
+        "random_cells": [v for v in views if v.random_weights],
+        "devices": _devices(views),
+        "planned_missing": planned,
+        "dist_svg": charts.latency_distribution(_dist_rows(views)),
+        "pareto": _pareto_charts(views),
+        "stage_svg": charts.stage_breakdown(_stage_bars(views)),
+        "sustained": _sustained_series(views),
+        "gallery": gallery,
+        "gallery_left_out": gallery_left_out,
+        # One row per accuracy pass: a scope that shares its sibling's pass is not repeated.
+        "accuracy_views": [v for v in views if (v.ap is not None or v.mask_ap is not None) and not v.accuracy_from],
+        "agreement": {v.cell_id: _agreement_summary(v.derived) for v in views},
+        "class_drops": {v.cell_id: _per_class_drops(v.derived) for v in views},
+        "problems": [v for v in views if v.status in ("failed", "skipped")],
+        "flagged": [v for v in views if v.status in ("unstable", "throttled", "accuracy_regression")],
+        "ref": ref,
+        "matches": matches,
+        "unmatched": unmatched,
+        "published_overview": overview(matches),
+        "latency_sentence": lambda m: latency_sentence(m, ref),
+        "latency_detail": lambda m: latency_detail(m, ref),
+        "env_sections": env_sections,
+        "env_differing": differing_env,
+        "pairs": _pairs,
+        "harness_version": _harness_version(),
+        "generated_at": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def _group_verdicts(items: list[Verdict]) -> list[tuple[str, list[Verdict]]]:
+    """Verdicts by model, in the run's order (Jinja's groupby would sort by name)."""
+    groups: dict[str, list[Verdict]] = {}
+    for v in items:
+        groups.setdefault(v.model, []).append(v)
+    return list(groups.items())
+
+
+def _harness_version() -> str:
+    from harness import __version__
+
+    return __version__
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def render_template(name: str, context: dict[str, Any]) -> str:
+    """Render a page and check it is self-contained; a reference outward is a bug, not a
+    choice, so it stops the write rather than shipping a report that phones home."""
+    from harness.report.offline import external_references
+
+    html = str(template_env().get_template(name).render(**context))
+    found = external_references(html)
+    if found:
+        raise RuntimeError(f"{name} would load from outside the file: {found[:5]}")
+    return html
+
+
+def render_html(context: dict[str, Any]) -> str:
+    return render_template("report.html.j2", context)
+
+
+def render_run(run_dir: Path) -> dict[str, Path]:
+    """Write report.html, summary.md and results.csv into the run folder; their paths."""
+    from harness.report.summary import results_csv, summary_markdown
+
+    run = load_run(run_dir)
+    folder = Path(run["run_dir"])
+    context = build_context(run)
+    return {
+        "html": write_atomic(folder / "report.html", render_html(context)),
+        "markdown": write_atomic(folder / "summary.md", summary_markdown(context)),
+        "csv": write_atomic(folder / "results.csv", results_csv(context["views"])),
+    }
+
+
+def verdict_line(verdict: Verdict) -> str:
+    """A verdict in words (used by the Markdown summary and the CLI's closing message)."""
+    best = verdict.best
+    if best is None:
+        return f"{verdict.model} ({verdict.scope}): no configuration passed"
+    delta = "" if best.map_delta is None else f", mAP {fmt.signed(best.map_delta)} pts"
+    return (
+        f"{verdict.model} ({verdict.scope}): {best.config_label}: median {fmt.ms(best.median)} ms, "
+        f"p99 {fmt.ms(best.p99)} ms, {fmt.num(best.throughput)} img/s{delta}"
+    )
+
+
+def match_summary(m: Match) -> str:
+    return f"{m.cell.cell_id}: latency {m.latency_verdict}, mAP {m.map_verdict}"

@@ -1,0 +1,161 @@
+"""summary.md (GitHub Markdown for release notes) and results.csv (one row per cell).
+
+Both are built from the same context as the HTML report. Every string from a plan, a model file
+or the environment goes through `fmt.md` or `fmt.csv_text`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from harness.report import fmt
+from harness.report.rundata import CellView
+
+CSV_COLUMNS = [
+    "cell_id", "model", "variant", "source", "runtime", "runtime_name", "precision", "batch",
+    "resolution", "scope", "device", "timer", "status", "reason", "flags", "random_weights",
+    "is_reference", "samples", "median_ms", "p90_ms", "p99_ms", "mean_ms", "cov",
+    "median_ci95_lo_ms", "median_ci95_hi_ms", "throughput_ips", "ap", "ap50", "mask_ap",
+    "map_delta_ap", "accuracy_images", "fingerprint",
+]
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    return [_md_row(header), _md_row([marks[a] for a in align]), *(_md_row(r) for r in rows)]
+
+
+def _status(v: CellView) -> str:
+    word = v.status.replace("_", " ")
+    return f"**{fmt.md(word)}**: {fmt.md(v.reason)}" if v.reason and v.status != "ok" else fmt.md(word)
+
+
+def _map(v: CellView) -> str:
+    metric = v.ap if v.ap is not None else v.mask_ap
+    if metric is None:
+        return "–"
+    text = fmt.num(metric)
+    return f"{text} (random weights)" if v.random_weights else text
+
+
+def summary_markdown(ctx: dict[str, Any]) -> str:
+    meta = ctx["meta"]
+    views: list[CellView] = ctx["views"]
+    lines = [f"# Benchmark report: {fmt.md(ctx['plan_name'])}", ""]
+    counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in ctx["counts"])
+    lines.append(
+        f"Run {fmt.md(ctx['run_id'])} · started {fmt.md(meta.get('started_at', '?'))}"
+        + (f" · took {fmt.md(ctx['duration'])}" if ctx["duration"] else "")
+        + f" · harness {fmt.md(meta.get('harness_version', '?'))} · {len(views)} cells ({counts})"
+    )
+    if ctx["devices"]:
+        lines.append("")
+        lines.append("Devices: " + "; ".join(fmt.md(d) for d in ctx["devices"]))
+    if ctx["random_cells"]:
+        names = sorted({v.model for v in ctx["random_cells"]})
+        lines += [
+            "",
+            "> [!WARNING]",
+            f"> **Random weights** in {len(ctx['random_cells'])} of {len(views)} cells "
+            f"({', '.join(fmt.md(n) for n in names)}): their latency is real, their mAP is meaningless.",
+        ]
+    lines += ["", "## Verdicts", "", "Per model and scope, the fastest configuration that passed its accuracy gate.", ""]
+    rows = []
+    for verdict in ctx["verdicts"]:
+        b = verdict.best
+        if b is None:
+            rows.append([fmt.md(verdict.model), fmt.md(verdict.scope), "no configuration passed", "–", "–", "–", "–", "–"])
+            continue
+        delta = "reference" if b.is_reference else fmt.signed(b.map_delta)
+        rows.append([
+            fmt.md(verdict.model) + (" (random weights)" if b.random_weights else ""),
+            fmt.md(verdict.scope),
+            fmt.md(b.config_label),
+            fmt.ms(b.median), fmt.ms(b.p99), fmt.num(b.throughput), delta, _status(b),
+        ])
+    lines += _md_table(
+        ["model", "scope", "fastest passing configuration", "median ms", "p99 ms", "img/s", "mAP change (pts)", "status"],
+        rows, "lllrrrrl",
+    )
+    lines += ["", "## All cells", ""]
+    rows = [
+        [
+            fmt.md(v.model), fmt.md(v.runtime), fmt.md(v.precision), str(v.batch), str(v.resolution),
+            fmt.md(v.scope), fmt.md(v.timer or "–"), fmt.ms(v.median), fmt.ms(v.p90), fmt.ms(v.p99),
+            fmt.num(v.throughput), _map(v), "reference" if v.is_reference else fmt.signed(v.map_delta),
+            "random" if v.random_weights else "trained", _status(v),
+        ]
+        for v in views
+    ]
+    lines += _md_table(
+        ["model", "runtime", "precision", "batch", "res", "scope", "timer", "median ms", "p90 ms",
+         "p99 ms", "img/s", "mAP", "mAP change", "weights", "status"],
+        rows, "llllrllrrrrrrll",
+    )
+    if ctx["matches"]:
+        ref = ctx["ref"]
+        lines += [
+            "", "## Published numbers", "",
+            f"Against {fmt.md(ref.name)}, from {fmt.md(ref.source_text)}, measured on "
+            f"{fmt.md(ref.conditions['gpu'])}, TensorRT {fmt.md(ref.conditions['tensorrt'])}, CUDA "
+            f"{fmt.md(ref.conditions['cuda'])}, {fmt.md(ref.conditions['precision'])}, batch "
+            f"{ref.conditions['batch']}, {ref.conditions['pause_ms']} ms pause, model scope, "
+            f"{fmt.md(ref.conditions['dataset'])}. Tolerance: latency ±{ref.latency_tolerance * 100:g}%, "
+            f"mAP ±{ref.ap_tolerance:g} points.", "",
+        ]
+        lines += [fmt.md(ctx["published_overview"]), ""]
+        rows = []
+        # Release notes want the numbers that compare; the rest are counted above and listed
+        # with their reasons in report.html.
+        shown = [m for m in ctx["matches"] if m.comparable or m.map_verdict in ("reproduced", "lower", "higher")]
+        for m in shown:
+            why = "; ".join(m.latency_why + m.latency_caveats + m.map_why + m.map_caveats)
+            rows.append([
+                fmt.md(m.cell.model) + " " + fmt.md(m.cell.config_label) + " " + fmt.md(m.cell.scope),
+                fmt.md(f"{m.row.model} @ {m.row.resolution}"),
+                f"{fmt.ms(m.cell.median)} / {fmt.ms(m.row.latency_ms)}",
+                fmt.md(ctx["latency_sentence"](m)),
+                f"{fmt.num(m.map_measured)} / {fmt.num(m.row.metric)}",
+                fmt.md(m.map_verdict),
+                fmt.md(why) or "–",
+            ])
+        if rows:
+            lines += _md_table(
+                ["cell", "published row", "ms (ours / published)", "latency", "mAP (ours / published)", "mAP", "why / caveats"],
+                rows, "llrlrll",
+            )
+        else:
+            lines.append("No cell was measured under conditions that compare with the published table.")
+    lines += ["", f"Full report with charts: report.html · generated by detbench harness {fmt.md(ctx['harness_version'])}", ""]
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, digits: int = 6) -> str:
+    return "" if value is None else f"{value:.{digits}g}"
+
+
+def results_csv(views: list[CellView]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for v in views:
+        writer.writerow([
+            fmt.csv_text(v.cell_id), fmt.csv_text(v.model), fmt.csv_text(v.variant or ""),
+            fmt.csv_text(v.source), fmt.csv_text(v.runtime), fmt.csv_text(v.runtime_name),
+            fmt.csv_text(v.precision), v.batch, v.resolution, fmt.csv_text(v.scope),
+            fmt.csv_text(v.device), fmt.csv_text(v.timer or ""), v.status,
+            fmt.csv_text(v.reason or ""), fmt.csv_text(";".join(v.flags)),
+            str(v.random_weights).lower(), str(v.is_reference).lower(), len(v.samples),
+            _cell(v.median), _cell(v.p90), _cell(v.p99), _cell(v.mean), _cell(v.cov, 4),
+            _cell(v.ci[0] if v.ci else None), _cell(v.ci[1] if v.ci else None),
+            _cell(v.throughput), _cell(v.ap, 4), _cell(v.ap50, 4), _cell(v.mask_ap, 4),
+            _cell(v.map_delta, 4), "" if v.images is None else v.images,
+            fmt.csv_text(v.record.get("fingerprint") or ""),
+        ])
+    return buffer.getvalue()
