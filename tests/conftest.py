@@ -23,11 +23,9 @@ def _cuda_reason() -> str | None:
 
 @functools.cache
 def _tensorrt_reason() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "the tensorrt Python package is not installed (it cannot be installed in this workplace)"
-    return _cuda_reason()
+    from harness.runtimes.tensorrt import tensorrt_import_problem
+
+    return tensorrt_import_problem() or _cuda_reason()
 
 
 @functools.cache

@@ -132,6 +132,8 @@ class RfdetrSource(ModelSource):
         torch.manual_seed(RANDOM_SEED)  # identical random weights in every process
         with quiet_fds(self.log):
             model = cls(**kwargs)
+            # rfdetr 1.11 can leave the core module on the CPU when built for CUDA (seen on an H200)
+            model.model.model.to(device)
         self.build_s = time.perf_counter() - started
         return model
 

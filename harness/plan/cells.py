@@ -198,9 +198,24 @@ def expand(plan: Plan, plan_dir: Path) -> list[Cell]:
                     )
                 )
         cells.extend(_with_reference_first(model_cells))
+    problems.extend(_runtime_setting_problems(cells))
     if problems:
         raise PlanProblem(list(dict.fromkeys(problems)))  # one line per distinct problem
     return cells
+
+
+def _runtime_setting_problems(cells: list[Cell]) -> list[tuple[str, str]]:
+    """Runtimes whose settings have their own schema check them now, not at run time."""
+    problems: list[tuple[str, str]] = []
+    if any(c.runtime.name == "tensorrt" for c in cells):
+        from harness.runtimes.tensorrt_engine import cell_problems
+
+        for cell in cells:
+            if cell.runtime.name == "tensorrt":
+                for _, what in cell_problems(cell):
+                    where = f"runtimes[{cell.runtime.key}].settings (model {cell.model.name})"
+                    problems.append((where, what.removeprefix("runtime.settings: ")))
+    return problems
 
 
 def _with_reference_first(cells: list[Cell]) -> list[Cell]:

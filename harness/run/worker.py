@@ -101,6 +101,24 @@ def _gpu_index(device: str) -> int | None:
     return int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
 
 
+_VOLATILE_KEYS = {"timing", "built_at", "cache_hit", "engine_cache_hit", "cached", "model_file", "path"}
+_VOLATILE_SUFFIXES = ("_s", "_at", "_path", "_dir", "_file")
+
+
+def comparable_settings(value: Any) -> Any:
+    """Settings without what changes from run to run of the same configuration (timings,
+    timestamps, cache hits, file locations), so identical setups get identical fingerprints."""
+    if isinstance(value, dict):
+        return {
+            k: comparable_settings(v)
+            for k, v in value.items()
+            if k not in _VOLATILE_KEYS and not str(k).endswith(_VOLATILE_SUFFIXES)
+        }
+    if isinstance(value, list):
+        return [comparable_settings(v) for v in value]
+    return value
+
+
 def _plan_sha256(run_dir: Path) -> str | None:
     with contextlib.suppress(OSError, ValueError):
         return json.loads((run_dir / "run.json").read_text("utf-8")).get("plan_sha256")
@@ -162,7 +180,9 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     with contextlib.suppress(Exception):
         from harness.environment.fingerprint import fingerprint as make_fingerprint
 
-        fingerprint = make_fingerprint(env, runtime=cell.runtime.name, precision=cell.precision, settings=settings)
+        fingerprint = make_fingerprint(
+            env, runtime=cell.runtime.name, precision=cell.precision, settings=comparable_settings(settings)
+        )
 
     # Accuracy data first (decoded outside any timed region); the same runtime object serves
     # the latency pass and the accuracy pass.
@@ -216,7 +236,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
             result, stage_samples = measure_stages(
                 stages, lambda: images, cell.protocol, stream, runtime.synchronize, on_phase=on_phase
             )
-            timer_name = "perf_counter (stage boundaries synchronised)"
+            timer_name = f"{result.timer_name} (stage boundaries synchronised)"
             if cell.time_decode:
                 stage_names = ["decode", *stage_names]
     finally:
@@ -231,6 +251,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
         stage_samples=stage_samples,
         window_s=sustained.window_s if sustained else None,
         monitor_trace=monitor_data.get("trace") if monitor_data else None,
+        asynchronous_call=runtime.asynchronous_call,
     )
 
     flags: list[str] = []

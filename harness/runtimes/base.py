@@ -45,6 +45,9 @@ class Stage:
 
 class Runtime(ABC):
     name: ClassVar[str]
+    # False when run_model() returns only after the device finished (ONNX Runtime's Run):
+    # host time then always covers device time, so it cannot say "launch-bound".
+    asynchronous_call: ClassVar[bool] = True
 
     def __init__(self, cell: Cell, source: ModelSource, log: TextIO):
         self.cell = cell

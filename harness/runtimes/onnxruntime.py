@@ -76,6 +76,14 @@ _EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
 _PLACEMENT = re.compile(
     r"(?:All nodes placed on|Node\(s\) placed on) \[(\w+)\]\. Number of nodes: (\d+)"
 )
+# Under a "Node(s) placed on [EP]" line ORT lists one "  OpType (node name)" line per node.
+_PLACED_NODE = re.compile(r"VerifyEachNodeIsAssignedToAnEp\]\s{3,}(\w+) \(")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m|\[[0-9;]*m(?=\d{4}-)")
+
+# ops kept in fp32 when converting to fp16 for the CUDA EP: ORT's defaults, plus GridSample,
+# which has no fp16 CUDA kernel in ORT 1.31 (RF-DETR's deformable attention uses it; converted,
+# it runs on the CPU with copies both ways: measured slower than fp32 on an H100).
+FP16_EXTRA_BLOCKED_OPS = ["GridSample"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -186,12 +194,29 @@ def node_placements(log_text: str) -> dict[str, int]:
     return counts
 
 
+def placed_op_types(log_text: str) -> dict[str, dict[str, int]]:
+    """Op types per provider, from the verbose node list ORT prints under each placement line
+    (only printed when more than one provider took nodes)."""
+    result: dict[str, dict[str, int]] = {}
+    current: str | None = None
+    for line in log_text.splitlines():
+        if "VerifyEachNodeIsAssignedToAnEp" not in line:
+            continue
+        if m := _PLACEMENT.search(line):
+            current = m.group(1)
+            result.setdefault(current, {})
+        elif current and (m := _PLACED_NODE.search(line)):
+            ops = result[current]
+            ops[m.group(1)] = ops.get(m.group(1), 0) + 1
+    return {ep: ops for ep, ops in result.items() if ops}
+
+
 def _error_lines(log_text: str, limit: int = 6) -> list[str]:
     """ORT's error/warning lines ([E:...], [W:...], 'EP Error', Python warnings), trimmed."""
     keep = []
-    for line in log_text.splitlines():
+    for line in _ANSI.sub("", log_text).splitlines():
         if re.search(r"\[(E|F|W):onnxruntime|EP Error|Error|error|UserWarning|Warning:", line):
-            keep.append(line.strip()[:400])
+            keep.append(line.strip()[:500])
     return keep[-limit:]
 
 
@@ -201,6 +226,8 @@ def _device_id(device: str) -> int:
 
 class OrtRuntime(Runtime):
     """Shared by the three providers; subclasses name the provider."""
+
+    asynchronous_call = False  # Run() waits for its stream before returning
 
     provider: ClassVar[str]
     on_cuda: ClassVar[bool] = False
@@ -323,6 +350,11 @@ class OrtRuntime(Runtime):
         self.log.write(log_text)
         self.log.flush()
         self.placements = node_placements(log_text)
+        self.placement_ops = placed_op_types(log_text)
+        # The session logger is VERBOSE (for the placements above); runs log at WARNING, or the
+        # CUDA EP would print a line per stream notification on every run (seen on an H100).
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 2
 
         if error is not None:
             detail = " | ".join(_error_lines(log_text)) or "(no log lines)"
@@ -387,7 +419,7 @@ class OrtRuntime(Runtime):
         return np.ascontiguousarray(batch, dtype=self.input_dtype)
 
     def run_model(self, inputs: Any) -> Any:
-        return self.session.run(self.output_names, {self.input_name: inputs})
+        return self.session.run(self.output_names, {self.input_name: inputs}, self.run_options)
 
     def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, outputs, strict=True))
@@ -405,6 +437,10 @@ class OrtRuntime(Runtime):
             "providers": self.session.get_providers(),
             "provider_options": self.session.get_provider_options(),
             "node_placement": self.placements,
+            # op types per provider where several took nodes (what fell back to the CPU)
+            "node_placement_ops": {
+                ep: ops for ep, ops in self.placement_ops.items() if ep != self.provider
+            },
             "session_options": {
                 "graph_optimization_level": str(so.graph_optimization_level).split(".")[-1],
                 "intra_op_num_threads": so.intra_op_num_threads,
@@ -522,7 +558,7 @@ class _OrtGpuRuntime(OrtRuntime):
             batch = int(inputs.shape()[0])
             if batch != self._bound_batch:
                 self._bind_outputs(batch)
-        self.session.run_with_iobinding(self._binding)
+        self.session.run_with_iobinding(self._binding, self.run_options)
         return self._outputs if self._outputs is not None else self._binding.get_outputs()
 
     def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
@@ -560,20 +596,29 @@ class OrtCudaRuntime(_OrtGpuRuntime):
         fp32 so preprocessing and decoding are unchanged), cached by the source's sha256."""
         if problem := float16_converter_problem():
             raise CellSkipped(f"fp16 on the CUDA EP needs an fp16 ONNX file: {problem}")
-        folder = artifacts_dir / "onnx-fp16" / sha256[:16]
+        # the block list is part of the key: a different list is a different file
+        tag = hashlib.sha256(f"{sha256}:{FP16_EXTRA_BLOCKED_OPS}".encode()).hexdigest()[:16]
+        folder = artifacts_dir / "onnx-fp16" / tag
         target = folder / "model.onnx"
         self._extra_prepare: dict[str, Any]
         if target.is_file():
             self._extra_prepare = {"fp16_convert_s": None, "fp16_cached": True}
             return target
         import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import (
+            DEFAULT_OP_BLOCK_LIST,
+            convert_float_to_float16,
+        )
 
         folder.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with capture_fds() as captured:
             model = onnx.load(str(src))
-            model16 = convert_float_to_float16(model, keep_io_types=True)
+            model16 = convert_float_to_float16(
+                model,
+                keep_io_types=True,
+                op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_EXTRA_BLOCKED_OPS],
+            )
         self.log.write(captured[0] if captured else "")
         staging = Path(tempfile.mkdtemp(prefix=".fp16-", dir=folder.parent))
         onnx.save(model16, str(staging / "model.onnx"))
@@ -586,7 +631,10 @@ class OrtCudaRuntime(_OrtGpuRuntime):
         self._extra_prepare = {
             "fp16_convert_s": time.perf_counter() - started,
             "fp16_cached": False,
-            "fp16_converter": "onnxruntime.transformers.float16 (keep_io_types=True)",
+            "fp16_converter": (
+                "onnxruntime.transformers.float16 (keep_io_types=True, fp32 kept for ORT's "
+                f"default block list + {', '.join(FP16_EXTRA_BLOCKED_OPS)})"
+            ),
         }
         return target
 
