@@ -1,0 +1,502 @@
+"""A plan across machines through Ray: each cell is a Ray task, results stream back as cells end.
+
+    bench PLAN.yaml --ray ray://head:10001      (Ray Client, e.g. a KubeRay head service)
+    bench PLAN.yaml --ray auto                  (on a node of a running cluster)
+
+The harness grows no scheduler of its own: Ray places the tasks, retries those whose worker or
+node died, and the autoscaler (KubeRay's) adds nodes. Each task runs the SAME worker as a local
+run (`python -m harness.run.worker`, through scheduler.run_cell_process) in a temporary run
+folder on its node, and returns the record plus the cell's files (log, detections, raw
+outputs) to the driver, which writes them into the run folder as each task ends. So a lost
+worker or node loses only the cell it was running: Ray retries it (`max_retries`), and when the
+retries are spent the cell is recorded as failed with Ray's reason; nothing finished is lost.
+
+What a task asks Ray for:
+  - a GPU cell: num_gpus=1 (Ray then sets CUDA_VISIBLE_DEVICES to that one GPU, and the cell's
+    device becomes cuda:0) and one CPU; with `accelerator_types`, the matching
+    `accelerator_type` (ray.util.accelerators names: T4, L4, A10G, A100, H100...), and the cell
+    runs once per type, its id qualified as `<cell_id>@<type slug>`;
+  - a CPU cell: by default every CPU of the largest node (`cpu_task_cpus=None`), so nothing else
+    measures on that node meanwhile, the same rule as a local run's (see harness.run.parallel).
+
+The Ray nodes need the harness and its dependencies importable (the bench image, or
+`runtime_env={"py_modules": [...]}`); data the plan names by path must exist at that path on
+the nodes (a shared volume). Generated sample datasets and exported artifacts are made on the
+node, in the plan folder when it exists there, else in a node-local cache.
+
+Ray stays optional: nothing here imports it at module level, and a run without `--ray`
+never imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.plan.cells import Cell
+from harness.run.placement import hardware_slug, host_name, qualify, with_placement
+from harness.run.record import CellRecord
+from harness.run.store import RunStore, utc_now, write_new, write_replace
+
+BACKEND = "ray"
+RUN_SUBDIRS = ("cells", "logs", "detections", "outputs", "gallery")
+# The most of a cell's log that comes back (the tail; rfdetr's export chatter can be long).
+MAX_LOG_BYTES = 8 << 20
+# Node-local working folders live under this (default: the system temp folder).
+WORKDIR_ENV = "BENCH_RAY_WORKDIR"
+# Thread-count variables Ray may set in its workers (see _ray_injected_env).
+THREAD_ENV_VARS = ("OMP_NUM_THREADS",)
+
+
+# -- what the plan asks for ------------------------------------------------------------------
+
+
+def plan_accelerator_types(plan: Any) -> dict[str, str]:
+    """The GPU types a plan targets, {slug: Ray accelerator type}, from the proposed plan field
+    `fleet: {gpu_types: [T4, L4, H100]}` (read with defaults until the schema has it)."""
+    fleet = getattr(plan, "fleet", None)
+    types = getattr(fleet, "gpu_types", None) if fleet is not None else None
+    if isinstance(fleet, Mapping):
+        types = fleet.get("gpu_types")
+    return normalise_accelerator_types(types)
+
+
+def plan_ray_options(plan: Any) -> dict[str, Any]:
+    """run_cells_on_ray's keyword arguments from the plan's proposed `fleet` block
+    (gpu_types, max_retries, wait_for_resources_s), defaults where it is absent."""
+    fleet = getattr(plan, "fleet", None)
+
+    def get(name: str, default: Any) -> Any:
+        if isinstance(fleet, Mapping):
+            value = fleet.get(name, default)
+        else:
+            value = getattr(fleet, name, default) if fleet is not None else default
+        return default if value is None else value
+
+    return {
+        "accelerator_types": plan_accelerator_types(plan),
+        "max_retries": int(get("max_retries", 1)),
+        "wait_for_resources_s": float(get("wait_for_resources_s", 0.0)),
+    }
+
+
+def normalise_accelerator_types(types: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+    """[T4, "A100-80G"] or {label: type} -> {slug: Ray accelerator type}."""
+    if not types:
+        return {}
+    pairs = list(types.items()) if isinstance(types, Mapping) else [(t, t) for t in types]
+    out: dict[str, str] = {}
+    for label, accelerator in pairs:
+        slug = hardware_slug(str(label))
+        if slug in out:
+            raise UserError(f"fleet.gpu_types: `{label}` is given twice")
+        out[slug] = str(accelerator)
+    return out
+
+
+def fleet_cell_ids(cells: list[Cell], accelerator_types: Mapping[str, str] | Sequence[str] | None) -> list[str]:
+    """The record ids a Ray run of `cells` produces, in order (GPU cells once per type)."""
+    types = normalise_accelerator_types(accelerator_types)
+    ids: list[str] = []
+    for cell in cells:
+        if types and _wants_gpu(cell, cluster_has_gpus=True):
+            ids += [qualify(cell.cell_id, slug) for slug in types]
+        else:
+            ids.append(cell.cell_id)
+    return ids
+
+
+def _wants_gpu(cell: Cell, *, cluster_has_gpus: bool) -> bool:
+    if cell.device.startswith("cuda"):
+        return True
+    return cell.device == "auto" and cluster_has_gpus
+
+
+# -- the task, on a Ray worker ---------------------------------------------------------------
+
+
+def _node_workdir(run_id: str, cell_id: str) -> Path:
+    base = Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir()) / "bench-ray"
+    return base / run_id / cell_id
+
+
+def _localize(cell: Cell) -> tuple[Cell, str | None]:
+    """The cell with paths that work on this node. When the plan's folder does not exist here,
+    artifacts and generated datasets go to a node-local cache (one per plan folder, so cells of
+    one plan share exports), and the dataset's relative paths become absolute against the
+    original plan folder (where a shared volume would mount them)."""
+    plan_dir = Path(cell.plan_dir)
+    if plan_dir.is_dir():
+        return cell, None
+    digest = hashlib.sha256(str(plan_dir).encode()).hexdigest()[:12]
+    local = Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir()) / "bench-ray" / "plans" / digest
+    local.mkdir(parents=True, exist_ok=True)
+    updates: dict[str, Any] = {"plan_dir": str(local)}
+    if not Path(cell.artifacts_dir).expanduser().is_absolute():
+        updates["artifacts_dir"] = str(local / cell.artifacts_dir)
+    dataset = cell.dataset
+    if dataset is not None and not dataset.sample:
+        absolute = {
+            name: str(cell.resolve_path(value))
+            for name, value in (("images", dataset.images), ("annotations", dataset.annotations))
+            if value
+        }
+        updates["dataset"] = dataset.model_copy(update=absolute)
+    return cell.model_copy(update=updates), str(local)
+
+
+def _collect_files(work: Path) -> dict[str, bytes]:
+    """The files a worker left in its temporary run folder, by path relative to it."""
+    files: dict[str, bytes] = {}
+    for path in sorted(work.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or path.suffix == ".phase":
+            continue
+        rel = path.relative_to(work).as_posix()
+        if rel.startswith("cells/"):
+            continue  # the record travels as data, and the driver writes it
+        if rel.startswith("logs/") and path.stat().st_size > MAX_LOG_BYTES:
+            with path.open("rb") as handle:
+                handle.seek(-MAX_LOG_BYTES, os.SEEK_END)
+                files[rel] = b"[... log truncated to its last 8 MiB ...]\n" + handle.read()
+            continue
+        files[rel] = path.read_bytes()
+    return files
+
+
+def run_cell_on_node(cell_json: str, run_id: str, placement: dict[str, Any]) -> dict[str, Any]:
+    """The body of a Ray task: run one cell in a worker process on this node and return
+    {"record", "files", "placement"}. Never raises for the cell's own failures."""
+    import ray
+
+    import harness
+    from harness.run.scheduler import run_cell_process
+
+    cell = Cell.model_validate_json(cell_json)
+    context = ray.get_runtime_context()
+    placement = {
+        **placement,
+        "host": host_name(),
+        "node_id": context.get_node_id(),
+        "ray_worker_pid": os.getpid(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "harness_version": harness.__version__,
+    }
+    work = _node_workdir(run_id, cell.cell_id)
+    shutil.rmtree(work, ignore_errors=True)  # what a crashed earlier attempt here left
+    for sub in RUN_SUBDIRS:
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    run_as, local_plan_dir = _localize(cell)
+    if local_plan_dir:
+        placement["plan_dir_on_node"] = local_plan_dir
+    injected = _ray_injected_env()
+    if injected:
+        placement["ray_env_removed"] = injected
+    try:
+        for name in injected:  # the worker inherits os.environ; Ray restores its own after the task
+            os.environ.pop(name, None)
+        record = run_cell_process(run_as, RunStore(work))
+        files = _collect_files(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            work.parent.rmdir()  # the run's folder on this node, once its last cell is gone
+    return {"record": record, "files": files, "placement": placement}
+
+
+def _ray_injected_env() -> dict[str, str]:
+    """Variables Ray set in this worker that a local run would not have.
+
+    Ray sets OMP_NUM_THREADS to the task's CPU count when the node's environment leaves it
+    unset: 1 for a GPU task, which would throttle the cell's CPU work (pre- and
+    post-processing, PyTorch's intra-op threads) and make the number differ from the same cell
+    run locally. /proc/self/environ holds the environment this process started with, before
+    Ray's change; a value that was there (set on purpose on the node) is kept.
+    """
+    try:
+        raw = Path("/proc/self/environ").read_bytes()
+    except OSError:
+        return {}
+    initial = {entry.split(b"=", 1)[0].decode(errors="replace") for entry in raw.split(b"\0") if entry}
+    return {
+        name: os.environ[name]
+        for name in THREAD_ENV_VARS
+        if name in os.environ and name not in initial
+    }
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Submitted:
+    cell: Cell  # as the worker runs it and the record shows it (qualified id when typed)
+    placement: dict[str, Any]
+    resources: dict[str, float]  # what the task needs from a node, for the checks and messages
+    submitted_at: str
+    accelerator_type: str | None = None
+    missing_since: float | None = None  # when the cluster was first seen lacking `resources`
+
+
+def _connect(address: str, runtime_env: dict[str, Any] | None) -> bool:
+    """ray.init unless already connected; returns whether this call connected."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    target = None if address in ("", "local") else address
+    try:
+        ray.init(
+            address=target,
+            namespace="bench",
+            runtime_env=runtime_env,
+            log_to_driver=False,  # workers' output goes to each cell's log, not over the live view
+            logging_level=logging.WARNING,
+            include_dashboard=False if target is None else None,
+        )
+    except Exception as exc:  # noqa: BLE001 -- ConnectionError, RuntimeError, version mismatch...
+        raise UserError(f"--ray {address}: cannot connect to the Ray cluster: {type(exc).__name__}: {exc}") from None
+    return True
+
+
+def _node_cpus() -> list[float]:
+    import ray
+
+    try:
+        return [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 -- Ray Client without node listing: use the cluster total
+        return [float(ray.cluster_resources().get("CPU", 1))]
+
+
+def _missing_resources(resources: dict[str, float]) -> list[str]:
+    """The resource names in `resources` that no node of the cluster has right now."""
+    import ray
+
+    total = ray.cluster_resources()
+    return [name for name, amount in resources.items() if amount > 0 and total.get(name, 0) < min(amount, 1e-3)]
+
+
+def _describe_ray_error(exc: BaseException, attempts: int) -> str:
+    import ray.exceptions as rex
+
+    text = str(exc).strip().splitlines()
+    first = " ".join(text[:3])[:600] if text else ""
+    name = type(exc).__name__
+    if isinstance(exc, rex.TaskCancelledError):
+        return f"the Ray task was cancelled ({name})"
+    if isinstance(exc, rex.OutOfMemoryError):
+        return f"Ray's memory monitor killed the worker running the cell ({name}) after {attempts} attempt(s): {first}"
+    if isinstance(exc, rex.NodeDiedError):
+        return f"the Ray node running the cell died ({name}) after {attempts} attempt(s): {first}"
+    if isinstance(exc, rex.WorkerCrashedError):
+        return f"the Ray worker running the cell died ({name}) after {attempts} attempt(s): {first}"
+    if isinstance(exc, rex.RayTaskError):
+        tail = "\n".join(text[-6:])[-1500:]
+        return f"the Ray task failed ({name}): {tail}"
+    return f"the cell was lost on the Ray cluster ({name}): {first}"
+
+
+def _lost_record(sub: _Submitted, reason: str) -> dict[str, Any]:
+    record = CellRecord(
+        cell_id=sub.cell.cell_id,
+        cell=sub.cell.model_dump(mode="json"),
+        status="failed",
+        reason=reason,
+        started_at=sub.submitted_at,
+        finished_at=utc_now(),
+        log_tail=None,
+    ).model_dump(mode="json")
+    return with_placement(record, {**sub.placement, "ray_resources": sub.resources})
+
+
+def _store_result(store: RunStore, result: dict[str, Any]) -> dict[str, Any]:
+    """Write a task's files into the run folder; return its record with its placement."""
+    for rel, data in result.get("files", {}).items():
+        path = store.run_dir / rel
+        if path.resolve().parent.parent != store.run_dir.resolve() or rel.startswith("cells/"):
+            continue  # only <run>/<subfolder>/<file>
+        path.parent.mkdir(exist_ok=True)
+        if rel.startswith("logs/") and path.exists():
+            with path.open("ab") as handle:  # an earlier attempt's log (a resumed run) stays
+                handle.write(data)
+        else:
+            try:
+                write_new(path, data)
+            except FileExistsError:  # left by an attempt that never got a record: replace it
+                write_replace(path, data)
+    return with_placement(result["record"], result.get("placement", {}))
+
+
+def run_cells_on_ray(
+    cells: list[Cell],
+    store: RunStore,
+    address: str,
+    *,
+    on_done: Callable[[dict[str, Any]], None],
+    accelerator_types: Mapping[str, str] | Sequence[str] | None = None,
+    max_retries: int = 1,
+    on_phase: Callable[[str, str], None] | None = None,
+    cpu_task_cpus: float | None = None,
+    wait_for_resources_s: float = 0.0,
+    runtime_env: dict[str, Any] | None = None,
+    poll_s: float = 1.0,
+) -> None:
+    """Run `cells` as Ray tasks on the cluster at `address` ("ray://host:10001", "auto",
+    "host:port", or "local" for a throwaway local cluster).
+
+    Each record is written with store.write_cell as its task ends, then passed to
+    `on_done(record)` (don't write it again). `on_phase(cell_id, "queued")` tells the live view
+    what was submitted. `accelerator_types` ({label: type} or [type, ...]) runs every GPU cell
+    once per GPU type, ids `<cell_id>@<slug>`. A task whose worker or node dies is retried up to
+    `max_retries` times, then recorded as failed with Ray's reason. A cell asking for a resource
+    the cluster does not have (no GPU, no H100) fails at once, or after `wait_for_resources_s`
+    when an autoscaler may add it. Cells already finished in `store` are skipped (resume).
+    Ctrl-C cancels the outstanding tasks and re-raises.
+    """
+    import ray
+
+    types = normalise_accelerator_types(accelerator_types)
+    connected_here = _connect(address, runtime_env)
+    pending: dict[Any, _Submitted] = {}
+    try:
+        cluster = ray.cluster_resources()
+        has_gpus = cluster.get("GPU", 0) > 0 or bool(types)
+        whole_node = max(_node_cpus() or [1.0])
+        task = ray.remote(run_cell_on_node)
+        run_id = store.run_dir.name
+        finished = store.finished_cell_ids()
+        for cell in cells:
+            for sub in _submissions(cell, types, has_gpus, cpu_task_cpus or whole_node, address):
+                if sub.cell.cell_id in finished:
+                    continue
+                options: dict[str, Any] = {
+                    "num_cpus": sub.resources.get("CPU", 1),
+                    "num_gpus": sub.resources.get("GPU", 0),
+                    "max_retries": max_retries,
+                    "retry_exceptions": False,  # the task never raises for a cell's own failure
+                    "name": f"bench:{sub.cell.cell_id}",
+                }
+                if sub.accelerator_type:
+                    options["accelerator_type"] = sub.accelerator_type
+                ref = task.options(**options).remote(sub.cell.model_dump_json(), run_id, sub.placement)
+                pending[ref] = sub
+                if on_phase is not None:
+                    on_phase(sub.cell.cell_id, "queued")
+        last_check = 0.0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
+            for ref in ready:
+                sub = pending.pop(ref)
+                try:
+                    record = _store_result(store, ray.get(ref))
+                except Exception as exc:  # noqa: BLE001 -- worker, node or task lost: any RayError
+                    record = _lost_record(sub, _describe_ray_error(exc, max_retries + 1))
+                store.write_cell(record)
+                on_done(record)
+            if time.monotonic() - last_check > 5.0:
+                last_check = time.monotonic()
+                for ref, sub in list(pending.items()):
+                    reason = _unschedulable(sub, wait_for_resources_s, address)
+                    if reason:
+                        ray.cancel(ref, force=True)
+                        pending.pop(ref)
+                        record = _lost_record(sub, reason)
+                        store.write_cell(record)
+                        on_done(record)
+    except BaseException:
+        for ref in pending:  # stop measuring on the cluster: the cells rerun on resume
+            with contextlib.suppress(Exception):  # already finished or gone
+                ray.cancel(ref, force=True)
+        raise
+    finally:
+        if connected_here:
+            ray.shutdown()
+
+
+def _submissions(
+    cell: Cell, types: dict[str, str], has_gpus: bool, cpu_cpus: float, address: str
+) -> list[_Submitted]:
+    now = utc_now()
+    base = {"backend": BACKEND, "ray_address": address, "device_asked": cell.device}
+    if not _wants_gpu(cell, cluster_has_gpus=has_gpus):
+        run_as = cell.model_copy(update={"device": "cpu"}) if cell.device == "auto" else cell
+        return [_Submitted(run_as, {**base, "gpu": None}, {"CPU": cpu_cpus}, now)]
+    resources = {"CPU": 1.0, "GPU": 1.0}
+    if not types:
+        run_as = cell.model_copy(update={"device": "cuda:0"})
+        return [_Submitted(run_as, dict(base), resources, now)]
+    subs = []
+    for slug, accelerator in types.items():
+        qualified = qualify(cell.cell_id, slug)
+        run_as = cell.model_copy(update={"device": "cuda:0", "cell_id": qualified})
+        subs.append(
+            _Submitted(
+                run_as,
+                {**base, "accelerator_type": accelerator, "gpu_slug": slug},
+                {**resources, f"accelerator_type:{accelerator}": 0.001},
+                now,
+                accelerator_type=accelerator,
+            )
+        )
+    return subs
+
+
+def _unschedulable(sub: _Submitted, wait_s: float, address: str) -> str | None:
+    """Why a pending task will not start (the cluster lacks what it asks for, for longer than
+    `wait_s`), or None while it may still start."""
+    import ray
+
+    try:
+        missing = _missing_resources(sub.resources)
+    except Exception:  # noqa: BLE001 -- a failed look-up is no reason to give a cell up
+        return None
+    if not missing:
+        sub.missing_since = None
+        return None
+    now = time.monotonic()
+    if sub.missing_since is None:
+        sub.missing_since = now
+    if now - sub.missing_since < wait_s:
+        return None
+    have = ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items()) if not k.startswith("node:")
+                     and not k.startswith("object_store") and k != "memory")
+    wanted = ", ".join(m.replace("accelerator_type:", "GPU type ") for m in missing)
+    return (
+        f"the Ray cluster at {address} has no {wanted} (it has: {have or 'nothing'})"
+        + (f"; waited {wait_s:g} s for the autoscaler" if wait_s else "; pass a wait time when an autoscaler adds such nodes")
+    )
+
+
+def describe_cluster(address: str) -> dict[str, Any]:
+    """Nodes, GPUs and accelerator types of a cluster, for `bench env --ray` / the docs."""
+    import ray
+
+    connected_here = _connect(address, None)
+    try:
+        nodes = []
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            resources = node.get("Resources", {})
+            nodes.append({
+                "host": node.get("NodeManagerHostname"),
+                "cpus": resources.get("CPU", 0),
+                "gpus": resources.get("GPU", 0),
+                "accelerator_types": sorted(k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")),
+            })
+        return {"address": address, "ray_version": ray.__version__, "driver_host": socket.gethostname(), "nodes": nodes}
+    finally:
+        if connected_here:
+            ray.shutdown()
