@@ -280,11 +280,9 @@ def _node_cpus() -> list[float]:
         return [float(ray.cluster_resources().get("CPU", 1))]
 
 
-def _missing_resources(resources: dict[str, float]) -> list[str]:
-    """The resource names in `resources` that no node of the cluster has right now."""
-    import ray
-
-    total = ray.cluster_resources()
+def _missing_resources(resources: dict[str, float], total: dict[str, float]) -> list[str]:
+    """The resource names in `resources` that the cluster (`total`: ray.cluster_resources())
+    has none of right now."""
     return [name for name, amount in resources.items() if amount > 0 and total.get(name, 0) < min(amount, 1e-3)]
 
 
@@ -373,7 +371,8 @@ def run_cells_on_ray(
     try:
         cluster = ray.cluster_resources()
         has_gpus = cluster.get("GPU", 0) > 0 or bool(types)
-        whole_node = max(_node_cpus() or [1.0])
+        # A node with no CPUs yet (an autoscaling group at zero) still gets a request to scale for.
+        whole_node = max([*_node_cpus(), 1.0])
         task = ray.remote(run_cell_on_node)
         run_id = store.run_dir.name
         finished = store.finished_cell_ids()
@@ -400,15 +399,21 @@ def run_cells_on_ray(
             for ref in ready:
                 sub = pending.pop(ref)
                 try:
-                    record = _store_result(store, ray.get(ref))
+                    result = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 -- worker, node or task lost: any RayError
                     record = _lost_record(sub, _describe_ray_error(exc, max_retries + 1))
+                else:
+                    record = _store_result(store, result)
                 store.write_cell(record)
                 on_done(record)
-            if time.monotonic() - last_check > 5.0:
+            if pending and time.monotonic() - last_check > 5.0:
                 last_check = time.monotonic()
+                try:
+                    total = ray.cluster_resources()
+                except Exception:  # noqa: BLE001 -- a failed look-up is no reason to give a cell up
+                    total = None
                 for ref, sub in list(pending.items()):
-                    reason = _unschedulable(sub, wait_for_resources_s, address)
+                    reason = _unschedulable(sub, wait_for_resources_s, address, total) if total else None
                     if reason:
                         ray.cancel(ref, force=True)
                         pending.pop(ref)
@@ -453,15 +458,10 @@ def _submissions(
     return subs
 
 
-def _unschedulable(sub: _Submitted, wait_s: float, address: str) -> str | None:
+def _unschedulable(sub: _Submitted, wait_s: float, address: str, total: dict[str, float]) -> str | None:
     """Why a pending task will not start (the cluster lacks what it asks for, for longer than
     `wait_s`), or None while it may still start."""
-    import ray
-
-    try:
-        missing = _missing_resources(sub.resources)
-    except Exception:  # noqa: BLE001 -- a failed look-up is no reason to give a cell up
-        return None
+    missing = _missing_resources(sub.resources, total)
     if not missing:
         sub.missing_since = None
         return None
@@ -470,8 +470,10 @@ def _unschedulable(sub: _Submitted, wait_s: float, address: str) -> str | None:
         sub.missing_since = now
     if now - sub.missing_since < wait_s:
         return None
-    have = ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items()) if not k.startswith("node:")
-                     and not k.startswith("object_store") and k != "memory")
+    have = ", ".join(
+        f"{k} {v:g}" for k, v in sorted(total.items())
+        if not k.startswith(("node:", "object_store")) and k != "memory"
+    )
     wanted = ", ".join(m.replace("accelerator_type:", "GPU type ") for m in missing)
     return (
         f"the Ray cluster at {address} has no {wanted} (it has: {have or 'nothing'})"
