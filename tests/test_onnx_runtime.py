@@ -224,6 +224,8 @@ def test_fallback_to_another_provider_is_a_skip_with_ort_reason(
     assert "asked onnxruntime for CUDAExecutionProvider" in message
     assert "['CPUExecutionProvider']" in message and "not in available provider names" in message
     assert _FakeSession.kwargs["enable_fallback"] == 0  # never let ORT retry elsewhere
+    # an fp32 cell asks the CUDA EP for IEEE fp32, not its default TF32
+    assert _FakeSession.kwargs["provider_options"][0]["use_tf32"] == "0"
     assert "not in available provider names" in log.getvalue()  # the log keeps ORT's words
 
 
@@ -280,3 +282,48 @@ def test_cuda_ep_with_iobinding(tmp_path: Path) -> None:
     np.testing.assert_allclose(host["output0"][1], FIXED, rtol=1e-6)
     dets = rt.predict([np.zeros((100, 200, 3), np.uint8)] * 2)
     np.testing.assert_allclose(dets[0].boxes_xyxy[0], [25, 25, 125, 62.5], atol=1e-3)
+
+
+# Lines as ORT 1.31.1 (onnxruntime-gpu) printed them on an H100, 2026-11-27.
+H100_TRT_LOG = (
+    "\x1b[1;31m2026-11-27 09:53:55.077861366 [E:onnxruntime:Default, provider_bridge_ort.cc:2430 "
+    "operator()] /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:2043 "
+    "onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : "
+    "Failed to load library /tmp/ortsite/onnxruntime/capi/libonnxruntime_providers_tensorrt.so "
+    "with error: libnvinfer.so.10: cannot open shared object file: No such file or directory\x1b[m\n"
+)
+H100_TRT_EXCEPTION = (
+    "/onnxruntime_src/onnxruntime/python/onnxruntime_pybind_state.cc:729 void "
+    "onnxruntime::python::RegisterTensorRTPluginsAsCustomOps(PySessionOptions&, const "
+    "onnxruntime::ProviderOptions&) Please install TensorRT libraries as mentioned in the GPU "
+    "requirements page, make sure they're in the PATH or LD_LIBRARY_PATH, and that your GPU is "
+    "supported."
+)
+H100_FP16_PLACEMENT = """\
+2026-11-27 [V:onnxruntime:, session_state.cc:1584 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CPUExecutionProvider]. Number of nodes: 3
+2026-11-27 [V:onnxruntime:, session_state.cc:1586 VerifyEachNodeIsAssignedToAnEp]   GridSample (/transformer/decoder/layers.0/cross_attn/GridSample)
+2026-11-27 [V:onnxruntime:, session_state.cc:1586 VerifyEachNodeIsAssignedToAnEp]   GridSample (/transformer/decoder/layers.1/cross_attn/GridSample)
+2026-11-27 [V:onnxruntime:, session_state.cc:1586 VerifyEachNodeIsAssignedToAnEp]   Cast (InsertedPrecisionFreeCast_/x)
+2026-11-27 [V:onnxruntime:, session_state.cc:1584 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 805
+2026-11-27 [V:onnxruntime:, session_state.cc:1586 VerifyEachNodeIsAssignedToAnEp]   Conv (/backbone/Conv)
+"""
+
+
+def test_ort_error_summary_is_short_and_keeps_the_cause() -> None:
+    from harness.runtimes.onnxruntime import summarise_ort_error
+
+    text = summarise_ort_error(H100_TRT_EXCEPTION, H100_TRT_LOG)
+    assert text.startswith("Please install TensorRT libraries")
+    assert "libonnxruntime_providers_tensorrt.so failed to load: libnvinfer.so.10: cannot open" in text
+    assert "onnxruntime_src" not in text and "\x1b" not in text
+
+
+def test_node_placements_and_op_types_are_parsed() -> None:
+    from harness.runtimes.onnxruntime import node_placements, placed_op_types
+
+    assert node_placements(H100_FP16_PLACEMENT) == {
+        "CPUExecutionProvider": 3,
+        "CUDAExecutionProvider": 805,
+    }
+    ops = placed_op_types(H100_FP16_PLACEMENT)
+    assert ops["CPUExecutionProvider"] == {"GridSample": 2, "Cast": 1}

@@ -21,6 +21,12 @@ Plan settings (runtime `settings:`), all optional:
   dynamic_batch             export with a dynamic batch axis (default: batch > 1)
   opset                     ONNX opset for RF-DETR export (default 17; read by the model source)
   cudnn_conv_algo_search    EXHAUSTIVE | HEURISTIC | DEFAULT (CUDA EP)
+  tf32                      false (default) | true. The CUDA EP's own default is TF32 ON
+                            (use_tf32=1): matmuls and convs in fp32 cells then round inputs to
+                            10 mantissa bits. On an H100 that moved RF-DETR Nano's outputs by up
+                            to 0.9 (boxes, normalised) against PyTorch and ORT CPU, because the
+                            two-stage query selection reorders; with use_tf32=0 they agree to
+                            4e-7. So an "fp32" cell runs IEEE fp32 unless the plan says tf32.
   user_compute_stream       true (default when torch with CUDA is importable): run ORT on a
                             torch CUDA stream so CUDA events bracket its work
   trt_max_workspace_size    bytes (TensorRT EP)
@@ -59,6 +65,7 @@ KNOWN_SETTINGS = {
     "dynamic_batch",
     "opset",
     "cudnn_conv_algo_search",
+    "tf32",
     "user_compute_stream",
     "trt_max_workspace_size",
     "provider_options",
@@ -220,6 +227,24 @@ def _error_lines(log_text: str, limit: int = 6) -> list[str]:
     return keep[-limit:]
 
 
+_SOURCE_PREFIX = re.compile(r"^/\S+\.(?:cc|h|cpp):\d+ .*?\)\s+")
+_LIB_LOAD = re.compile(r"Failed to load library (\S+) with error: (.+?)\s*$")
+
+
+def summarise_ort_error(message: str, log_text: str) -> str:
+    """ORT's own reason, without source paths and C++ signatures: the exception's text plus,
+    when ORT logged that a provider library failed to load, which library and why."""
+    text = _ANSI.sub("", message).strip().splitlines()[0] if message.strip() else ""
+    text = _SOURCE_PREFIX.sub("", text).strip()
+    loads = []
+    for line in _ANSI.sub("", log_text).splitlines():
+        if m := _LIB_LOAD.search(line):
+            loads.append(f"{Path(m.group(1)).name} failed to load: {m.group(2)}")
+    if loads:
+        text = f"{text} ({loads[-1]})" if text else loads[-1]
+    return text[:800]
+
+
 def _device_id(device: str) -> int:
     return int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
 
@@ -357,12 +382,11 @@ class OrtRuntime(Runtime):
         self.run_options.log_severity_level = 2
 
         if error is not None:
-            detail = " | ".join(_error_lines(log_text)) or "(no log lines)"
-            message = str(error).strip().splitlines()[0][:600] if str(error).strip() else repr(error)
+            message = summarise_ort_error(str(error), log_text) or repr(error)
             if self._is_provider_failure(str(error) + log_text):
                 raise CellSkipped(
-                    f"onnxruntime could not create a session with {self.provider}: {message}; "
-                    f"ORT log: {detail}"
+                    f"onnxruntime {ort.__version__} could not create a session with "
+                    f"{self.provider}: {message}"
                 ) from error
             raise RuntimeError(f"onnxruntime failed to load {self.model_path}: {message}") from error
 
@@ -509,7 +533,10 @@ class _OrtGpuRuntime(OrtRuntime):
         }
 
     def _cuda_options(self, settings: dict[str, Any]) -> dict[str, Any]:
-        opts: dict[str, Any] = {"device_id": str(self.device_id)}
+        opts: dict[str, Any] = {
+            "device_id": str(self.device_id),
+            "use_tf32": "1" if settings.get("tf32", False) else "0",
+        }
         if "cudnn_conv_algo_search" in settings:
             opts["cudnn_conv_algo_search"] = str(settings["cudnn_conv_algo_search"])
         opts.update(self._stream_options())
@@ -575,6 +602,8 @@ class _OrtGpuRuntime(OrtRuntime):
     def settings(self) -> dict[str, Any]:
         out = super().settings()
         out["timing"] = self.timing
+        cuda_opts = out["provider_options"].get(CUDA_EP, {})
+        out["tf32"] = cuda_opts.get("use_tf32") == "1" if "use_tf32" in cuda_opts else None
         return out
 
 
