@@ -678,7 +678,12 @@ class OrtTensorrtRuntime(_OrtGpuRuntime):
     provider = TRT_EP
 
     def _providers(self, settings: dict[str, Any], artifacts_dir: Path) -> list[tuple[str, dict]]:
-        cache = artifacts_dir / "ort-trt-cache" / self.artifact.sha256[:16]
+        # One folder per file, precision and batch: the TRT EP rebuilds (and overwrites) an
+        # engine whose cached optimisation profile differs from the one asked for.
+        cache = (
+            artifacts_dir / "ort-trt-cache"
+            / f"{self.artifact.sha256[:16]}-{self.cell.precision}-b{self.cell.batch}"
+        )
         cache.mkdir(parents=True, exist_ok=True)
         self._engine_cache = cache
         self._engine_files_before = sorted(p.name for p in cache.iterdir())
