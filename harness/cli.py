@@ -23,7 +23,7 @@ from pathlib import Path
 from harness import __version__
 from harness.errors import UserError
 
-COMMANDS = ("run", "validate", "env", "report", "compare", "make-sample")
+COMMANDS = ("run", "validate", "env", "report", "compare", "make-sample", "merge")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("plan", nargs="?", help="plan YAML file (default: the bundled quickstart)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run in RUN_DIR")
     run.add_argument("--output", metavar="DIR", help="base folder for run folders (overrides the plan's `output`)")
-    run.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--gpus", metavar="LIST", help="run GPU cells in parallel, one per GPU: 0,1,2,3 | 0-3 | all")
+    run.add_argument("--ray", metavar="ADDRESS", help="run the cells on a Ray cluster: ray://HOST:10001, auto, local")
+
+    merge = sub.add_parser("merge", help="join run folders measured separately into one new run folder")
+    merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    merge.add_argument("--output", metavar="DIR", default="reports", help="base folder for the merged run")
 
     validate = sub.add_parser("validate", help="check a plan without running it")
     validate.add_argument("plan", help="plan YAML file")
@@ -112,6 +117,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(text)
         return code
+    if args.command == "merge":
+        return _merge(args)
     if args.command == "make-sample":
         from harness.accuracy.sample import make_sample_dataset
 
@@ -133,7 +140,27 @@ def _run(args: argparse.Namespace) -> int:
 
         loaded = load_plan(args.plan)
         store = start_run(loaded, Path(args.output) if args.output else None)
-    return execute(store, loaded)
+    if args.gpus and args.ray:
+        raise UserError("give either --gpus (one host) or --ray (a cluster), not both")
+    gpus = None
+    if args.gpus:
+        from harness.run.parallel import parse_gpus
+
+        gpus = parse_gpus(args.gpus)
+    return execute(store, loaded, gpus=gpus, ray_address=args.ray)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from harness.run.execute import exit_status, finalize, print_summary, reopen_run
+    from harness.run.merge import merge_runs
+
+    run_dir = merge_runs([Path(d) for d in args.run_dirs], Path(args.output))
+    store, loaded = reopen_run(run_dir)
+    results = finalize(store, loaded)
+    print_summary(results, Console(stderr=True), run_dir)
+    return exit_status(results, loaded)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -117,6 +117,10 @@ def expand(plan: Plan, plan_dir: Path) -> list[Cell]:
     """The plan's cells, in run order (each model's reference first), or PlanProblem."""
     problems: list[tuple[str, str]] = []
     cells: list[Cell] = []
+    # The artifact cache (exports, engines, generated datasets) belongs to where bench runs,
+    # like `output`, not beside the plan file: plans/ must stay a folder of plans.
+    artifacts = Path(plan.artifacts).expanduser()
+    artifacts_dir = str(artifacts if artifacts.is_absolute() else (Path.cwd() / artifacts).resolve())
     for m_index, model in enumerate(plan.models):
         where = f"models[{m_index}]"
         if model.source == "rfdetr" and model.variant not in VARIANTS:
@@ -191,7 +195,7 @@ def expand(plan: Plan, plan_dir: Path) -> list[Cell]:
                         accuracy=plan.accuracy,
                         gpu=plan.gpu,
                         timeout_s=plan.cell_timeout_s,
-                        artifacts_dir=plan.artifacts,
+                        artifacts_dir=artifacts_dir,
                         plan_dir=str(plan_dir),
                         time_decode=plan.time_decode,
                         run_accuracy=bool(plan.dataset) and plan.accuracy.enabled and s_index == 0,

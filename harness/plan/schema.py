@@ -244,6 +244,15 @@ class GpuConditions(Strict):
     monitor_interval_ms: Annotated[float, Field(ge=10, le=50)] = 20.0
 
 
+class FleetSpec(Strict):
+    """Where the cells may run beyond this host (used with `bench PLAN --ray ADDRESS`)."""
+
+    # Ray accelerator types (T4, L4, A10G, A100-80G, H100...): each GPU cell runs once per type.
+    gpu_types: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    max_retries: Annotated[int, Field(ge=0)] = 1
+    wait_for_resources_s: Annotated[float, Field(ge=0)] = 0.0
+
+
 class Plan(Strict):
     name: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     description: str = ""
@@ -260,6 +269,7 @@ class Plan(Strict):
     dataset: DatasetSpec | None = None
     accuracy: AccuracySpec = AccuracySpec()
     gpu: GpuConditions = GpuConditions()
+    fleet: FleetSpec = FleetSpec()
     cell_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     artifacts: str = "artifacts"  # cache of exported ONNX files and TensorRT engines
     # Include image decoding (JPEG -> pixels) in the end_to_end scope.

@@ -45,7 +45,14 @@ def reopen_run(run_dir: Path) -> tuple[RunStore, LoadedPlan]:
     return store, loaded
 
 
-def execute(store: RunStore, loaded: LoadedPlan, *, console: Any = None) -> int:
+def execute(
+    store: RunStore,
+    loaded: LoadedPlan,
+    *,
+    console: Any = None,
+    gpus: list[int] | None = None,
+    ray_address: str | None = None,
+) -> int:
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -58,7 +65,8 @@ def execute(store: RunStore, loaded: LoadedPlan, *, console: Any = None) -> int:
         console.print(f"[bold]run[/] {store.run_dir} ({len(cells)} cells)")
     interrupted = False
     try:
-        _run_cells(todo, store, console, total=len(cells), already=len(done))
+        _run_cells(todo, store, console, total=len(cells), already=len(done), loaded=loaded,
+                   gpus=gpus, ray_address=ray_address)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted[/]: finished cells are kept; resume with "
@@ -70,7 +78,17 @@ def execute(store: RunStore, loaded: LoadedPlan, *, console: Any = None) -> int:
     return exit_status(results, loaded)
 
 
-def _run_cells(todo: list[Cell], store: RunStore, console: Any, *, total: int, already: int) -> None:
+def _run_cells(
+    todo: list[Cell],
+    store: RunStore,
+    console: Any,
+    *,
+    total: int,
+    already: int,
+    loaded: LoadedPlan,
+    gpus: list[int] | None = None,
+    ray_address: str | None = None,
+) -> None:
     from rich.live import Live
     from rich.table import Table
 
@@ -88,6 +106,38 @@ def _run_cells(todo: list[Cell], store: RunStore, console: Any, *, total: int, a
             colour = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(status, "yellow")
             table.add_row(f"  [{colour}]{status:>9}[/] {cell_id}")
         return table
+
+    running: dict[str, tuple[str, float]] = {}  # parallel backends: cell id -> (phase, since)
+
+    def render_parallel() -> Table:
+        table = render()
+        for cell_id, (phase, since) in running.items():
+            table.add_row(f"now: [cyan]{cell_id}[/]  phase: [magenta]{phase}[/]  {time.monotonic() - since:5.1f} s")
+        return table
+
+    if gpus or ray_address:
+        with Live(render_parallel(), console=console, refresh_per_second=4, transient=False) as live:
+
+            def on_cell_phase(cell_id: str, phase: str) -> None:
+                running[cell_id] = (phase, running.get(cell_id, (phase, time.monotonic()))[1])
+                live.update(render_parallel())
+
+            def on_done(record: dict[str, Any]) -> None:  # already written to the run folder
+                running.pop(record["cell_id"], None)
+                state["done"] += 1
+                statuses.append((record["cell_id"], record["status"]))
+                live.update(render_parallel())
+
+            if ray_address:
+                from harness.run.ray_backend import plan_ray_options, run_cells_on_ray
+
+                run_cells_on_ray(todo, store, ray_address, on_done=on_done, on_phase=on_cell_phase,
+                                 **plan_ray_options(loaded.plan))
+            else:
+                from harness.run.parallel import run_cells_on_gpus
+
+                run_cells_on_gpus(todo, store, gpus or [], on_done, on_cell_phase)
+        return
 
     with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
         for cell in todo:
@@ -109,8 +159,10 @@ def _run_cells(todo: list[Cell], store: RunStore, console: Any, *, total: int, a
 def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
     """results.json from the cell files alone (plus derived comparisons), then the report."""
     records = store.read_cells()
+    from harness.run.placement import base_cell_id
+
     order = {c.cell_id: i for i, c in enumerate(loaded.cells)}
-    records.sort(key=lambda r: order.get(r["cell_id"], len(order)))
+    records.sort(key=lambda r: (order.get(base_cell_id(r["cell_id"]), len(order)), r["cell_id"]))
     derived: dict[str, Any] = {}
     try:
         from harness.accuracy.derive import derive_accuracy

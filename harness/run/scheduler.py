@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ def run_cell_process(
     store: RunStore,
     on_phase: Callable[[str], None] | None = None,
     poll_s: float = 0.2,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one cell in a child process and return its record (always; never raises for the
     cell's own failures)."""
@@ -71,7 +72,7 @@ def run_cell_process(
     log_path = store.log_path(cell.cell_id)
     phase_path = run_dir / "logs" / f"{cell.cell_id}.phase"
     started_at = utc_now()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab") as log:
         log.write(f"--- {started_at} cell {cell.cell_id}\n".encode())
         log.flush()
@@ -80,7 +81,7 @@ def run_cell_process(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=child_env,
             start_new_session=True,  # its own process group: a timeout kills its children too
         )
         deadline = time.monotonic() + cell.timeout_s
