@@ -227,3 +227,25 @@ def test_gallery_picks_the_most_disagreeing_images(tmp_path: Path) -> None:
     assert rel == ["gallery/cell-1.jpg"] and (run / rel[0]).is_file()
     back = detections_from_coco_results(as_results, [ids[1], 999])
     assert back[0].boxes_xyxy.tolist() == [[10, 10, 60, 60]] and len(back[1]) == 0
+
+
+def test_raw_agreement_matches_queries_regardless_of_order() -> None:
+    """RF-DETR emits its queries in score order; two runtimes may swap near-ties. The same
+    detections in another order must agree, and a real difference must still show."""
+    import numpy as np
+
+    from harness.accuracy.agreement import raw_output_agreement
+
+    rng = np.random.default_rng(0)
+    dets = rng.random((2, 300, 4))
+    labels = rng.random((2, 300, 91))
+    perm = rng.permutation(300)
+    shuffled = {"dets": dets[:, perm], "labels": labels[:, perm]}
+    same = raw_output_agreement({"dets": dets, "labels": labels}, shuffled)
+    assert same["passed"] and same["queries_reordered"] > 0
+    assert same["outputs"]["labels"]["max_abs_diff"] == 0.0
+    shuffled["labels"] = shuffled["labels"].copy()
+    shuffled["labels"][1, 7, 3] += 0.5
+    different = raw_output_agreement({"dets": dets, "labels": labels}, shuffled)
+    assert not different["passed"]
+    assert abs(different["outputs"]["labels"]["max_abs_diff"] - 0.5) < 1e-9

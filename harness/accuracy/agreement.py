@@ -129,6 +129,7 @@ def raw_output_agreement(
     (|a - b| / (|a| + 1e-12), a = reference), mean_abs_diff, mismatches (elements outside both
     atol and rtol, Polygraphy's rule) and passed. A shape mismatch or a name on one side only is
     reported, not raised. NaNs: an element that is NaN on exactly one side is a mismatch."""
+    other, reordered = align_queries(reference, other)
     outputs: dict[str, Any] = {}
     for name in sorted(set(reference) & set(other)):
         a = np.asarray(reference[name])
@@ -163,11 +164,59 @@ def raw_output_agreement(
     return {
         "atol": atol,
         "rtol": rtol,
+        # DETR-style models emit queries in an order picked by score: near-ties swap between
+        # runtimes, so the queries are matched by box first (see align_queries).
+        "query_alignment": "queries matched by box (order-independent)" if reordered is not None else None,
+        "queries_reordered": reordered,
         "outputs": outputs,
         "only_in_reference": only_ref,
         "only_in_other": only_other,
         "passed": bool(outputs) and all(o["passed"] for o in outputs.values()) and not only_ref and not only_other,
     }
+
+
+def align_queries(
+    reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], box_key: str = "dets"
+) -> tuple[dict[str, np.ndarray], int | None]:
+    """Reorder `other`'s queries to match `reference`'s, image by image, by greedy nearest box
+    (L1 over cxcywh), and apply the same order to every output shaped (images, queries, ...).
+
+    RF-DETR keeps its top proposals by score; with near-equal scores two runtimes can emit the
+    same detections in a different order, and an element-wise comparison by position would
+    report a large, false disagreement. Returns (aligned outputs, number of queries moved), or
+    the outputs unchanged and None when there are no comparable boxes."""
+    a = reference.get(box_key)
+    b = other.get(box_key)
+    if a is None or b is None or np.shape(a) != np.shape(b) or np.ndim(a) != 3:
+        return dict(other), None
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    images, queries = a.shape[:2]
+    order = np.empty((images, queries), np.int64)
+    for i in range(images):
+        cost = np.abs(a[i][:, None, :] - b[i][None, :, :]).sum(-1)  # (Q ref, Q other)
+        flat = np.argsort(cost, axis=None, kind="stable")
+        taken_ref = np.zeros(queries, bool)
+        taken_other = np.zeros(queries, bool)
+        matched = 0
+        for index in flat:
+            r, o = divmod(int(index), queries)
+            if taken_ref[r] or taken_other[o]:
+                continue
+            order[i, r] = o
+            taken_ref[r] = taken_other[o] = True
+            matched += 1
+            if matched == queries:
+                break
+    aligned: dict[str, np.ndarray] = {}
+    for name, value in other.items():
+        value = np.asarray(value)
+        if value.ndim >= 2 and value.shape[:2] == (images, queries):
+            aligned[name] = np.take_along_axis(value, order.reshape(images, queries, *([1] * (value.ndim - 2))), axis=1)
+        else:
+            aligned[name] = value
+    moved = int(np.count_nonzero(order != np.arange(queries)[None, :]))
+    return aligned, moved
 
 
 # -- helpers for the worker and for derive ---------------------------------------------------
