@@ -22,24 +22,17 @@ ARG FLAVOUR=gpu
 # Python of the base image that lockfiles/gpu.txt was resolved for.
 ARG LOCK_PYTHON=3.12
 # sha256 of lockfiles/gpu.txt, written by scripts/lock.py and re-checked during the build.
-ARG LOCKFILE_SHA256=568fe23da2cf78da6a1e3eca4b59eecd071bd0802b0e309c3090f5a17aeffa70
+ARG LOCKFILE_SHA256=2470a6bc3c23649da8c9cafbd57e5c4f003ddaf618f2620c20fd0d4ac523075b
 # TensorRT's Python bindings live in the base image's site-packages: the venv must see them.
 ARG VENV_SYSTEM_SITE_PACKAGES=1
 
 # ---- shared: everything below is identical in Dockerfile and Dockerfile.cpu ----
-ARG IMAGE_NAME=detbench-harness
-ARG IMAGE_TAG=${FLAVOUR}
-# The harness commit and whether the tree had local changes (scripts/build-image.sh passes
-# both; "unknown" when built without them).
-ARG GIT_COMMIT=unknown
-ARG GIT_DIRTY=unknown
 ARG BENCH_UID=1000
 ARG BENCH_GID=1000
 
 # Optional extra CA certificates (corporate proxies): docker/extra-ca-certs/README.md.
 COPY docker/extra-ca-certs/ /usr/local/share/ca-certificates/bench-extra/
-COPY docker/check-base.sh docker/install-ca-certs.sh docker/install-locked.sh docker/add-user.sh \
-     /opt/bench/docker/
+COPY docker/check-base.sh docker/install-ca-certs.sh docker/install-locked.sh /opt/bench/docker/
 RUN /opt/bench/docker/check-base.sh "${BASE_IMAGE}" "${BASE_IMAGE_DIGEST}" \
     && /opt/bench/docker/install-ca-certs.sh /usr/local/share/ca-certificates/bench-extra
 
@@ -51,6 +44,7 @@ RUN /opt/bench/docker/install-locked.sh /opt/bench/lockfiles/${FLAVOUR}.txt \
 
 # The harness itself: no dependencies (all in the lock), no index, no build isolation (its
 # build requirements setuptools and wheel are in the lock as well).
+COPY docker/add-user.sh /opt/bench/docker/
 COPY pyproject.toml README.md /opt/bench/src/
 COPY harness/ /opt/bench/src/harness/
 RUN /opt/bench/pip install --no-deps --no-index --no-build-isolation --no-cache-dir \
@@ -58,6 +52,14 @@ RUN /opt/bench/pip install --no-deps --no-index --no-build-isolation --no-cache-
     && rm -rf /opt/bench/src \
     && /opt/bench/docker/add-user.sh "${BENCH_UID}" "${BENCH_GID}"
 
+# Declared this late on purpose: the classic builder keys every later RUN on the build
+# arguments declared before it, and a new commit must not re-install the dependencies.
+ARG IMAGE_NAME=detbench-harness
+ARG IMAGE_TAG=${FLAVOUR}
+# The harness commit and whether the tree had local changes (scripts/build-image.sh passes
+# both; "unknown" when built without them).
+ARG GIT_COMMIT=unknown
+ARG GIT_DIRTY=unknown
 # Read by the harness's environment capture (harness/environment): what this image is.
 ENV BENCH_IMAGE_NAME=${IMAGE_NAME} \
     BENCH_IMAGE_TAG=${IMAGE_TAG} \

@@ -6,7 +6,7 @@ dir="${1:?usage: install-ca-certs.sh DIR}"
 rm -f "$dir/README.md" "$dir/.gitignore"
 found=0
 for cert in "$dir"/*.crt; do
-    [ -e "$cert" ] && found=1
+    [ -e "$cert" ] && found=$((found + 1))
 done
 if [ "$found" = 0 ]; then
     echo "extra CA certificates: none"
@@ -18,4 +18,4 @@ if ! command -v update-ca-certificates >/dev/null 2>&1; then
     exit 1
 fi
 update-ca-certificates
-echo "extra CA certificates: added $(ls "$dir"/*.crt | wc -l) file(s)"
+echo "extra CA certificates: added $found file(s)"

@@ -54,7 +54,7 @@ if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
     # The system store, which holds the optional extra CA certificates (install-ca-certs.sh).
     export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 fi
-/opt/bench/pip install --require-hashes --no-deps --only-binary :all: -r "$lock"
+/opt/bench/pip install --progress-bar off --require-hashes --no-deps --only-binary :all: -r "$lock"
 if [ "$system_site" = 0 ]; then
     # Only a self-contained environment can be checked: with system site-packages pip would
     # also judge the base image's own packages.

@@ -8,7 +8,7 @@
 #      Dockerfiles, compose.yaml passes `docker compose config` and the Compose spec's schema
 #   3. dockerd is started (unless one answers), a Debian bookworm + Python 3.11 base image is
 #      made with debootstrap (no registry needed), and the CPU flavour is built on it
-#   4. the image runs as a non-root user and carries its stamps
+#   4. the image runs as a non-root user and carries its stamps; the checkout's tests run in it
 #   5. an unprivileged host user runs `docker compose run --rm bench-cpu plans/quickstart.yaml`
 #      and the report must appear under reports/ owned by that user
 #
@@ -78,6 +78,7 @@ step "build the CPU image on $BASE_IMAGE"
 # bundle to the build through the extra-CA input (git ignores it).
 cp /etc/ssl/certs/ca-certificates.crt docker/extra-ca-certs/ci-host-ca-bundle.crt
 build_start=$SECONDS
+commit="$(git rev-parse HEAD)"
 BENCH_CPU_BASE_IMAGE="$BASE_IMAGE" scripts/build-image.sh cpu --no-pull
 size="$(docker image inspect --format '{{.Size}}' "$IMAGE")"
 echo "built $IMAGE in $((SECONDS - build_start)) s, $((size / 1000000)) MB"
@@ -91,21 +92,41 @@ grep -qx "BENCH_LOCKFILE_SHA256=$lock_sha" <<<"$stamps" || fail "lockfile stamp"
 grep -qx "BENCH_IMAGE_FLAVOUR=cpu" <<<"$stamps" || fail "flavour stamp"
 grep -qx "BENCH_BASE_IMAGE_DIGEST=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE")" <<<"$stamps" \
     || fail "base image digest stamp"
-grep -qx "BENCH_GIT_COMMIT=$(git rev-parse HEAD)" <<<"$stamps" || fail "git commit stamp"
+grep -qx "BENCH_GIT_COMMIT=$commit" <<<"$stamps" || fail "git commit stamp"
 echo "uid $uid; $(grep -c '^BENCH_' <<<"$stamps") BENCH_* stamps present"
 
+step "the checkout's tests run inside the image (compose service tests-cpu)"
+docker compose run --rm tests-cpu -q tests/test_container_static.py \
+    -k "flavour or lock_entry or image_stamps or lockfile_stamp"
+
 step "an unprivileged user runs: docker compose run --rm bench-cpu plans/quickstart.yaml"
-# As a person would: their own user (not root), member of the docker group, in their checkout.
+# As a person would: their own user (not root), member of the docker group, in a checkout that
+# is theirs. On CI (CI=true, a fresh clone) that is this checkout's reports/, handed to that
+# user; elsewhere the mounts are temporary folders, so that a developer's tree is left alone.
 getent group docker >/dev/null || groupadd docker
 id "$CI_USER" >/dev/null 2>&1 || useradd --create-home --groups docker "$CI_USER"
 chgrp docker /var/run/docker.sock
-mkdir -p reports datasets weights artifacts
-chown "$CI_USER": reports datasets weights artifacts
-before="$(find reports -name report.html 2>/dev/null | sort)"
+if [ "${CI:-}" = true ]; then
+    reports=reports
+    mkdir -p reports datasets weights artifacts
+    chown -R "$CI_USER": reports datasets weights artifacts
+else
+    scratch="$(mktemp -d)"
+    trap 'rm -rf "$scratch"' EXIT
+    for name in reports datasets weights artifacts; do
+        mkdir "$scratch/$name"
+        export "BENCH_${name^^}_DIR=$scratch/$name"
+    done
+    chown -R "$CI_USER": "$scratch"
+    chmod 755 "$scratch"
+    reports="$scratch/reports"
+fi
+before="$(find "$reports" -name report.html 2>/dev/null | sort)"
+# shellcheck disable=SC2016  # expanded by the user's own shell, on purpose
 runuser -u "$CI_USER" -- env HOME="/home/$CI_USER" PATH="$PATH" bash -c \
     'export UID; export GID="$(id -g)"; docker compose run --rm bench-cpu plans/quickstart.yaml'
-report="$(comm -13 <(echo "$before") <(find reports -name report.html | sort) | head -1)"
-[ -n "$report" ] || fail "no new report.html under reports/"
+report="$(comm -13 <(echo "$before") <(find "$reports" -name report.html | sort) | head -1)"
+[ -n "$report" ] || fail "no new report.html under $reports/"
 run_dir="$(dirname "$report")"
 for file in results.json summary.md results.csv run.json plan.yaml; do
     [ -f "$run_dir/$file" ] || fail "$run_dir/$file missing"

@@ -195,7 +195,7 @@ def test_entrypoint_user_workdir(flavour: str) -> None:
     assert last["WORKDIR"] == "/work"
     keywords = [keyword for keyword, _ in steps]
     assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN"), \
-        "nothing may run after switching to the unprivileged user... and nothing as root after it"
+        "USER comes after the last RUN: everything that needs root happens before it"
 
 
 @pytest.mark.parametrize("flavour", ["gpu", "cpu"])
@@ -359,26 +359,36 @@ def test_lock_regenerate_rewrites_the_dockerfile_stamp(tmp_path: Path) -> None:
 
 def test_compose_services_volumes_user_network() -> None:
     services = compose()["services"]
-    assert set(services) == {"bench", "bench-cpu"}
-    for name, dockerfile in (("bench", "Dockerfile"), ("bench-cpu", "Dockerfile.cpu")):
+    assert set(services) == {"bench", "bench-cpu", "tests", "tests-cpu"}
+    for name, dockerfile in (("bench", "Dockerfile"), ("bench-cpu", "Dockerfile.cpu"),
+                             ("tests", "Dockerfile"), ("tests-cpu", "Dockerfile.cpu")):
         service = services[name]
         assert service["build"]["dockerfile"] == dockerfile
         assert service["build"]["network"] == "host"
         assert service["network_mode"] == "none"
         assert service["user"] == "${UID:-1000}:${GID:-1000}"
-        assert service["working_dir"] == "/work"
         assert service.get("shm_size")
-        mounts = {volume.split(":")[-2] if volume.endswith(":ro") else volume.rsplit(":", 1)[1]:
-                  volume.endswith(":ro") for volume in service["volumes"]}
-        assert mounts == {"/work/plans": True, "/work/datasets": True, "/work/weights": False,
-                          "/work/artifacts": False, "/work/reports": False}
         defaults = arg_defaults(ROOT / dockerfile)
         args = service["build"]["args"]
         assert compose_default(args["BASE_IMAGE"]) == defaults["BASE_IMAGE"]
         assert compose_default(args["BASE_IMAGE_DIGEST"]) == defaults["BASE_IMAGE_DIGEST"]
-    devices = services["bench"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert "deploy" not in services["bench-cpu"]
+        gpu = dockerfile == "Dockerfile"
+        assert ("deploy" in service) == gpu
+        if gpu:
+            devices = service["deploy"]["resources"]["reservations"]["devices"]
+            assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    for name in ("bench", "bench-cpu"):
+        service = services[name]
+        assert service["working_dir"] == "/work" and "entrypoint" not in service
+        mounts = {volume.split(":")[-2] if volume.endswith(":ro") else volume.rsplit(":", 1)[1]:
+                  volume.endswith(":ro") for volume in service["volumes"]}
+        assert mounts == {"/work/plans": True, "/work/datasets": True, "/work/weights": False,
+                          "/work/artifacts": False, "/work/reports": False}
+    for name in ("tests", "tests-cpu"):
+        service = services[name]
+        assert service["profiles"] == ["tests"], "`docker compose up` must not start the test suite"
+        assert service["volumes"] == [".:/src:ro"] and service["working_dir"] == "/src"
+        assert service["entrypoint"][:3] == ["python", "-m", "pytest"]
 
 
 def test_compose_config_is_valid() -> None:
