@@ -242,6 +242,8 @@ class GpuConditions(Strict):
     max_start_temperature_c: Annotated[float, Field(gt=0)] | None = None
     wait_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     monitor_interval_ms: Annotated[float, Field(ge=10, le=50)] = 20.0
+    # Sample NVML during warm-up and measurement. Off only to show the monitor's own cost.
+    monitor: bool = True
 
 
 class FleetSpec(Strict):

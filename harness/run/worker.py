@@ -210,7 +210,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     from harness.measure.stats import build_latency
     from harness.measure.timers import make_timer
 
-    monitor = GpuMonitor(gpu_index, cell.gpu.monitor_interval_ms)
+    monitor = GpuMonitor(gpu_index if cell.gpu.monitor else None, cell.gpu.monitor_interval_ms)
 
     def on_phase(name: str) -> None:
         monitor.phase(name)
