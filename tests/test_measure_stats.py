@@ -154,6 +154,11 @@ def test_launch_bound_compares_medians() -> None:
     assert is_launch_bound([0.9, 1.0, 1.1], [0.5, 0.6, 0.7])
     assert not is_launch_bound([0.1, 0.1, 2.0], [1.0, 1.0, 1.0])  # one slow launch is not it
     assert is_launch_bound([1.0, 1.0], [1.0, 1.0])
+    # trtexec's rule: enqueue time at 80% of device time already starves the device...
+    assert is_launch_bound([0.8, 0.8], [1.0, 1.0])
+    assert is_launch_bound([8.82], [8.83])  # eager RF-DETR Nano on an H200: host/device = 0.999
+    # ...below it the device has work queued ahead of the host.
+    assert not is_launch_bound([0.7, 0.7], [1.0, 1.0])
     with pytest.raises(ValueError, match="host samples"):
         is_launch_bound([1.0], [1.0, 2.0])
 
