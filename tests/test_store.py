@@ -60,3 +60,15 @@ def test_open_refuses_non_runs_and_newer_schemas(tmp_path: Path) -> None:
     (store.run_dir / "run.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="newer harness"):
         RunStore.open(store.run_dir)
+
+
+def test_results_are_readable_like_any_file_the_user_writes(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    store = RunStore.create(tmp_path, "p", "name: p\n", {})
+    store.write_cell({"cell_id": "c1", "status": "ok"})
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (store.cell_path("c1"), store.run_dir / "run.json", store.run_dir / "plan.yaml"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

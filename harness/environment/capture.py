@@ -346,11 +346,16 @@ def _harness_info(reasons: dict[str, str]) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
             why_not_git = f"not a git checkout ({exc})" if str(exc) else "not a git checkout"
     stamped = os.environ.get("BENCH_GIT_COMMIT")
+    # A plain `docker compose build` stamps "unknown": that is no commit, and no cleanliness.
+    if stamped and stamped.strip().lower() == "unknown":
+        reasons["harness.git_commit"] = "the image was built without its git commit (BENCH_GIT_COMMIT=unknown)"
+        reasons["harness.git_dirty"] = reasons["harness.git_commit"]
+        return info
     if stamped:
         info["git_commit"] = stamped
         info["git_source"] = "BENCH_GIT_COMMIT"
         dirty = os.environ.get("BENCH_GIT_DIRTY")
-        if dirty is not None:
+        if dirty is not None and dirty.strip().lower() != "unknown":
             info["git_dirty"] = dirty.strip().lower() in ("1", "true", "yes", "dirty")
         else:
             reasons["harness.git_dirty"] = "BENCH_GIT_DIRTY not set at image build"

@@ -28,6 +28,10 @@ def utc_now() -> str:
 def _write_temp(folder: Path, data: bytes, suffix: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     try:
+        # mkstemp makes 0600; results are meant to be shared like any file the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
