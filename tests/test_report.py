@@ -19,6 +19,7 @@ from harness.report.published import load_reference, match_cells
 from harness.report.render import build_context, load_run, render_run
 from harness.report.rundata import cell_views, verdicts
 from harness.report.summary import CSV_COLUMNS
+from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
 from harness.run.record import SCHEMA_VERSION
 
 RUNS = Path(__file__).parent / "data" / "runs"
@@ -340,6 +341,104 @@ def test_csv_neutralises_spreadsheet_formulas(tmp_path: Path) -> None:
     assert rows[0]["reason"] == "'=HYPERLINK(\"x\")"
 
 
+# ----------------------------------------------------------------------------- throughput and speed-up
+
+NO_MODEL_SCOPE_REFERENCE = (
+    "no fp32 reference in the model scope: rfdetr-predict times predict(), which has only the end-to-end scope"
+)
+
+
+def test_speedups_are_against_the_reference_of_the_same_scope_batch_and_resolution() -> None:
+    groups = {(g.model, g.scope): g for g in throughput_groups(cell_views(load_run(RUNS / "deploy-predict")))}
+    assert list(groups) == [("rfdetr-medium", "end_to_end"), ("rfdetr-medium", "model")]
+    e2e = {r.cell.runtime: r for r in groups[("rfdetr-medium", "end_to_end")].rows}
+    assert [r.cell.runtime for r in groups[("rfdetr-medium", "end_to_end")].rows][0] == "predict-fp32"
+    # deploy-predict's samples are the reference's divided by 2 and by 1.25.
+    assert e2e["fp16-jit"].speedup == pytest.approx(2.0, abs=1e-4)
+    assert e2e["onnxruntime-cuda"].speedup == pytest.approx(1.25, abs=1e-4)
+    assert e2e["onnxruntime-cuda"].qualifiers == ["unstable"]
+    assert e2e["predict-fp32"].reference is e2e["predict-fp32"].cell
+    assert e2e["tensorrt"].speedup is None and e2e["tensorrt"].cell.status == "skipped"
+    # The reference is predict(), which has no model scope: no ratio is invented there...
+    model = groups[("rfdetr-medium", "model")]
+    assert model.note == NO_MODEL_SCOPE_REFERENCE and model.references == []
+    jit = next(r for r in model.rows if r.cell.runtime == "fp16-jit")
+    assert jit.reference is None and jit.speedup is None and jit.note == "no reference in this scope"
+    # ...only the labelled cross-scope ratio (predict's end-to-end median / the forward pass).
+    assert jit.cross_reference is not None and jit.cross_reference.runtime == "predict-fp32"
+    assert jit.cross_speedup == pytest.approx(4.0, abs=1e-4)
+    failed = next(r for r in model.rows if r.cell.runtime == "onnxruntime-cuda")
+    assert failed.cell.status == "failed" and failed.speedup is None and failed.cross_speedup is None
+
+
+def test_speedups_on_the_gpu_demo_run() -> None:
+    views = cell_views(load_run(RUNS / "gpu-demo"))
+    groups = {(g.model, g.scope): g for g in throughput_groups(views)}
+    nano = {(r.cell.runtime, r.cell.precision, r.cell.batch): r for r in groups[("rfdetr-nano", "model")].rows}
+    by_id = {v.cell_id: v for v in views}
+    ref = by_id["rfdetr-nano__torch__fp32__b1__r384__model"]
+    trt = nano[("tensorrt", "fp16", 1)]
+    assert trt.reference is ref and trt.speedup == pytest.approx(ref.median / trt.cell.median)  # type: ignore[operator]
+    assert 2.9 < trt.speedup < 3.1  # type: ignore[operator]  # 4.82 ms against 1.61 ms
+    # Batch 8 has no reference at batch 8: a ratio of per-batch medians would mean nothing.
+    b8 = nano[("tensorrt", "fp16", 8)]
+    assert b8.speedup is None and b8.note == "no reference at batch 8, 384px"
+    # The end-to-end scope compares with the end-to-end reference, not the model-scope one.
+    e2e = {r.cell.runtime: r for r in groups[("rfdetr-nano", "end_to_end")].rows}
+    assert e2e["tensorrt"].reference is by_id["rfdetr-nano__torch__fp32__b1__r384__end_to_end"]
+    assert not groups[("rfdetr-nano", "model")].has_cross  # a same-scope reference exists
+    assert groups[(HOSTILE, "model")].note == "no reference cell for this model, so no speed-up"
+
+
+def _section(text: str, start: str, end: str) -> str:
+    assert start in text and end in text
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_throughput_section_in_the_markdown(tmp_path: Path) -> None:
+    md = render_run(copy_run(tmp_path, "deploy-predict"))["markdown"].read_text()
+    assert md.index("## Verdicts") < md.index("## Throughput and speed-up") < md.index("## All cells")
+    section = _section(md, "## Throughput and speed-up", "## All cells")
+    assert "| predict-fp32 (reference) | fp32 | 1 | 576 | 33.3 | 30.0 | reference |" in section
+    assert "| fp16-jit | fp16 | 1 | 576 | 66.6 | 15.0 | 2.00× |" in section
+    # An unstable cell keeps its flag beside each number and beside the ratio.
+    assert "| onnxruntime-cuda | fp32 | 1 | 576 | 41.6 (unstable) | 24.0 (unstable) | 1.25× (unstable) |" in section
+    assert "| tensorrt | fp16 | 1 | 576 | **skipped**: tensorrt is not installed in this image | – | – |" in section
+    assert f"> {NO_MODEL_SCOPE_REFERENCE}." in section
+    assert f"| speed-up vs reference | {CROSS_SCOPE_LABEL} |" in section
+    assert "| fp16-jit | fp16 | 1 | 576 | 133.1 | 7.51 | no reference in this scope | 4.00× |" in section
+    assert "| onnxruntime-cuda | fp32 | 1 | 576 | **failed**: onnxruntime could not create a CUDA session" in section
+
+
+def test_throughput_section_in_the_html(tmp_path: Path) -> None:
+    html = render_run(copy_run(tmp_path, "deploy-predict"))["html"].read_text()
+    section = _section(html, '<section id="throughput">', "</section>")
+    text = Page(section).all_text()
+    assert "Throughput and speed-up" in text
+    assert "predict-fp32 ref fp32 1 576 33.3 30.0 reference" in text
+    assert "fp16-jit fp16 1 576 66.6 15.0 2.00×" in text
+    assert "onnxruntime-cuda fp32 1 576 41.6 unstable 24.0 unstable 1.25× (unstable)" in text
+    assert "tensorrt fp16 1 576 skipped tensorrt is not installed in this image" in text
+    assert NO_MODEL_SCOPE_REFERENCE + "." in text
+    assert CROSS_SCOPE_LABEL in text
+    assert "fp16-jit fp16 1 576 133.1 7.51 no reference in this scope 4.00×" in text
+    assert "onnxruntime-cuda fp32 1 576 failed onnxruntime could not create a CUDA session" in text
+    # It sits right after the verdicts, and the page's table of contents links to it.
+    assert html.index('id="verdicts"') < html.index('id="throughput"') < html.index('id="cells"')
+    assert 'href="#throughput"' in html
+
+
+def test_throughput_section_escapes_hostile_names(gpu_demo: tuple[Path, dict[str, Path]]) -> None:
+    _, paths = gpu_demo
+    html = paths["html"].read_text()
+    section = _section(html, '<section id="throughput">', "</section>")
+    assert HOSTILE in Page(section).all_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; | evil" in section and "<script" not in section
+    md = _section(paths["markdown"].read_text(), "## Throughput and speed-up", "## All cells")
+    assert "### &lt;script&gt;alert(1)&lt;/script&gt; \\| evil · model scope" in md
+    assert "| tensorrt | fp16 | 8 | 384 | 1,159.4 (throttled) | 6.90 (throttled) | no reference at batch 8, 384px |" in md
+
+
 # ----------------------------------------------------------------------------- published numbers
 
 
@@ -443,8 +542,9 @@ def test_golden_runs_are_reproducible(tmp_path: Path, monkeypatch: pytest.Monkey
     spec.loader.exec_module(make_runs)
     monkeypatch.setattr(make_runs, "HERE", tmp_path)
     make_runs.t4_published()
+    make_runs.deploy_predict()
     make_runs.cpu_quick("cpu-quick-b", 2, False)
-    for name in ("t4-published", "cpu-quick-b"):
+    for name in ("t4-published", "deploy-predict", "cpu-quick-b"):
         for path in sorted((RUNS / name).rglob("*.json")):
             rel = path.relative_to(RUNS / name)
             assert (tmp_path / name / rel).read_bytes() == path.read_bytes(), f"{name}/{rel}"

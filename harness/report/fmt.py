@@ -49,6 +49,13 @@ def pct(value: float | None, digits: int = 1) -> str:
     return signed(value, digits, "%")
 
 
+def speedup(value: float | None) -> str:
+    """A ratio of medians, as 2.00× (two decimals: the medians' own CIs are about 1-2%)."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.2f}×"
+
+
 def md(text: object) -> str:
     """Escape text for a GitHub Markdown table cell: no cell breaks, no HTML, no formatting."""
     s = " ".join(str(text).split())  # newlines would end the table row

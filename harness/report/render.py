@@ -38,6 +38,7 @@ from harness.report.rundata import (
     show_value,
     verdicts,
 )
+from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
 
 __all__ = ["load_run", "render_run", "build_context", "write_atomic", "template_env"]
 
@@ -88,6 +89,7 @@ def template_env() -> Any:
     env.filters.update(
         ms=fmt.ms, num=fmt.num, signed=fmt.signed, pct=fmt.pct, short_hash=fmt.short_hash,
         status_word=lambda s: STATUS_WORDS.get(s, s), show=show_value, sortkey=_sortkey,
+        speedup=fmt.speedup,
     )
     return env
 
@@ -378,6 +380,8 @@ def build_context(run: dict[str, Any], reference: Reference | None = None) -> di
         "views": views,
         "verdicts": verdicts(views),
         "verdict_groups": _group_verdicts(verdicts(views)),
+        "throughput": throughput_groups(views),
+        "cross_scope_label": CROSS_SCOPE_LABEL,
         "counts": [(s, counts[s]) for s in STATUS_WORDS if counts.get(s)],
         "random_cells": [v for v in views if v.random_weights],
         "devices": _devices(views),

@@ -14,6 +14,8 @@ and every record is validated against harness.run.record.CellRecord.
 
   gpu-demo       an H100 run of four RF-DETR models plus a hostile-named ONNX model
   t4-published   a run under RF-DETR's published conditions (T4, TensorRT 10.4, CUDA 12.4, FP16)
+  deploy-predict the deployment plan's shape: the fp32 reference is rfdetr's predict(), which has
+                 only the end_to_end scope; exact speed-ups (2.00x, 1.25x) for the throughput table
   cpu-quick-a    the quickstart on a CPU, twice: the same plan run two times (for compare);
   cpu-quick-b    b has no results.json, so it is rebuilt from run.json + cells/
 """
@@ -549,6 +551,29 @@ def t4_published() -> None:
     run.write()
 
 
+def deploy_predict() -> None:
+    """The reference exists only end to end; the other cells' samples are the reference's divided
+    by a factor, so their speed-ups are exact (medians scale with the samples)."""
+    rng = np.random.default_rng(13)
+    run = RunBuilder("deploy-predict", "rfdetr-deployment", "h100", "2026-03-05T09:00:00Z",
+                     description="predict() FP32 against the optimized FP16+JIT path and ONNX Runtime (golden test run)")
+    medium = {"name": "rfdetr-medium", "source": "rfdetr", "variant": "medium", "weights": "cache"}
+    predict = latency_samples(rng, 30.0)
+    ref = run.add(medium, "rfdetr-predict", "fp32", 1, 576, "end_to_end", samples=predict, reference=True,
+                  runtime_label="predict-fp32", accuracy=accuracy_block(0.539))
+    run.add(medium, "rfdetr-optimized", "fp16", 1, 576, "model", samples=np.round(predict / 4, 4),
+            runtime_label="fp16-jit", accuracy=accuracy_block(0.537), derived=derived_block(ref, -0.2))
+    run.add(medium, "rfdetr-optimized", "fp16", 1, 576, "end_to_end", samples=np.round(predict / 2, 4),
+            runtime_label="fp16-jit")
+    run.add(medium, "onnxruntime-cuda", "fp32", 1, 576, "model", "failed",
+            reason="onnxruntime could not create a CUDA session: CUDA failure 999 (exit status 1)")
+    run.add(medium, "onnxruntime-cuda", "fp32", 1, 576, "end_to_end", "unstable", samples=np.round(predict / 1.25, 4),
+            reason="CoV 7.1% exceeds 5%", unstable_reasons=["CoV 7.1% > 5%"])
+    run.add(medium, "tensorrt", "fp16", 1, 576, "end_to_end", "skipped",
+            reason="tensorrt is not installed in this image")
+    run.write()
+
+
 def cpu_quick(name: str, seed: int, with_results: bool) -> None:
     rng = np.random.default_rng(seed)
     run = RunBuilder(name, "quickstart", "cpu", "2026-03-04T12:00:00Z" if seed == 1 else "2026-03-04T13:00:00Z",
@@ -569,6 +594,7 @@ def cpu_quick(name: str, seed: int, with_results: bool) -> None:
 def main() -> None:
     gpu_demo()
     t4_published()
+    deploy_predict()
     cpu_quick("cpu-quick-a", 1, True)
     cpu_quick("cpu-quick-b", 2, False)
     for folder in sorted(HERE.iterdir()):
