@@ -98,6 +98,7 @@ def test_localize_moves_artifacts_to_the_node_when_the_plan_folder_is_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ray_backend.WORKDIR_ENV, str(tmp_path / "node"))
+    monkeypatch.chdir(tmp_path)  # the artifact cache resolves against the submitter's folder
     text = PLAN.format(device="cpu", resolutions="128") + "dataset: {images: imgs, annotations: ann/instances.json}\n"
     elsewhere = Path("/nonexistent/project")
     cell = parse_plan(text, "plan.yaml", elsewhere).cells[0]

@@ -142,8 +142,12 @@ def _localize(cell: Cell) -> tuple[Cell, str | None]:
     local = Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir()) / "bench-ray" / "plans" / digest
     local.mkdir(parents=True, exist_ok=True)
     updates: dict[str, Any] = {"plan_dir": str(local)}
-    if not Path(cell.artifacts_dir).expanduser().is_absolute():
-        updates["artifacts_dir"] = str(local / cell.artifacts_dir)
+    artifacts = Path(cell.artifacts_dir).expanduser()
+    if not artifacts.is_absolute():
+        updates["artifacts_dir"] = str(local / artifacts)
+    elif not artifacts.is_dir():
+        # the submitter's cache folder (resolved on its machine) is not shared with this node
+        updates["artifacts_dir"] = str(local / "artifacts")
     dataset = cell.dataset
     if dataset is not None and not dataset.sample:
         absolute = {
