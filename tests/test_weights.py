@@ -56,7 +56,6 @@ def test_a_run_asking_for_absent_weights_fails_that_cell_with_the_reason(tmp_pat
 @pytest.mark.slow
 def test_checkpoint_path_and_cache_load_the_saved_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
-
     from rfdetr import RFDETRNano
 
     torch.manual_seed(123)  # weights unlike the harness's own random seed
