@@ -87,6 +87,10 @@ class ModelSource(ABC):
     def decode(self, outputs: dict[str, np.ndarray], metas: list[ImageMeta]) -> list[Detections]:
         """Host raw outputs to detections in original-image coordinates."""
 
+    def output_names(self) -> list[str]:
+        """Names of the raw outputs in the order the model returns them."""
+        return ["dets", "labels"]
+
     def torch_model(self, device: str) -> Any:
         """The core torch module (fp32, eval) on `device`; model-scope torch timing calls it."""
         raise NotImplementedError(f"{type(self).__name__} has no PyTorch model")

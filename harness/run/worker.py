@@ -29,7 +29,7 @@ import numpy as np
 
 from harness.errors import CellSkipped, UserError
 from harness.plan.cells import Cell
-from harness.run.record import CellRecord, worst_status
+from harness.run.record import CellRecord, Status, worst_status
 from harness.run.store import dumps, utc_now
 
 FAULT_ENV = "BENCH_FAULT_INJECT"  # "<kind>@<cell_id>": tests of crash isolation (see _inject_fault)
@@ -228,7 +228,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
             timer_name = timer.name
             stage_names: list[str] = []
         else:
-            images = _sample_images(cell, dataset)
+            images: list[Any] = list(_sample_images(cell, dataset))
             stages = runtime.stages()
             stage_names = [s.name for s in stages]
             if cell.time_decode and dataset is not None:
@@ -387,7 +387,7 @@ def main(argv: list[str]) -> int:
     try:
         record = run_cell(cell, run_dir, log, phase)
     except (CellSkipped, UserError) as exc:
-        status = "skipped" if isinstance(exc, CellSkipped) else "failed"
+        status: Status = "skipped" if isinstance(exc, CellSkipped) else "failed"
         record = CellRecord(
             cell_id=cell.cell_id, cell=cell.model_dump(mode="json"), status=status, reason=str(exc),
             started_at=started_at, finished_at=utc_now(),

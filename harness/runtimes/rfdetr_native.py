@@ -64,6 +64,9 @@ class _RfdetrBase(Runtime):
         self.compile = bool(self.cell.runtime.settings.get("compile", True))
         self.threshold = float(self.cell.runtime.settings.get("threshold", 0.0))
         started = time.perf_counter()
+        from harness.models.rfdetr import RfdetrSource
+
+        assert isinstance(self.source, RfdetrSource)  # unavailable_reason refused other sources
         self.model = self.source.rfdetr_model  # built on the cell's device
         out: dict[str, Any] = {"load_s": time.perf_counter() - started, "model": self.source.describe()}
         if self.optimized or self.cell.precision != "fp32":
