@@ -109,6 +109,9 @@ def test_per_model_overrides_and_protocol_merge(tmp_path: Path) -> None:
         ("- just\n- a list\n", "expected a YAML mapping at the top level, found a list"),
         ("name: t\nmodels: [{name: a, variant: nano, weights: random\n", "YAML syntax error at line"),
         ("name: [unclosed\n", "YAML syntax error"),
+        ("name: t\nmodels: [{name: a, variant: nano, weights: random}]\n"
+         "runtimes: [{name: tensorrt, settings: {workspace_gb: 4}}]\n",
+         "runtimes[tensorrt].settings (model a): invalid TensorRT settings:\n  workspace_gb: unknown TensorRT setting"),
         ("", "the file is empty"),
         ("# only a comment\n", "holds no YAML content"),
     ],

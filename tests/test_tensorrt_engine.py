@@ -51,6 +51,13 @@ REPO = Path(__file__).resolve().parents[1]
 T4 = GpuIdentity("Tesla T4", "7.5")
 
 
+@pytest.fixture(autouse=True)
+def _artifacts_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The artifact cache (engines, exports) resolves against the working directory: keep each
+    test's cache its own."""
+    monkeypatch.chdir(tmp_path)
+
+
 def make_cell(
     tmp_path: Path,
     *,
@@ -69,7 +76,8 @@ def make_cell(
     }
     if dataset is not None:
         plan["dataset"] = dataset
-    return parse_plan(yaml.safe_dump(plan), "test-plan", tmp_path).cells[0]
+    # Run-time defences are under test here, so the plan-time settings check is skipped.
+    return parse_plan(yaml.safe_dump(plan), "test-plan", tmp_path, check_runtime_settings=False).cells[0]
 
 
 def make_coco(root: Path, count: int, *, with_files: bool = True, shuffle_seed: int | None = None) -> dict[str, str]:

@@ -291,6 +291,13 @@ class FileSource(ModelSource):
         )
 
 
+@pytest.fixture(autouse=True)
+def _artifacts_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The artifact cache (engines, exports) resolves against the working directory: keep each
+    test's cache its own."""
+    monkeypatch.chdir(tmp_path)
+
+
 def make_cell(tmp_path: Path, *, precision: str = "fp16", settings: dict[str, Any] | None = None,
               dataset: dict[str, Any] | None = None, batch: int = 1) -> Cell:
     plan: dict[str, Any] = {
@@ -304,7 +311,8 @@ def make_cell(tmp_path: Path, *, precision: str = "fp16", settings: dict[str, An
     }
     if dataset is not None:
         plan["dataset"] = dataset
-    return parse_plan(yaml.safe_dump(plan), "test-plan", tmp_path).cells[0]
+    # Run-time defences are under test here, so the plan-time settings check is skipped.
+    return parse_plan(yaml.safe_dump(plan), "test-plan", tmp_path, check_runtime_settings=False).cells[0]
 
 
 def make_jpeg_dataset(root: Path, count: int) -> dict[str, str]:

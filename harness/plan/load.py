@@ -57,14 +57,16 @@ def load_plan(path: str | Path | None) -> LoadedPlan:
     return parse_plan(text, where, plan_dir, file)
 
 
-def parse_plan(text: str, where: str, plan_dir: Path, file: Path | None = None) -> LoadedPlan:
+def parse_plan(
+    text: str, where: str, plan_dir: Path, file: Path | None = None, *, check_runtime_settings: bool = True
+) -> LoadedPlan:
     data = _parse_yaml(text, where)
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
         raise UserError(_format_validation(where, exc)) from None
     try:
-        cells = expand(plan, plan_dir)
+        cells = expand(plan, plan_dir, check_runtime_settings=check_runtime_settings)
     except PlanProblem as exc:
         lines = [f"{where}: the plan asks for cells that cannot exist:"]
         lines += [f"  {field}: {what}" for field, what in exc.problems]
