@@ -191,3 +191,133 @@ def test_nms_matches_torchvision() -> None:
         torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.5
     ).numpy()
     np.testing.assert_array_equal(batched_nms(boxes, scores, classes, 0.5), ref_b)
+
+
+# -- masks: the fast upsampler against a plain float64 bilinear --------------------------------
+
+
+def _bilinear_reference(
+    logits: np.ndarray, out_h: int, out_w: int, src_per_dst: tuple[float, float],
+    offset: tuple[float, float],
+) -> np.ndarray:
+    """Float64 separable bilinear (half-pixel centres, PyTorch clamping) of (K, h, w) logits:
+    the interpolated VALUES, so a test can tell rounding-level disagreements from real ones."""
+
+    def taps(n_out: int, n_in: int, a: float, b: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.clip((np.arange(n_out) + 0.5) * a + b - 0.5, 0.0, None)
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    x = logits.astype(np.float64)
+    y0, y1, wy = taps(out_h, x.shape[1], src_per_dst[0], offset[0])
+    x0, x1, wx = taps(out_w, x.shape[2], src_per_dst[1], offset[1])
+    rows = x[:, y0] * (1 - wy)[None, :, None] + x[:, y1] * wy[None, :, None]
+    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
+
+
+def _assert_masks_agree(ours: np.ndarray, values: np.ndarray) -> None:
+    """Pixels may differ only where the interpolated logit is within float32 rounding of 0."""
+    assert ours.dtype == np.bool_ and ours.shape == values.shape
+    differ = ours != (values > 0)
+    assert np.all(np.abs(values[differ]) < 1e-5), np.abs(values[differ]).max()
+    assert differ.mean() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "k,mh,mw,out_h,out_w",
+    [
+        (7, 24, 24, 480, 640),  # upsampling, the usual case
+        (3, 96, 96, 50, 41),  # downsampling (no antialias, like rfdetr)
+        (2, 1, 1, 5, 7),  # a single logit
+        (2, 1, 9, 6, 20),  # one row: every row is clamped
+        (2, 9, 1, 20, 6),  # one column
+        (40, 16, 12, 33, 29),  # odd sizes, non-integer scales on both axes
+    ],
+)
+def test_masks_match_float64_bilinear_threshold(k: int, mh: int, mw: int, out_h: int, out_w: int) -> None:
+    from harness.models.decode import _masks_to_original
+
+    logits = np.random.default_rng(k * mh + out_w).standard_normal((k, mh, mw)).astype(np.float32) * 4
+    meta = ImageMeta(orig_h=out_h, orig_w=out_w, scale_x=64 / out_w, scale_y=64 / out_h)
+    ours = _masks_to_original(logits, meta, None)
+    values = _bilinear_reference(logits, out_h, out_w, (mh / out_h, mw / out_w), (0.0, 0.0))
+    _assert_masks_agree(ours, values)
+
+
+def test_masks_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.models import decode
+
+    logits = np.random.default_rng(8).standard_normal((7, 10, 12)).astype(np.float32)
+    meta = _stretch_meta(31, 45, 64)
+    whole = decode._masks_to_original(logits, meta, None)
+    # 9 bytes x 10 rows x 45 columns per mask: chunks of 2 masks, the last one short.
+    monkeypatch.setattr(decode, "_MASK_SCRATCH_BYTES", 2 * 9 * 10 * 45)
+    np.testing.assert_array_equal(decode._masks_to_original(logits, meta, None), whole)
+
+
+def test_masks_letterboxed_and_selected_by_index_and_float16() -> None:
+    from harness.models.decode import _masks_to_original
+
+    # 200x100 (w x h) image letterboxed into 64x64: scale 0.32, pad_y 16; 16x16 masks.
+    meta = ImageMeta(orig_h=100, orig_w=200, scale_x=0.32, scale_y=0.32, pad_x=0.0, pad_y=16.0)
+    logits = np.random.default_rng(5).standard_normal((9, 16, 16)).astype(np.float16)
+    picked = np.array([8, 0, 3])
+    ours = _masks_to_original(logits, meta, (64, 64), picked)
+    a = 16 / 64 / 0.32
+    values = _bilinear_reference(
+        logits[picked].astype(np.float32), 100, 200, (a, a), (16.0 * 16 / 64, 0.0)
+    )
+    _assert_masks_agree(ours, values)
+    with pytest.raises(ValueError, match="input size"):
+        _masks_to_original(logits, meta, None)
+
+
+def test_masks_exact_cases() -> None:
+    """Flat logits and equal neighbouring rows make the crossing weight infinite or NaN: the
+    result must still be logit > 0 (0 and -0 are not above 0)."""
+    from harness.models.decode import _masks_to_original
+
+    flat = np.stack([np.full((6, 5), v, np.float32) for v in (1.0, -1.0, 0.0, -0.0, 1e-30)])
+    meta = _stretch_meta(13, 11, 64)
+    ours = _masks_to_original(flat, meta, None)
+    assert ours[0].all() and ours[4].all()
+    assert not ours[1].any() and not ours[2].any() and not ours[3].any()
+    # A step between rows 2 and 3 only: rows above it stay False, rows far below stay True.
+    step = np.full((1, 6, 5), -1.0, np.float32)
+    step[0, 3:] = 2.0
+    out = _masks_to_original(step, meta, None)
+    values = _bilinear_reference(step, 13, 11, (6 / 13, 5 / 11), (0.0, 0.0))
+    _assert_masks_agree(out, values)
+    assert not out[0, 0].any() and out[0, -1].all()
+    # Infinite logits (fp16 overflow) behave like very large finite ones.
+    wild = np.random.default_rng(9).standard_normal((1, 6, 5)).astype(np.float32)
+    wild[0, 2, 2], wild[0, 4, 1] = np.inf, -np.inf
+    finite = wild.copy()
+    finite[0, 2, 2], finite[0, 4, 1] = 1e30, -1e30
+    np.testing.assert_array_equal(
+        _masks_to_original(wild, meta, None), _masks_to_original(finite, meta, None)
+    )
+    empty = _masks_to_original(flat, meta, None, np.zeros((0,), np.int64))
+    assert empty.shape == (0, 13, 11)
+
+
+def test_max_masks_keeps_the_highest_scoring_detections() -> None:
+    out = _random_outputs(4, q=50, c=5)
+    out["masks"] = np.random.default_rng(6).standard_normal((2, 50, 12, 12), dtype=np.float32)
+    metas = [_stretch_meta(40, 30, 64), _stretch_meta(20, 50, 64)]
+    full = decode_rfdetr(out, metas, top_k=60)
+    capped = decode_rfdetr(out, metas, top_k=60, max_masks=7)
+    for f, c in zip(full, capped, strict=True):
+        assert len(f) == 60 and len(c) == 7
+        assert f.masks is not None and c.masks is not None
+        np.testing.assert_array_equal(c.scores, f.scores[:7])
+        np.testing.assert_array_equal(c.class_ids, f.class_ids[:7])
+        np.testing.assert_array_equal(c.boxes_xyxy, f.boxes_xyxy[:7])
+        np.testing.assert_array_equal(c.masks, f.masks[:7])
+    (none,) = decode_rfdetr({k: v[:1] for k, v in out.items()}, metas[:1], max_masks=0)
+    assert len(none) == 0 and none.masks is not None and none.masks.shape == (0, 40, 30)
+    # Without masks the cap does nothing: boxes-only models keep every detection.
+    no_masks = {k: v for k, v in out.items() if k != "masks"}
+    assert len(decode_rfdetr(no_masks, metas, top_k=60, max_masks=7)[0]) == 60
+    with pytest.raises(ValueError, match="max_masks"):
+        decode_rfdetr(out, metas, max_masks=-1)
