@@ -14,7 +14,6 @@ back to random weights.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import numpy as np
 
 from harness.models.base import ImageMeta, ModelSource, OnnxArtifact
 from harness.models.detections import Detections
+from harness.models.export import file_sha256, redirect_fds
 from harness.models.variants import VARIANTS
 
 RANDOM_SEED = 0
@@ -70,41 +70,6 @@ def resolve_weights(weights: str, variant: str, plan_dir: Path) -> Path | None:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def quiet_fds(log: TextIO):
-    """Send everything written to fds 1 and 2 (rfdetr's prints, torch's warnings, C++ logs)
-    into the cell log while building or exporting."""
-    try:
-        log_fd = log.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    try:
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
 class RfdetrSource(ModelSource):
     def __init__(self, cell: Any, log: TextIO):
         super().__init__(cell, log)
@@ -130,7 +95,7 @@ class RfdetrSource(ModelSource):
         kwargs["pretrain_weights"] = str(self.weights_path) if self.weights_path else None
         started = time.perf_counter()
         torch.manual_seed(RANDOM_SEED)  # identical random weights in every process
-        with quiet_fds(self.log):
+        with redirect_fds(self.log):
             model = cls(**kwargs)
             # rfdetr 1.11 can leave the core module on the CPU when built for CUDA (seen on an H200)
             model.model.model.to(device)
@@ -178,7 +143,7 @@ class RfdetrSource(ModelSource):
             "class": self.variant.class_name,
             "family": self.family,
             "weights": "random" if self.weights_path is None else str(self.weights_path),
-            "weights_sha256": _sha256(self.weights_path) if self.weights_path else None,
+            "weights_sha256": file_sha256(self.weights_path) if self.weights_path else None,
             "random_weights": self.random_weights,
             "random_seed": RANDOM_SEED if self.weights_path is None else None,
             "build_s": self.build_s,
@@ -190,7 +155,7 @@ class RfdetrSource(ModelSource):
         return info
 
     def weights_identity(self) -> str:
-        return f"random:seed{RANDOM_SEED}" if self.weights_path is None else f"sha256:{_sha256(self.weights_path)}"
+        return f"random:seed{RANDOM_SEED}" if self.weights_path is None else f"sha256:{file_sha256(self.weights_path)}"
 
     def preprocess(self, images: Sequence[np.ndarray], resolution: int) -> tuple[np.ndarray, list[ImageMeta]]:
         from harness.models.preprocess import RFDETR_PREPROCESS, preprocess_images

@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from harness.errors import CellSkipped, UserError
+from harness.models.export import redirect_fds
 from harness.runtimes.base import Runtime
 
 CPU_EP = "CPUExecutionProvider"
@@ -153,45 +154,17 @@ def float16_converter_problem() -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def capture_fds() -> Iterator[list[str]]:
     """Capture fds 1 and 2 (C++ logs, Python prints and warnings) into a list's single
     element, filled when the block exits."""
     result: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as spool:
-        saved = os.dup(1), os.dup(2)
-        try:
-            os.dup2(spool.fileno(), 1)
-            os.dup2(spool.fileno(), 2)
-            with (
-                open(os.dup(spool.fileno()), "w", closefd=True) as text,
-                contextlib.redirect_stdout(text),
-                contextlib.redirect_stderr(text),
-            ):
-                try:
-                    yield result
-                finally:
-                    text.flush()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            spool.seek(0)
-            result.append(spool.read().decode("utf-8", "replace"))
+    buffer = io.StringIO()
+    try:
+        with redirect_fds(buffer):
+            yield result
+    finally:
+        result.append(buffer.getvalue())
 
 
 def node_placements(log_text: str) -> dict[str, int]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.models.detections import Detections
 from harness.runtimes.base import Runtime, Stage
-from harness.runtimes.torch_eager import resolve_device, torch_device_problem
+from harness.runtimes.torch_eager import TorchDevice, resolve_device, torch_cell_problem
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -41,19 +41,12 @@ def from_supervision(result: Any) -> Detections:
     )
 
 
-class _RfdetrBase(Runtime):
+class _RfdetrBase(TorchDevice, Runtime):
     optimized = False
 
     @classmethod
     def unavailable_reason(cls, cell: Any) -> str | None:
-        if cell.model.source != "rfdetr":
-            return f"{cls.name} runs rfdetr's own inference; this model is an ONNX file"
-        device = resolve_device(cell.device) if torch_device_problem("cpu") is None else cell.device
-        if problem := torch_device_problem(device):
-            return problem
-        if device == "cpu" and cell.precision == "fp16":
-            return "fp16 needs a GPU; the device resolved to cpu here (no CUDA GPU)"
-        return None
+        return torch_cell_problem(cell, cls.name)
 
     def prepare(self) -> dict[str, Any]:
         import torch
@@ -108,19 +101,6 @@ class _RfdetrBase(Runtime):
             return [from_supervision(r) for r in results]
 
         return [Stage("predict", predict)]
-
-    def timer_stream(self) -> Any | None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            return torch.cuda.current_stream(self.device)
-        return None
-
-    def synchronize(self) -> None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize(self.device)
 
     def settings(self) -> dict[str, Any]:
         import torch

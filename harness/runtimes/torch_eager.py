@@ -40,19 +40,44 @@ def resolve_device(device: str) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-class TorchEagerRuntime(Runtime):
+def torch_cell_problem(cell: Any, runtime: str) -> str | None:
+    """Why a torch-based runtime can't run `cell` here, or None."""
+    if cell.model.source != "rfdetr":
+        return f"{runtime} needs a PyTorch model (rfdetr); this model is an ONNX file"
+    device = resolve_device(cell.device) if torch_device_problem("cpu") is None else cell.device
+    if problem := torch_device_problem(device):
+        return problem
+    if device == "cpu" and cell.precision == "fp16":
+        return "fp16 needs a GPU; the device resolved to cpu here (no CUDA GPU)"
+    return None
+
+
+class TorchDevice:
+    """Timing hooks shared by the torch-based runtimes: their kernels run on torch's current
+    stream of `self.device`."""
+
+    device: str
+
+    def timer_stream(self) -> Any | None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            return torch.cuda.current_stream(self.device)
+        return None
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+
+class TorchEagerRuntime(TorchDevice, Runtime):
     name = "torch"
 
     @classmethod
     def unavailable_reason(cls, cell: Any) -> str | None:
-        if cell.model.source != "rfdetr":
-            return "the torch runtime needs a PyTorch model; this model is an ONNX file"
-        device = resolve_device(cell.device) if torch_device_problem("cpu") is None else cell.device
-        if problem := torch_device_problem(device):
-            return problem
-        if device == "cpu" and cell.precision == "fp16":
-            return "fp16 needs a GPU; the device resolved to cpu here (no CUDA GPU)"
-        return None
+        return torch_cell_problem(cell, "the torch runtime")
 
     def prepare(self) -> dict[str, Any]:
         import torch
@@ -81,19 +106,6 @@ class TorchEagerRuntime(Runtime):
         return {
             name: tensor.float().cpu().numpy() for name, tensor in zip(self._names, outputs, strict=False)
         }
-
-    def timer_stream(self) -> Any | None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            return torch.cuda.current_stream(self.device)
-        return None
-
-    def synchronize(self) -> None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize(self.device)
 
     def settings(self) -> dict[str, Any]:
         import torch
