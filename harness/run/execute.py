@@ -236,27 +236,46 @@ def exit_status(results: dict[str, Any], loaded: LoadedPlan) -> int:
 
 
 def print_summary(results: dict[str, Any], console: Any, run_dir: Path | None = None) -> None:
+    """One row per cell, in short columns that fit a terminal; the reasons follow the table as
+    numbered notes, so a long provider error never squeezes the numbers."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="summary", show_lines=False)
-    for col in ("cell", "status", "median ms", "p99 ms", "img/s", "AP50:95", "reason"):
-        table.add_column(col, overflow="fold")
+    table = Table(title="summary", box=None, pad_edge=False)
+    for col in ("model", "runtime", "prec", "b", "res", "scope", "status", "p50 ms", "p99 ms", "img/s", "AP"):
+        # names may wrap; figures and statuses never do
+        names = col in ("model", "runtime")
+        numeric = col in ("b", "res", "p50 ms", "p99 ms", "img/s", "AP")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=not names, overflow="fold")
+    notes: list[str] = []
     for record in results["cells"]:
+        cell = record.get("cell") or {}
         lat = record.get("latency") or {}
         stats = lat.get("stats") or {}
         acc = ((record.get("accuracy") or {}).get("bbox") or {}).get("AP")
         status = effective_status(results, record)
         colour = {"ok": "green", "failed": "red"}.get(status, "yellow")
+        shown = f"[{colour}]{status}[/]"
+        if record.get("reason"):
+            notes.append(f"[{len(notes) + 1}] {record['cell_id']}: {record['reason']}")
+            shown += f" [{len(notes)}]"
+        runtime = cell.get("runtime") or {}
         table.add_row(
-            record["cell_id"],
-            f"[{colour}]{status}[/]",
+            escape(str((cell.get("model") or {}).get("name", record["cell_id"]))),
+            escape(str(runtime.get("label") or runtime.get("name", ""))),
+            str(cell.get("precision", "")),
+            str(cell.get("batch", "")),
+            str(cell.get("resolution", "")),
+            "e2e" if cell.get("scope") == "end_to_end" else str(cell.get("scope", "")),
+            shown,
             f"{stats['p50']:.2f}" if stats else "-",
             f"{stats['p99']:.2f}" if stats else "-",
             f"{lat['throughput_ips']:.1f}" if lat else "-",
             f"{acc:.3f}" if isinstance(acc, float) else "-",
-            (record.get("reason") or "")[:120],
         )
     console.print(table)
+    for note in notes:
+        console.print(escape(note), soft_wrap=True)
     if any(r.get("random_weights") for r in results["cells"]):
         console.print("[yellow]random weights[/] were used: latency is real, mAP is meaningless.")
     if run_dir is not None:
