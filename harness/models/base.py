@@ -87,6 +87,10 @@ class ModelSource(ABC):
     def decode(self, outputs: dict[str, np.ndarray], metas: list[ImageMeta]) -> list[Detections]:
         """Host raw outputs to detections in original-image coordinates."""
 
+    def load_metadata(self) -> None:  # noqa: B027 (sources without lazy metadata need nothing)
+        """Load what preprocessing and decoding read lazily (class list, top-k), so that no
+        model is built inside a timed iteration. The worker calls it before timing."""
+
     def output_names(self) -> list[str]:
         """Names of the raw outputs in the order the model returns them."""
         return ["dets", "labels"]

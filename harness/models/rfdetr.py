@@ -104,7 +104,20 @@ class RfdetrSource(ModelSource):
 
     @cached_property
     def rfdetr_model(self) -> Any:
+        """The rfdetr object on the cell's device: what rfdetr's own predict()/inference() run."""
         return self.build(self._torch_device())
+
+    @property
+    def _host_model(self) -> Any:
+        """An rfdetr object for metadata and for copying the core module: the device one when
+        a runtime already built it, else one on the CPU, so an ONNX Runtime or TensorRT cell
+        keeps no PyTorch copy of the model on the GPU it is timing, and the torch runtime
+        keeps only its own copy there."""
+        if "rfdetr_model" in self.__dict__:
+            return self.rfdetr_model
+        if "_cpu_model" not in self.__dict__:
+            self.__dict__["_cpu_model"] = self.build("cpu")
+        return self.__dict__["_cpu_model"]
 
     def _torch_device(self) -> str:
         device = self.cell.device
@@ -126,7 +139,7 @@ class RfdetrSource(ModelSource):
         their own list from 0. Mirrors rfdetr's predict() mapping."""
         from rfdetr.assets.coco_classes import COCO_CLASSES
 
-        model = self.rfdetr_model
+        model = self._host_model
         names = list(model.class_names)
         args = getattr(model.model, "args", None)
         slots = int(getattr(args, "num_classes", len(names))) + 1
@@ -165,11 +178,15 @@ class RfdetrSource(ModelSource):
     def decode(self, outputs: dict[str, np.ndarray], metas: list[ImageMeta]) -> list[Detections]:
         from harness.models.decode import decode_rfdetr
 
-        return decode_rfdetr(outputs, metas, top_k=self._num_select())
+        return decode_rfdetr(outputs, metas, top_k=self._num_select)
 
+    @cached_property
     def _num_select(self) -> int:
-        args = getattr(self.rfdetr_model.model, "args", None)
+        args = getattr(self._host_model.model, "args", None)
         return int(getattr(args, "num_select", 300) or 300)
+
+    def load_metadata(self) -> None:
+        _ = self.class_names, self._num_select
 
     def output_names(self) -> list[str]:
         names = ["dets", "labels"]
@@ -183,7 +200,7 @@ class RfdetrSource(ModelSource):
         """The core LWDETR module in export mode (tensor in, tuple of tensors out), fp32, eval."""
         import copy
 
-        module = copy.deepcopy(self.rfdetr_model.model.model).to(device).eval()
+        module = copy.deepcopy(self._host_model.model.model).to(device).eval()
         module.export()
         return module
 
