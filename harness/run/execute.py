@@ -203,20 +203,19 @@ def _draw_galleries(records: list[dict[str, Any]], derived: dict[str, Any], run_
     n = loaded.plan.accuracy.gallery_images
     if not n or not loaded.plan.dataset:
         return
+    from harness.accuracy.datasets import dataset_for_cell
+    from harness.accuracy.gallery import gallery_for_cell
+
     by_id = {r["cell_id"]: r for r in records}
-    datasets: dict[str, Any] = {}
+    dataset: Any = None  # one plan, one dataset: read its annotations once
     for record in records:
         entry = derived.get(record["cell_id"]) or {}
         ref = by_id.get(entry.get("reference") or "")
         if ref is None or not record.get("accuracy") or not ref.get("accuracy"):
             continue
         try:
-            from harness.accuracy.datasets import dataset_for_cell
-            from harness.accuracy.gallery import gallery_for_cell
-
-            cell = Cell.model_validate(record["cell"])
-            key = cell.config_key
-            dataset = datasets.setdefault(key, dataset_for_cell(cell))
+            if dataset is None:
+                dataset = dataset_for_cell(Cell.model_validate(record["cell"]))
             entry["gallery"] = gallery_for_cell(record, ref, run_dir, dataset, n)
         except Exception as exc:  # a drawing problem never loses results
             entry["gallery_error"] = repr(exc)
