@@ -415,3 +415,17 @@ def test_cpu_fingerprint_has_no_gpu_fields(no_nvml: FakeNvml) -> None:
     assert "gpus" not in fields and "driver" not in fields
     assert fields["cpu_model"] == env["cpu"]["model"]
     assert fields["libraries"] == {"onnxruntime": env["packages"]["onnxruntime"]}
+
+
+def test_fingerprint_ignores_what_changes_between_reruns_of_one_setup() -> None:
+    from harness.environment.fingerprint import fingerprint
+
+    env: dict = {"packages": {"onnxruntime": "1.31.1"}, "cpu": {"model": "x"}}
+    first = {"providers": ["CUDAExecutionProvider"], "timing": {"load_s": 1.2}, "model_file": "/a/model.onnx",
+             "engine": {"build_s": 30.0, "cache_hit": False, "built_at": "t1", "flags": ["fp16"]}}
+    rerun = {"providers": ["CUDAExecutionProvider"], "timing": {"load_s": 0.4}, "model_file": "/b/model.onnx",
+             "engine": {"build_s": None, "cache_hit": True, "built_at": "t2", "flags": ["fp16"]}}
+    kwargs = {"runtime": "onnxruntime-cuda", "precision": "fp16"}
+    assert fingerprint(env, settings=first, **kwargs) == fingerprint(env, settings=rerun, **kwargs)
+    other = {**rerun, "engine": {**rerun["engine"], "flags": ["fp16", "int8"]}}
+    assert fingerprint(env, settings=other, **kwargs) != fingerprint(env, settings=rerun, **kwargs)

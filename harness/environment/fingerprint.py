@@ -63,6 +63,24 @@ def _gpu_fields(gpu: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_VOLATILE_KEYS = {"timing", "built_at", "cache_hit", "engine_cache_hit", "cached", "model_file", "path"}
+_VOLATILE_SUFFIXES = ("_s", "_at", "_path", "_dir", "_file")
+
+
+def comparable_settings(value: Any) -> Any:
+    """Settings without what changes from run to run of the same configuration (timings,
+    timestamps, cache hits, file locations), so identical setups get identical fingerprints."""
+    if isinstance(value, dict):
+        return {
+            k: comparable_settings(v)
+            for k, v in value.items()
+            if k not in _VOLATILE_KEYS and not str(k).endswith(_VOLATILE_SUFFIXES)
+        }
+    if isinstance(value, list):
+        return [comparable_settings(v) for v in value]
+    return value
+
+
 def comparability_fields(
     env: dict[str, Any], *, runtime: str, precision: str, settings: dict[str, Any]
 ) -> dict[str, Any]:
@@ -74,7 +92,7 @@ def comparability_fields(
     fields: dict[str, Any] = {
         "runtime": runtime,
         "precision": precision,
-        "settings": settings,
+        "settings": comparable_settings(settings),
         "libraries": {
             # onnxruntime vs onnxruntime-gpu of one version are different builds.
             name: (

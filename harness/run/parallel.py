@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from harness.errors import UserError
 from harness.plan.cells import Cell
 from harness.run.placement import host_name, with_placement
-from harness.run.record import CellRecord
+from harness.run.record import outcome_record
 from harness.run.store import RunStore, utc_now
 
 BACKEND = "local-gpus"
@@ -299,14 +299,7 @@ def run_cells_on_gpus(
 
 
 def _failed(cell: Cell, reason: str, started_at: str) -> dict[str, Any]:
-    return CellRecord(
-        cell_id=cell.cell_id,
-        cell=cell.model_dump(mode="json"),
-        status="failed",
-        reason=reason,
-        started_at=started_at,
-        finished_at=utc_now(),
-    ).model_dump(mode="json")
+    return outcome_record(cell, "failed", reason, started_at)
 
 
 def worker_pids(store: RunStore) -> list[int]:

@@ -45,7 +45,7 @@ from typing import Any
 from harness.errors import UserError
 from harness.plan.cells import Cell
 from harness.run.placement import hardware_slug, host_name, qualify, with_placement
-from harness.run.record import CellRecord
+from harness.run.record import outcome_record
 from harness.run.store import RunStore, utc_now, write_new, write_replace
 
 BACKEND = "ray"
@@ -311,15 +311,7 @@ def _describe_ray_error(exc: BaseException, attempts: int) -> str:
 
 
 def _lost_record(sub: _Submitted, reason: str) -> dict[str, Any]:
-    record = CellRecord(
-        cell_id=sub.cell.cell_id,
-        cell=sub.cell.model_dump(mode="json"),
-        status="failed",
-        reason=reason,
-        started_at=sub.submitted_at,
-        finished_at=utc_now(),
-        log_tail=None,
-    ).model_dump(mode="json")
+    record = outcome_record(sub.cell, "failed", reason, sub.submitted_at)
     return with_placement(record, {**sub.placement, "ray_resources": sub.resources})
 
 

@@ -100,6 +100,22 @@ class CellRecord(Frozen):
     files: dict[str, str] = Field(default_factory=dict)  # paths relative to the run folder
 
 
+def outcome_record(cell: Any, status: Status, reason: str, started_at: str, **fields: Any) -> dict[str, Any]:
+    """The record of a cell that ended without a measurement (skipped, or failed: raised,
+    crashed, timed out, lost on a cluster), as a JSON-ready dict. `cell` is a plan Cell."""
+    from harness.run.store import utc_now
+
+    return CellRecord(
+        cell_id=cell.cell_id,
+        cell=cell.model_dump(mode="json"),
+        status=status,
+        reason=reason,
+        started_at=started_at,
+        finished_at=utc_now(),
+        **fields,
+    ).model_dump(mode="json")
+
+
 def worst_status(flags: list[str]) -> str:
     for status in STATUS_ORDER:
         if status in flags:

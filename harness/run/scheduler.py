@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.plan.cells import Cell
-from harness.run.record import CellRecord
+from harness.run.record import CellRecord, outcome_record
 from harness.run.store import RunStore, utc_now
 
 LOG_TAIL_LINES = 40
@@ -126,16 +126,9 @@ def run_cell_process(
     else:
         reason = describe_exit(returncode)
     result_tmp.unlink(missing_ok=True)
-    return CellRecord(
-        cell_id=cell.cell_id,
-        cell=cell.model_dump(mode="json"),
-        status="failed",
-        reason=reason,
-        started_at=started_at,
-        finished_at=utc_now(),
-        log_tail=log_tail(log_path),
-        files={"log": f"logs/{cell.cell_id}.log"},
-    ).model_dump(mode="json")
+    return outcome_record(
+        cell, "failed", reason, started_at, log_tail=log_tail(log_path), files={"log": f"logs/{cell.cell_id}.log"}
+    )
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from harness.errors import CellSkipped, UserError
 from harness.plan.cells import Cell
-from harness.run.record import CellRecord, Status, worst_status
+from harness.run.record import CellRecord, Status, outcome_record, worst_status
 from harness.run.store import dumps, utc_now
 
 FAULT_ENV = "BENCH_FAULT_INJECT"  # "<kind>@<cell_id>": tests of crash isolation (see _inject_fault)
@@ -82,16 +82,19 @@ def _timed_region(cell: Cell, stage_names: list[str]) -> str:
     return f"end to end: {decode}" + " -> ".join(stage_names) + " (images already decoded in memory)" * (not cell.time_decode)
 
 
+def _batch_paths(dataset: Any, batch: int) -> list[Path]:
+    """The dataset's first `batch` image files, the last repeated when the dataset is smaller."""
+    paths = [dataset.image_path(i) for i in dataset.image_ids[:batch]]
+    return paths + [paths[-1]] * (batch - len(paths))
+
+
 def _sample_images(cell: Cell, dataset: Any) -> list[np.ndarray]:
     """The batch the end-to-end scope feeds: the dataset's first images, else a fixed synthetic
     640x480 image. Decoded once, outside the timed region."""
     if dataset is not None:
-        from harness.accuracy.loader import iter_batches
+        from harness.accuracy.loader import decode_image
 
-        for _, images in iter_batches(dataset, cell.batch, workers=1):
-            while len(images) < cell.batch:
-                images.append(images[-1])
-            return images[: cell.batch]
+        return [decode_image(path) for path in _batch_paths(dataset, cell.batch)]
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     return [image] * cell.batch
@@ -101,38 +104,20 @@ def _gpu_index(device: str) -> int | None:
     return int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
 
 
-_VOLATILE_KEYS = {"timing", "built_at", "cache_hit", "engine_cache_hit", "cached", "model_file", "path"}
-_VOLATILE_SUFFIXES = ("_s", "_at", "_path", "_dir", "_file")
-
-
-def comparable_settings(value: Any) -> Any:
-    """Settings without what changes from run to run of the same configuration (timings,
-    timestamps, cache hits, file locations), so identical setups get identical fingerprints."""
-    if isinstance(value, dict):
-        return {
-            k: comparable_settings(v)
-            for k, v in value.items()
-            if k not in _VOLATILE_KEYS and not str(k).endswith(_VOLATILE_SUFFIXES)
-        }
-    if isinstance(value, list):
-        return [comparable_settings(v) for v in value]
-    return value
-
-
 def _plan_sha256(run_dir: Path) -> str | None:
     with contextlib.suppress(OSError, ValueError):
         return json.loads((run_dir / "run.json").read_text("utf-8")).get("plan_sha256")
     return None
 
 
-def _capture_env(device: str, log: TextIO, run_dir: Path) -> tuple[dict[str, Any], Any]:
+def _capture_env(device: str, log: TextIO, run_dir: Path) -> dict[str, Any]:
     try:
         from harness.environment.capture import capture_environment
 
-        return capture_environment([device], plan_sha256=_plan_sha256(run_dir)), capture_environment
+        return capture_environment([device], plan_sha256=_plan_sha256(run_dir))
     except Exception as exc:  # the environment never takes a measurement down
         log.write(f"environment capture failed: {exc!r}\n")
-        return {"error": repr(exc)}, None
+        return {"error": repr(exc)}
 
 
 def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, Any]:
@@ -149,13 +134,13 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     runtime_cls = runtime_class(cell.runtime.name)
     phase("check")
     if reason := runtime_cls.unavailable_reason(cell):
-        env, _ = _capture_env("cpu" if cell.device == "auto" else cell.device, log, run_dir)
+        env = _capture_env("cpu" if cell.device == "auto" else cell.device, log, run_dir)
         return finish("skipped", reason=reason, environment=env)
 
     device = cell.device
     if device == "auto":
         device = resolve_device(device)
-    env, _ = _capture_env(device, log, run_dir)
+    env = _capture_env(device, log, run_dir)
 
     phase("prepare")
     from harness.models.rfdetr import WeightsUnavailable
@@ -173,6 +158,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
         return finish("skipped", reason=str(exc), environment=env)
     except WeightsUnavailable as exc:
         return finish("failed", reason=str(exc), environment=env)
+    source.load_metadata()
     _inject_fault(cell.cell_id)
 
     settings = runtime.settings()
@@ -180,9 +166,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     with contextlib.suppress(Exception):
         from harness.environment.fingerprint import fingerprint as make_fingerprint
 
-        fingerprint = make_fingerprint(
-            env, runtime=cell.runtime.name, precision=cell.precision, settings=comparable_settings(settings)
-        )
+        fingerprint = make_fingerprint(env, runtime=cell.runtime.name, precision=cell.precision, settings=settings)
 
     # Accuracy data first (decoded outside any timed region); the same runtime object serves
     # the latency pass and the accuracy pass.
@@ -333,47 +317,26 @@ def _keep_trace_small(monitor_data: dict[str, Any], run_dir: Path, cell_id: str,
 
 def _with_decode_stage(stages: list[Any], dataset: Any, batch: int) -> tuple[list[Any], list[Path]]:
     """Put JPEG decoding inside the end-to-end timed region when the plan asks for it."""
-    from PIL import Image
-
+    from harness.accuracy.loader import decode_image
     from harness.runtimes.base import Stage
 
-    paths = [dataset.image_path(i) for i in dataset.image_ids[:batch]]
-    while len(paths) < batch:
-        paths.append(paths[-1])
-
     def decode(files: list[Path]) -> list[np.ndarray]:
-        return [np.asarray(Image.open(p).convert("RGB")) for p in files]
+        return [decode_image(path) for path in files]
 
-    return [Stage("decode", decode), *stages], paths
+    return [Stage("decode", decode), *stages], _batch_paths(dataset, batch)
 
 
 def _save_raw_outputs(cell: Cell, runtime: Any, source: Any, dataset: Any, run_dir: Path) -> str | None:
     """Raw outputs on the first agreement images, for tensor-level agreement with the reference."""
-    from harness.accuracy.loader import iter_batches
+    from harness.accuracy.agreement import collect_raw_outputs, save_outputs_npz
+    from harness.accuracy.loader import decode_image
 
-    n = cell.accuracy.agreement_images
-    collected: dict[str, list[np.ndarray]] = {}
-    taken = 0
-    ids: list[int] = []
-    for image_ids, images in iter_batches(dataset, cell.batch, workers=1):
-        real = len(images)
-        ids.extend(image_ids)
-        while len(images) < cell.batch:
-            images.append(images[-1])
-        batch, _ = source.preprocess(images, cell.resolution)
-        outputs = runtime.raw_outputs(batch)
-        for name, value in outputs.items():
-            collected.setdefault(name, []).append(value[:real])
-        taken += real
-        if taken >= n:
-            break
-    if not collected:
+    ids = list(dataset.image_ids[: cell.accuracy.agreement_images])
+    if not ids:
         return None
-    from harness.accuracy.agreement import save_outputs_npz
-
+    inputs, _ = source.preprocess([decode_image(dataset.image_path(i)) for i in ids], cell.resolution)
     rel = f"outputs/{cell.cell_id}.npz"
-    arrays = {name: np.concatenate(parts)[:n] for name, parts in collected.items()}
-    save_outputs_npz(run_dir / rel, arrays, ids[:n])
+    save_outputs_npz(run_dir / rel, collect_raw_outputs(runtime.raw_outputs, inputs, cell.batch), ids)
     return rel
 
 
@@ -388,16 +351,10 @@ def main(argv: list[str]) -> int:
         record = run_cell(cell, run_dir, log, phase)
     except (CellSkipped, UserError) as exc:
         status: Status = "skipped" if isinstance(exc, CellSkipped) else "failed"
-        record = CellRecord(
-            cell_id=cell.cell_id, cell=cell.model_dump(mode="json"), status=status, reason=str(exc),
-            started_at=started_at, finished_at=utc_now(),
-        ).model_dump(mode="json")
+        record = outcome_record(cell, status, str(exc), started_at)
     except Exception as exc:
         traceback.print_exc()
-        record = CellRecord(
-            cell_id=cell.cell_id, cell=cell.model_dump(mode="json"), status="failed",
-            reason=f"{type(exc).__name__}: {exc}", started_at=started_at, finished_at=utc_now(),
-        ).model_dump(mode="json")
+        record = outcome_record(cell, "failed", f"{type(exc).__name__}: {exc}", started_at)
     sys.stdout.flush()
     result_tmp.write_bytes(dumps(record))
     phase("done")
