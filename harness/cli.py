@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     env = sub.add_parser("env", help="print the environment results are recorded with")
     env.add_argument("--json", action="store_true", help="emit JSON")
-    env.add_argument("--device", action="append", default=None, help="device to describe (cuda:0, cpu); repeatable")
+    env.add_argument("--device", action="append", default=None, help="device to describe (cuda:0, cpu); repeatable (default: every visible GPU)")
 
     report = sub.add_parser("report", help="render report.html, summary.md and results.csv from a run folder")
     report.add_argument("run_dir", help="run folder")
@@ -182,15 +182,31 @@ def _env(args: argparse.Namespace) -> int:
 
     from harness.environment.capture import capture_environment, format_environment
 
-    devices = args.device or []
-    if not devices:
-        devices = ["cuda:0"] if _nvidia_present() else []
-    env = capture_environment(devices)
+    env = capture_environment(args.device or _visible_cuda_devices())
     if args.json:
         print(json.dumps(env, indent=1, default=str))
     else:
         print(format_environment(env))
     return 0
+
+
+def _visible_cuda_devices() -> list[str]:
+    """Every GPU CUDA would number here (CUDA_VISIBLE_DEVICES honoured), so `bench env` on a
+    multi-GPU host describes them all; counted through NVML, never through torch."""
+    if not _nvidia_present():
+        return []
+    from harness.environment import nvml
+
+    try:
+        pynvml = nvml.open_nvml()
+    except nvml.NvmlUnavailable:
+        return ["cuda:0"]  # the driver is there but NVML is not: cuda:0's fields say why
+    try:
+        return [f"cuda:{index}" for index in range(nvml.cuda_visible_count(pynvml))]
+    except Exception:  # noqa: BLE001 - a count NVML can't give still leaves cuda:0 to describe
+        return ["cuda:0"]
+    finally:
+        nvml.close_nvml(pynvml)
 
 
 def _nvidia_present() -> bool:

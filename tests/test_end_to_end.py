@@ -134,5 +134,6 @@ def test_report_files_and_resume_of_a_finished_run(run_dir: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "4 cell(s) already finished, 0 to go" in done.stderr
+    assert f"report:  {run_dir / 'report.html'}\n" in done.stderr  # whole, never wrapped: copyable
     after = {p.name: p.stat().st_mtime_ns for p in (run_dir / "cells").glob("*.json")}
     assert before == after

@@ -4,7 +4,6 @@ the GPU that ran it."""
 
 from __future__ import annotations
 
-import inspect
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,12 @@ def _when(stamp: str) -> datetime:
 
 def test_cells_spread_over_the_gpus_each_pinned_to_one(tmp_path: Path) -> None:
     from harness.plan.load import parse_plan
-    from harness.run import scheduler
     from harness.run.parallel import parse_gpus, run_cells_on_gpus, visible_gpu_names
     from harness.run.store import RunStore
 
     names = visible_gpu_names()
     if len(names) < 2:
         pytest.skip(f"needs two or more NVIDIA GPUs ({len(names)} visible)")
-    if "env" not in inspect.signature(scheduler.run_cell_process).parameters:
-        pytest.skip("scheduler.run_cell_process has no `env` parameter yet (see docs/fleet.md, Wiring)")
     import pynvml
 
     gpus = parse_gpus("0,1")

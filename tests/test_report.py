@@ -548,3 +548,39 @@ def test_golden_runs_are_reproducible(tmp_path: Path, monkeypatch: pytest.Monkey
         for path in sorted((RUNS / name).rglob("*.json")):
             rel = path.relative_to(RUNS / name)
             assert (tmp_path / name / rel).read_bytes() == path.read_bytes(), f"{name}/{rel}"
+
+
+def test_a_run_over_two_gpus_says_which_gpu_ran_each_cell(tmp_path: Path) -> None:
+    run = copy_run(tmp_path, "gpu-demo")
+    data = json.loads((run / "results.json").read_text())
+    gpu_cells = [c for c in data["cells"] if c["cell"]["device"].startswith("cuda") and c["environment"].get("gpus")]
+    second = gpu_cells[1]  # as `--gpus 0,1` records it: pinned, so cuda:0 in-process, NVML index 1
+    second["environment"]["gpus"][0].update(uuid="GPU-second", nvml_index=1, pci_bus_id="00000000:2A:00.0")
+    (run / "results.json").write_text(json.dumps(data))
+    context = build_context(load_run(run))
+    assert "2 × NVIDIA H100 80GB HBM3" in context["devices"]
+    assert context["gpu_places"][second["cell_id"]] == "GPU 1"
+    paths = render_run(run)
+    page = Page(paths["html"].read_text())
+    headers = [t for t in page.text if t.strip() == "GPU"]
+    assert headers, "the All cells table has a GPU column"
+    rows = {r["cell_id"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
+    assert rows[second["cell_id"]]["gpu_uuid"] == "GPU-second"
+    assert rows[gpu_cells[0]["cell_id"]]["gpu_name"] == "NVIDIA H100 80GB HBM3"
+    assert "2 × NVIDIA H100 80GB HBM3" in paths["markdown"].read_text()
+
+    one_gpu = build_context(load_run(copy_run(tmp_path / "again", "gpu-demo")))
+    assert one_gpu["gpu_places"] == {}  # one GPU: no column to clutter the table
+    assert "NVIDIA H100 80GB HBM3" in one_gpu["devices"]
+
+
+def test_a_sustained_run_shows_its_clock_history_window_by_window(gpu_demo: tuple[Path, dict[str, Path]]) -> None:
+    run, paths = gpu_demo
+    history = build_context(load_run(run))["sustained"][0]["history"]
+    assert len(history) == 12 and history[0]["start_s"] == 0 and history[-1]["end_s"] == 60
+    cool, hot = history[0], history[-1]  # the fixture's GPU slows down (thermal) from 30 s on
+    assert cool["slowdown_share"] == 0 and hot["slowdown_share"] == 1
+    assert hot["sm_median"] < 0.9 * cool["sm_median"] and hot["p50"] > cool["p50"]
+    assert hot["temp_max"] > cool["temp_max"] and cool["power_median"] == pytest.approx(558.3)
+    table = paths["html"].read_text().split('class="sustained-history"', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == 1 + 12 and "55–60" in table and ">1,754<" in table

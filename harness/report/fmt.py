@@ -49,6 +49,13 @@ def pct(value: float | None, digits: int = 1) -> str:
     return signed(value, digits, "%")
 
 
+def share(value: float | None, digits: int = 0) -> str:
+    """A fraction 0..1 as a plain percentage (no sign): 0.25 -> 25%."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value * 100:.{digits}f}%"
+
+
 def speedup(value: float | None) -> str:
     """A ratio of medians, as 2.00× (two decimals: the medians' own CIs are about 1-2%)."""
     if value is None or not math.isfinite(value):

@@ -120,17 +120,11 @@ def _version_in(text: str | None) -> str | None:
 
 
 def gpu_name(cell: CellView) -> str | None:
-    """The name of the GPU the cell ran on: the environment's GPU entry with the cell's CUDA
-    index (capture lists only the GPUs used, each with its `cuda_index`), else the first."""
-    env = cell.record.get("environment") or {}
-    index = cell.device.split(":", 1)[1] if cell.device.startswith("cuda:") else "0"
-    gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict) and g.get("name")]
-    for gpu in gpus:
-        if str(gpu.get("cuda_index")) == index:
-            return str(gpu["name"])
-    if gpus:
-        return str(gpus[0]["name"])
-    return env_lookup(env, [r"gpu\.name$", r"gpu_name$", r"device_name$"])
+    """The name of the GPU the cell ran on."""
+    gpu = cell.gpu
+    if gpu and gpu.get("name"):
+        return str(gpu["name"])
+    return env_lookup(cell.record.get("environment") or {}, [r"gpu\.name$", r"gpu_name$", r"device_name$"])
 
 
 def tensorrt_version(cell: CellView) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import statistics
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def template_env() -> Any:
     env.filters.update(
         ms=fmt.ms, num=fmt.num, signed=fmt.signed, pct=fmt.pct, short_hash=fmt.short_hash,
         status_word=lambda s: STATUS_WORDS.get(s, s), show=show_value, sortkey=_sortkey,
-        speedup=fmt.speedup,
+        speedup=fmt.speedup, share=fmt.share,
     )
     return env
 
@@ -287,8 +288,34 @@ def _sustained_series(views: list[CellView]) -> list[dict[str, Any]]:
         )
         first, last = wins[0][1] if wins else None, wins[-1][1] if wins else None
         drift = (last / first - 1) * 100 if first and last else None
-        out.append({"cell": v, "svg": charts.sustained(series), "drift": drift, "windows": len(wins)})
+        out.append({"cell": v, "svg": charts.sustained(series), "drift": drift, "windows": len(wins),
+                    "history": _window_history(windows, measure)})
     return out
+
+
+def _window_history(windows: list[dict[str, Any]], trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per sustained window: its latency, and the GPU's conditions over the same
+    seconds from the monitor trace (whose `t_s` starts at the measurement, like the windows)."""
+    rows = []
+    for w in windows:
+        stats = w.get("stats") or {}
+        start, end = float(w.get("start_s", 0)), float(w.get("end_s", 0))
+        inside = [p for p in trace if isinstance(p.get("t_s"), (int, float)) and start <= p["t_s"] < end]
+
+        def values(key: str, points: list[dict[str, Any]] = inside) -> list[float]:
+            return [float(p[key]) for p in points if isinstance(p.get(key), (int, float)) and not isinstance(p.get(key), bool)]
+
+        sm, power, temp = values("sm_mhz"), values("power_w"), values("temp_c")
+        rows.append({
+            "start_s": start, "end_s": end, "count": stats.get("count"),
+            "p50": stats.get("p50"), "p99": stats.get("p99"),
+            "sm_min": min(sm) if sm else None,
+            "sm_median": w.get("sm_clock_mhz_median") if w.get("sm_clock_mhz_median") is not None else (statistics.median(sm) if sm else None),
+            "temp_max": w.get("temperature_c_max") if w.get("temperature_c_max") is not None else (max(temp) if temp else None),
+            "power_median": statistics.median(power) if power else None,
+            "slowdown_share": (sum(1 for p in inside if _throttle_active(p.get("clock_event_reasons"))) / len(inside)) if inside else None,
+        })
+    return rows
 
 
 def _duration(start: str | None, end: str | None) -> str:
@@ -304,19 +331,42 @@ def _duration(start: str | None, end: str | None) -> str:
 
 
 def _devices(views: list[CellView]) -> list[str]:
+    """Each kind of device once, with how many physical GPUs of it the run used
+    ("2 × NVIDIA H200" for a `--gpus 0,1` run)."""
     from harness.report.published import gpu_name
     from harness.report.rundata import env_lookup
 
     names: list[str] = []
+    gpus_of: dict[str, set[tuple[str, str]]] = {}
     for v in views:
         if v.device.startswith("cuda"):
             name = gpu_name(v) or "GPU (name not recorded)"
+            if v.gpu_identity:
+                gpus_of.setdefault(name, set()).add(v.gpu_identity)
         else:
             cpu = env_lookup(v.record.get("environment") or {}, [r"cpu\.model$", r"cpu_model$", r"cpu\.name$", r"processor$"])
             name = f"CPU: {cpu}" if cpu else "CPU"
         if name not in names:
             names.append(name)
-    return names
+    return [f"{len(gpus_of[n])} × {n}" if len(gpus_of.get(n, ())) > 1 else n for n in names]
+
+
+def _gpu_places(views: list[CellView]) -> dict[str, str]:
+    """cell id -> the physical GPU it ran on ("GPU 1", or "host · GPU 1" across hosts), only
+    when the run's cells used more than one GPU; NVML's index, as nvidia-smi numbers them."""
+    identities = {v.cell_id: v.gpu_identity for v in views if v.gpu_identity}
+    if len(set(identities.values())) < 2:
+        return {}
+    several_hosts = len({host for host, _ in identities.values()}) > 1
+    places: dict[str, str] = {}
+    for v in views:
+        gpu = v.gpu or {}
+        if v.cell_id not in identities:
+            continue
+        index = gpu.get("nvml_index", gpu.get("cuda_index"))
+        label = f"GPU {index}" if index is not None else str(gpu.get("uuid"))
+        places[v.cell_id] = f"{identities[v.cell_id][0]} · {label}" if several_hosts else label
+    return places
 
 
 def _pairs(value: Any) -> list[tuple[str, str]]:
@@ -385,6 +435,7 @@ def build_context(run: dict[str, Any], reference: Reference | None = None) -> di
         "counts": [(s, counts[s]) for s in STATUS_WORDS if counts.get(s)],
         "random_cells": [v for v in views if v.random_weights],
         "devices": _devices(views),
+        "gpu_places": _gpu_places(views),
         "planned_missing": planned,
         "dist_svg": charts.latency_distribution(_dist_rows(views)),
         "pareto": _pareto_charts(views),

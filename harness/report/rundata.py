@@ -181,6 +181,24 @@ class CellView:
         return f"{self.runtime} · {self.precision} · b{self.batch} · {self.resolution}px"
 
     @property
+    def gpu(self) -> dict[str, Any] | None:
+        """The environment's entry for the GPU this cell ran on (capture lists only the GPUs
+        used, each with its `cuda_index`), else the first entry; None for CPU cells."""
+        if not self.device.startswith("cuda"):
+            return None
+        index = self.device.split(":", 1)[1] if ":" in self.device else "0"
+        gpus = [g for g in (self.record.get("environment") or {}).get("gpus") or [] if isinstance(g, dict)]
+        return next((g for g in gpus if str(g.get("cuda_index")) == index), gpus[0] if gpus else None)
+
+    @property
+    def gpu_identity(self) -> tuple[str, str] | None:
+        """(host, GPU UUID): what tells two physical GPUs apart, across hosts too."""
+        gpu = self.gpu or {}
+        if not gpu.get("uuid"):
+            return None
+        return (str((self.record.get("environment") or {}).get("hostname") or ""), str(gpu["uuid"]))
+
+    @property
     def measured(self) -> bool:
         return self.status in MEASURED and self.median is not None
 

@@ -16,7 +16,7 @@ from harness.report.throughput import CROSS_SCOPE_LABEL, ThroughputGroup, Throug
 
 CSV_COLUMNS = [
     "cell_id", "model", "variant", "source", "runtime", "runtime_name", "precision", "batch",
-    "resolution", "scope", "device", "timer", "status", "reason", "flags", "random_weights",
+    "resolution", "scope", "device", "gpu_name", "gpu_uuid", "host", "timer", "status", "reason", "flags", "random_weights",
     "is_reference", "samples", "median_ms", "p90_ms", "p99_ms", "mean_ms", "cov",
     "median_ci95_lo_ms", "median_ci95_hi_ms", "throughput_ips", "ap", "ap50", "mask_ap",
     "map_delta_ap", "accuracy_images", "fingerprint",
@@ -202,7 +202,10 @@ def results_csv(views: list[CellView]) -> str:
             fmt.csv_text(v.cell_id), fmt.csv_text(v.model), fmt.csv_text(v.variant or ""),
             fmt.csv_text(v.source), fmt.csv_text(v.runtime), fmt.csv_text(v.runtime_name),
             fmt.csv_text(v.precision), v.batch, v.resolution, fmt.csv_text(v.scope),
-            fmt.csv_text(v.device), fmt.csv_text(v.timer or ""), v.status,
+            fmt.csv_text(v.device), fmt.csv_text(str((v.gpu or {}).get("name") or "")),
+            fmt.csv_text(str((v.gpu or {}).get("uuid") or "")),
+            fmt.csv_text(str((v.record.get("environment") or {}).get("hostname") or "")),
+            fmt.csv_text(v.timer or ""), v.status,
             fmt.csv_text(v.reason or ""), fmt.csv_text(";".join(v.flags)),
             str(v.random_weights).lower(), str(v.is_reference).lower(), len(v.samples),
             _cell(v.median), _cell(v.p90), _cell(v.p99), _cell(v.mean), _cell(v.cov, 4),

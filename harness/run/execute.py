@@ -54,15 +54,18 @@ def execute(
     ray_address: str | None = None,
 ) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     console = console or Console(stderr=True)
+    folder = escape(str(store.run_dir))  # a path may hold "[...]", which rich would read as markup
     done = store.finished_cell_ids()
     cells = loaded.cells
     todo = [c for c in cells if c.cell_id not in done]
     if done:
-        console.print(f"[bold]resuming[/] {store.run_dir}: {len(done)} cell(s) already finished, {len(todo)} to go")
+        console.print(f"[bold]resuming[/] {folder}: {len(done)} cell(s) already finished, {len(todo)} to go",
+                      soft_wrap=True)  # never break a path: it could not be copied
     else:
-        console.print(f"[bold]run[/] {store.run_dir} ({len(cells)} cells)")
+        console.print(f"[bold]run[/] {folder} ({len(cells)} cells)", soft_wrap=True)
     interrupted = False
     try:
         _run_cells(todo, store, console, total=len(cells), already=len(done), loaded=loaded,
@@ -70,7 +73,7 @@ def execute(
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted[/]: finished cells are kept; resume with "
-                      f"`bench run --resume {store.run_dir}`")
+                      f"`bench run --resume {folder}`", soft_wrap=True)
     results = finalize(store, loaded)
     print_summary(results, console, store.run_dir)
     if interrupted:
@@ -279,4 +282,4 @@ def print_summary(results: dict[str, Any], console: Any, run_dir: Path | None = 
         console.print("[yellow]random weights[/] were used: latency is real, mAP is meaningless.")
     if run_dir is not None:
         report = run_dir / "report.html"
-        console.print(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else ""))
+        console.print(escape(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else "")), soft_wrap=True)

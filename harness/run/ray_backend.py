@@ -72,7 +72,7 @@ def plan_accelerator_types(plan: Any) -> dict[str, str]:
 
 
 def plan_ray_options(plan: Any) -> dict[str, Any]:
-    """run_cells_on_ray's keyword arguments from the plan's proposed `fleet` block
+    """run_cells_on_ray's keyword arguments from the plan's `fleet` block
     (gpu_types, max_retries, wait_for_resources_s), defaults where it is absent."""
     fleet = getattr(plan, "fleet", None)
 
