@@ -131,6 +131,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from harness.run.execute import execute, reopen_run, start_run
 
+    # Flags first: a bad one must not leave an empty run folder behind.
+    if args.gpus and args.ray:
+        raise UserError("give either --gpus (one host) or --ray (a cluster), not both")
+    gpus = None
+    if args.gpus:
+        from harness.run.parallel import parse_gpus
+
+        gpus = parse_gpus(args.gpus)
     if args.resume:
         if args.plan:
             raise UserError("give either a plan or --resume RUN_DIR, not both")
@@ -140,13 +148,6 @@ def _run(args: argparse.Namespace) -> int:
 
         loaded = load_plan(args.plan)
         store = start_run(loaded, Path(args.output) if args.output else None)
-    if args.gpus and args.ray:
-        raise UserError("give either --gpus (one host) or --ray (a cluster), not both")
-    gpus = None
-    if args.gpus:
-        from harness.run.parallel import parse_gpus
-
-        gpus = parse_gpus(args.gpus)
     return execute(store, loaded, gpus=gpus, ray_address=args.ray)
 
 
@@ -182,35 +183,14 @@ def _env(args: argparse.Namespace) -> int:
 
     from harness.environment.capture import capture_environment, format_environment
 
-    env = capture_environment(args.device or _visible_cuda_devices())
+    # No --device: capture describes every GPU CUDA would number here (and reads CUDA/cuDNN
+    # through torch when there is one).
+    env = capture_environment(args.device or ())
     if args.json:
         print(json.dumps(env, indent=1, default=str))
     else:
         print(format_environment(env))
     return 0
-
-
-def _visible_cuda_devices() -> list[str]:
-    """Every GPU CUDA would number here (CUDA_VISIBLE_DEVICES honoured), so `bench env` on a
-    multi-GPU host describes them all; counted through NVML, never through torch."""
-    if not _nvidia_present():
-        return []
-    from harness.environment import nvml
-
-    try:
-        pynvml = nvml.open_nvml()
-    except nvml.NvmlUnavailable:
-        return ["cuda:0"]  # the driver is there but NVML is not: cuda:0's fields say why
-    try:
-        return [f"cuda:{index}" for index in range(nvml.cuda_visible_count(pynvml))]
-    except Exception:  # noqa: BLE001 - a count NVML can't give still leaves cuda:0 to describe
-        return ["cuda:0"]
-    finally:
-        nvml.close_nvml(pynvml)
-
-
-def _nvidia_present() -> bool:
-    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
 
 
 if __name__ == "__main__":

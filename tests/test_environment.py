@@ -307,18 +307,20 @@ def test_devices_decide_which_gpus_are_described(h100: FakeNvml) -> None:
     assert len(capture_environment(["auto"], with_torch=False)["gpus"]) == 1
 
 
-def test_bench_env_describes_every_visible_gpu(h100: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_env_describes_every_visible_gpu(
+    h100: FakeNvml, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from harness import cli
 
-    monkeypatch.setattr(cli, "_nvidia_present", lambda: True)
-    assert cli._visible_cuda_devices() == ["cuda:0", "cuda:1"]  # a two-GPU host: both, not cuda:0
+    def described() -> list[tuple[int, int]]:
+        assert cli.main(["env", "--json"]) == 0
+        return [(g["cuda_index"], g["nvml_index"]) for g in json.loads(capsys.readouterr().out)["gpus"]]
+
+    assert described() == [(0, 0), (1, 1)]  # a two-GPU host: both, not cuda:0 alone
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert cli._visible_cuda_devices() == ["cuda:0"]  # what CUDA would number, as the run sees it
+    assert described() == [(0, 1)]  # what CUDA would number, as the run sees it
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert cli._visible_cuda_devices() == []
-    monkeypatch.setattr(cli, "_nvidia_present", lambda: False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert cli._visible_cuda_devices() == []
+    assert described() == []
 
 
 # -- fingerprint -------------------------------------------------------------------------------------

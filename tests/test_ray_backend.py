@@ -127,6 +127,7 @@ def test_collect_and_store_files_round_trip(tmp_path: Path) -> None:
     (work / "cells" / ".c1.result.json").write_text("{}")
     (work / "detections" / "c1.json").write_text("[]")
     (work / "outputs" / "c1.npz").write_bytes(b"npz")
+    (work / "run.json").write_text("{}")  # the node's own, for the worker: the driver has one
     files = ray_backend._collect_files(work)
     assert sorted(files) == ["detections/c1.json", "logs/c1.log", "outputs/c1.npz"]
 
@@ -345,6 +346,9 @@ def test_a_plan_through_ray_with_workers_killed_matches_a_local_run(tmp_path: Pa
         # same software, settings and thread counts: Ray's OMP_NUM_THREADS was not passed on
         assert via_ray[cell_id]["fingerprint"] == locally[cell_id]["fingerprint"]
         assert via_ray[cell_id]["environment"]["env_vars"] == locally[cell_id]["environment"]["env_vars"]
+        # the plan's hash reaches a worker on a node, which has no copy of the run folder
+        assert via_ray[cell_id]["environment"]["plan_sha256"] == locally[cell_id]["environment"]["plan_sha256"]
+        assert via_ray[cell_id]["environment"]["plan_sha256"] == store.meta()["plan_sha256"]
     assert locally[lost]["status"] in ("ok", "unstable")
 
     # both ran on this machine's CPU: merging them is refused, naming the duplicates

@@ -175,7 +175,7 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
         derived = {"_error": f"deriving accuracy comparisons failed: {exc!r}"}
     _draw_galleries(records, derived, store.run_dir, loaded)
     for record in records:
-        entry = derived.setdefault(record["cell_id"], {}) if isinstance(derived, dict) else {}
+        entry = derived.setdefault(record["cell_id"], {})
         flags = list(record.get("flags", []))
         if record["status"] in ("failed", "skipped"):
             flags.append(record["status"])

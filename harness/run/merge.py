@@ -31,9 +31,9 @@ from pydantic import ValidationError
 from harness.errors import UserError
 from harness.run.placement import QUALIFIER, base_cell_id, hardware_name, hardware_slug, qualify
 from harness.run.record import CellRecord
-from harness.run.store import RunStore, dumps, write_new
+from harness.run.store import RUN_SUBDIRS, RunStore, dumps, write_new
 
-CELL_FILE_FOLDERS = ("logs", "detections", "outputs", "gallery")
+CELL_FILE_FOLDERS = tuple(sub for sub in RUN_SUBDIRS if sub != "cells")
 MERGED_PLAN_NAME = "merged"  # when the inputs ran plans of different names
 
 

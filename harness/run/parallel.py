@@ -190,13 +190,12 @@ def pin_cell(cell: Cell, gpu: int) -> tuple[Cell, dict[str, str], dict[str, Any]
 def default_runner(
     cell: Cell, store: RunStore, on_phase: Callable[[str], None] | None, env: dict[str, str]
 ) -> dict[str, Any]:
-    """The lead's scheduler.run_cell_process; `env` needs its `env` parameter (see the report
-    in docs/fleet.md, "Wiring")."""
+    """scheduler.run_cell_process, with `env` added to the worker's environment when given."""
     from harness.run import scheduler
 
     if not env:
         return scheduler.run_cell_process(cell, store, on_phase=on_phase)
-    return scheduler.run_cell_process(cell, store, on_phase=on_phase, env=env)  # type: ignore[call-arg,unused-ignore]
+    return scheduler.run_cell_process(cell, store, on_phase=on_phase, env=env)
 
 
 # -- the lanes -------------------------------------------------------------------------------
@@ -252,7 +251,9 @@ def run_cells_on_gpus(
             try:
                 record = run(run_as, store, lambda phase: events.put(("phase", cell.cell_id, phase)), env)
             except BaseException as exc:  # noqa: BLE001 -- a harness bug must not stop the other lanes
-                record = _failed(cell, f"the harness could not run the cell: {type(exc).__name__}: {exc}", started_at)
+                record = outcome_record(
+                    cell, "failed", f"the harness could not run the cell: {type(exc).__name__}: {exc}", started_at
+                )
             events.put(("done", cell.cell_id, with_placement(record, placement)))
 
         thread = threading.Thread(target=work, name=f"bench-{lane.name}", daemon=True)
@@ -296,10 +297,6 @@ def run_cells_on_gpus(
                 store.write_cell(payload)
         _stop_workers(store, [thread for thread, _ in running.values()])
         raise
-
-
-def _failed(cell: Cell, reason: str, started_at: str) -> dict[str, Any]:
-    return outcome_record(cell, "failed", reason, started_at)
 
 
 def worker_pids(store: RunStore) -> list[int]:

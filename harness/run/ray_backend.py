@@ -46,10 +46,9 @@ from harness.errors import UserError
 from harness.plan.cells import Cell
 from harness.run.placement import hardware_slug, host_name, qualify, with_placement
 from harness.run.record import outcome_record
-from harness.run.store import RunStore, utc_now, write_new, write_replace
+from harness.run.store import RUN_SUBDIRS, RunStore, dumps, utc_now, write_new, write_replace
 
 BACKEND = "ray"
-RUN_SUBDIRS = ("cells", "logs", "detections", "outputs", "gallery")
 # The most of a cell's log that comes back (the tail; rfdetr's export chatter can be long).
 MAX_LOG_BYTES = 8 << 20
 # Node-local working folders live under this (default: the system temp folder).
@@ -61,32 +60,26 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS",)
 # -- what the plan asks for ------------------------------------------------------------------
 
 
-def plan_accelerator_types(plan: Any) -> dict[str, str]:
-    """The GPU types a plan targets, {slug: Ray accelerator type}, from the proposed plan field
-    `fleet: {gpu_types: [T4, L4, H100]}` (read with defaults until the schema has it)."""
+def _fleet_value(plan: Any, name: str, default: Any) -> Any:
+    """`plan.fleet.<name>` (a FleetSpec, or a mapping), `default` where absent or null."""
     fleet = getattr(plan, "fleet", None)
-    types = getattr(fleet, "gpu_types", None) if fleet is not None else None
-    if isinstance(fleet, Mapping):
-        types = fleet.get("gpu_types")
-    return normalise_accelerator_types(types)
+    value = fleet.get(name) if isinstance(fleet, Mapping) else getattr(fleet, name, None)
+    return default if value is None else value
+
+
+def plan_accelerator_types(plan: Any) -> dict[str, str]:
+    """The GPU types a plan targets, {slug: Ray accelerator type}, from
+    `fleet: {gpu_types: [T4, L4, H100]}`."""
+    return normalise_accelerator_types(_fleet_value(plan, "gpu_types", None))
 
 
 def plan_ray_options(plan: Any) -> dict[str, Any]:
     """run_cells_on_ray's keyword arguments from the plan's `fleet` block
     (gpu_types, max_retries, wait_for_resources_s), defaults where it is absent."""
-    fleet = getattr(plan, "fleet", None)
-
-    def get(name: str, default: Any) -> Any:
-        if isinstance(fleet, Mapping):
-            value = fleet.get(name, default)
-        else:
-            value = getattr(fleet, name, default) if fleet is not None else default
-        return default if value is None else value
-
     return {
         "accelerator_types": plan_accelerator_types(plan),
-        "max_retries": int(get("max_retries", 1)),
-        "wait_for_resources_s": float(get("wait_for_resources_s", 0.0)),
+        "max_retries": int(_fleet_value(plan, "max_retries", 1)),
+        "wait_for_resources_s": float(_fleet_value(plan, "wait_for_resources_s", 0.0)),
     }
 
 
@@ -125,9 +118,13 @@ def _wants_gpu(cell: Cell, *, cluster_has_gpus: bool) -> bool:
 # -- the task, on a Ray worker ---------------------------------------------------------------
 
 
+def _node_base() -> Path:
+    """This node's folder for Ray tasks ($BENCH_RAY_WORKDIR, else the system temp folder)."""
+    return Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir()) / "bench-ray"
+
+
 def _node_workdir(run_id: str, cell_id: str) -> Path:
-    base = Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir()) / "bench-ray"
-    return base / run_id / cell_id
+    return _node_base() / run_id / cell_id
 
 
 def _localize(cell: Cell) -> tuple[Cell, str | None]:
@@ -139,7 +136,7 @@ def _localize(cell: Cell) -> tuple[Cell, str | None]:
     if plan_dir.is_dir():
         return cell, None
     digest = hashlib.sha256(str(plan_dir).encode()).hexdigest()[:12]
-    local = Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir()) / "bench-ray" / "plans" / digest
+    local = _node_base() / "plans" / digest
     local.mkdir(parents=True, exist_ok=True)
     updates: dict[str, Any] = {"plan_dir": str(local)}
     artifacts = Path(cell.artifacts_dir).expanduser()
@@ -166,8 +163,8 @@ def _collect_files(work: Path) -> dict[str, bytes]:
         if not path.is_file() or path.name.startswith(".") or path.suffix == ".phase":
             continue
         rel = path.relative_to(work).as_posix()
-        if rel.startswith("cells/"):
-            continue  # the record travels as data, and the driver writes it
+        if rel.startswith("cells/") or rel == "run.json":
+            continue  # the record travels as data, and the driver writes it; run.json is its own
         if rel.startswith("logs/") and path.stat().st_size > MAX_LOG_BYTES:
             with path.open("rb") as handle:
                 handle.seek(-MAX_LOG_BYTES, os.SEEK_END)
@@ -177,9 +174,12 @@ def _collect_files(work: Path) -> dict[str, bytes]:
     return files
 
 
-def run_cell_on_node(cell_json: str, run_id: str, placement: dict[str, Any]) -> dict[str, Any]:
+def run_cell_on_node(
+    cell_json: str, run_id: str, placement: dict[str, Any], plan_sha256: str | None = None
+) -> dict[str, Any]:
     """The body of a Ray task: run one cell in a worker process on this node and return
-    {"record", "files", "placement"}. Never raises for the cell's own failures."""
+    {"record", "files", "placement"}. Never raises for the cell's own failures. `plan_sha256`
+    is the run's: the worker records it from its run folder's run.json, as in a local run."""
     import ray
 
     import harness
@@ -200,6 +200,7 @@ def run_cell_on_node(cell_json: str, run_id: str, placement: dict[str, Any]) -> 
     shutil.rmtree(work, ignore_errors=True)  # what a crashed earlier attempt here left
     for sub in RUN_SUBDIRS:
         (work / sub).mkdir(parents=True, exist_ok=True)
+    write_new(work / "run.json", dumps({"run_id": run_id, "plan_sha256": plan_sha256}))
     run_as, local_plan_dir = _localize(cell)
     if local_plan_dir:
         placement["plan_dir_on_node"] = local_plan_dir
@@ -371,6 +372,7 @@ def run_cells_on_ray(
         whole_node = max([*_node_cpus(), 1.0])
         task = ray.remote(run_cell_on_node)
         run_id = store.run_dir.name
+        plan_sha256 = store.meta().get("plan_sha256")
         finished = store.finished_cell_ids()
         for cell in cells:
             for sub in _submissions(cell, types, has_gpus, cpu_task_cpus or whole_node, address):
@@ -385,7 +387,7 @@ def run_cells_on_ray(
                 }
                 if sub.accelerator_type:
                     options["accelerator_type"] = sub.accelerator_type
-                ref = task.options(**options).remote(sub.cell.model_dump_json(), run_id, sub.placement)
+                ref = task.options(**options).remote(sub.cell.model_dump_json(), run_id, sub.placement, plan_sha256)
                 pending[ref] = sub
                 if on_phase is not None:
                     on_phase(sub.cell.cell_id, "queued")
@@ -478,7 +480,7 @@ def _unschedulable(sub: _Submitted, wait_s: float, address: str, total: dict[str
 
 
 def describe_cluster(address: str) -> dict[str, Any]:
-    """Nodes, GPUs and accelerator types of a cluster, for `bench env --ray` / the docs."""
+    """Nodes, GPUs and accelerator types of a cluster: what a `--ray` run there could use."""
     import ray
 
     connected_here = _connect(address, None)

@@ -61,6 +61,10 @@ def dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=False, allow_nan=False, default=str) + "\n").encode()
 
 
+# A run folder's subfolders: the cell records, then each cell's own files.
+RUN_SUBDIRS = ("cells", "logs", "detections", "outputs", "gallery")
+
+
 class RunStore:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -78,7 +82,7 @@ class RunStore:
         except OSError as exc:
             raise UserError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}") from None
         store = cls(run_dir)
-        for sub in ("cells", "logs", "detections", "outputs", "gallery"):
+        for sub in RUN_SUBDIRS:
             (run_dir / sub).mkdir()
         write_new(run_dir / "plan.yaml", plan_text.encode("utf-8"))
         run_meta = {

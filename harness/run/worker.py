@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import signal
 import sys
@@ -27,10 +26,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from harness.environment import nvml
 from harness.errors import CellSkipped, UserError
 from harness.plan.cells import Cell
 from harness.run.record import CellRecord, Status, outcome_record, worst_status
-from harness.run.store import dumps, utc_now
+from harness.run.store import RunStore, dumps, utc_now, write_new
 
 FAULT_ENV = "BENCH_FAULT_INJECT"  # "<kind>@<cell_id>": tests of crash isolation (see _inject_fault)
 
@@ -100,13 +100,9 @@ def _sample_images(cell: Cell, dataset: Any) -> list[np.ndarray]:
     return [image] * cell.batch
 
 
-def _gpu_index(device: str) -> int | None:
-    return int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
-
-
 def _plan_sha256(run_dir: Path) -> str | None:
     with contextlib.suppress(OSError, ValueError):
-        return json.loads((run_dir / "run.json").read_text("utf-8")).get("plan_sha256")
+        return RunStore(run_dir).meta().get("plan_sha256")
     return None
 
 
@@ -181,7 +177,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
         if mapping_check.warning:
             log.write(f"class mapping: {mapping_check.warning}\n")
 
-    gpu_index = _gpu_index(device)
+    gpu_index = nvml.parse_cuda_index(device)
     conditions = None
     if gpu_index is not None:
         from harness.environment.conditions import wait_for_gpu
@@ -304,8 +300,6 @@ def _keep_trace_small(monitor_data: dict[str, Any], run_dir: Path, cell_id: str,
     trace = (monitor_data or {}).get("trace") or []
     if len(trace) <= MAX_TRACE_ROWS_IN_RECORD:
         return monitor_data
-    from harness.run.store import write_new
-
     (run_dir / "monitor").mkdir(exist_ok=True)
     rel = f"monitor/{cell_id}.json"
     write_new(run_dir / rel, dumps(trace))
