@@ -423,9 +423,7 @@ def cudnn_version_text(value: int | None) -> str | None:
     return f"{value // 1000}.{(value % 1000) // 100}.{value % 100}"
 
 
-def _wanted_cuda_indices(
-    devices: Sequence[str], nv: ModuleType, reasons: dict[str, str]
-) -> list[int]:
+def _wanted_cuda_indices(devices: Sequence[str], nv: ModuleType) -> list[int]:
     visible = nvml.cuda_visible_count(nv)
     if not devices:
         return list(range(visible))
@@ -463,7 +461,7 @@ def _nvidia(
         )
         info["gpu_count"] = nvml.call(reasons, "nvidia.gpu_count", nv.nvmlDeviceGetCount)
         gpus: list[dict[str, Any]] = []
-        for cuda_index in _wanted_cuda_indices(devices, nv, reasons):
+        for cuda_index in _wanted_cuda_indices(devices, nv):
             try:
                 handle, how = nvml.handle_for_cuda_index(nv, cuda_index)
             except nvml.NvmlUnavailable as exc:
@@ -477,9 +475,12 @@ def _nvidia(
         nvml.close_nvml(nv)
 
 
-def _pair(values: Any) -> tuple[Any, Any]:
-    current, pending = values
-    return current, pending
+def _current_pending(value: Any) -> dict[str, bool | None]:
+    """NVML's (current, pending) pair (ECC, MIG mode) as booleans; both None when unread."""
+    if value is None:
+        return {"current": None, "pending": None}
+    current, pending = value
+    return {"current": bool(current), "pending": bool(pending)}
 
 
 def describe_gpu(nv: ModuleType, handle: Any) -> dict[str, Any]:
@@ -521,18 +522,8 @@ def describe_gpu(nv: ModuleType, handle: Any) -> dict[str, Any]:
     }
     persistence = get("persistence_mode", nv.nvmlDeviceGetPersistenceMode)
     gpu["persistence_mode"] = bool(persistence) if persistence is not None else None
-    ecc = get("ecc_mode", nv.nvmlDeviceGetEccMode)
-    gpu["ecc_mode"] = (
-        dict(zip(("current", "pending"), map(bool, _pair(ecc)), strict=True))
-        if ecc is not None
-        else {"current": None, "pending": None}
-    )
-    mig = get("mig_mode", nv.nvmlDeviceGetMigMode)
-    gpu["mig_mode"] = (
-        dict(zip(("current", "pending"), map(bool, _pair(mig)), strict=True))
-        if mig is not None
-        else {"current": None, "pending": None}
-    )
+    gpu["ecc_mode"] = _current_pending(get("ecc_mode", nv.nvmlDeviceGetEccMode))
+    gpu["mig_mode"] = _current_pending(get("mig_mode", nv.nvmlDeviceGetMigMode))
     pstate = get("performance_state", nv.nvmlDeviceGetPerformanceState)
     gpu["performance_state"] = f"P{pstate}" if pstate is not None else None
     temperature = get("temperature_c", nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU)
@@ -578,20 +569,10 @@ def describe_gpu(nv: ModuleType, handle: Any) -> dict[str, Any]:
 
 
 def read_clock_event_reasons(nv: ModuleType, handle: Any, why: dict[str, str]) -> int | None:
-    """The current clock-event bitmask; drivers before r535 only have the older name."""
-    for fn_name in (
-        "nvmlDeviceGetCurrentClocksEventReasons",
-        "nvmlDeviceGetCurrentClocksThrottleReasons",
-    ):
-        fn = getattr(nv, fn_name, None)
-        if fn is None:
-            continue
-        try:
-            return int(fn(handle))
-        except Exception as exc:  # noqa: BLE001 -- NVMLError, or a function missing from the driver
-            why["clock_event_reasons"] = nvml.describe_error(exc)
-    why.setdefault("clock_event_reasons", "pynvml offers no clock-event reason query")
-    return None
+    """The current clock-event bitmask (the r535 name, else the older one: see
+    nvml.clock_event_reasons_reader), or None with `why["clock_event_reasons"]` set."""
+    read = nvml.clock_event_reasons_reader(nv, handle, why)
+    return nvml.call(why, "clock_event_reasons", read) if read is not None else None
 
 
 def _clocks_locked(

@@ -143,12 +143,7 @@ def _say(log: TextIO, message: str) -> None:
 
 
 def _nvml_reader(cuda_index: int) -> tuple[StateReader, Callable[[], None]]:
-    nv = nvml.open_nvml()
-    try:
-        handle, _ = nvml.handle_for_cuda_index(nv, cuda_index)
-    except nvml.NvmlUnavailable:
-        nvml.close_nvml(nv)
-        raise
+    nv, handle, _ = nvml.open_cuda_device(cuda_index)
 
     def read() -> dict[str, Any]:
         why: dict[str, str] = {}

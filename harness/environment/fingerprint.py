@@ -127,12 +127,17 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
+def short_hash(value: Any) -> str:
+    """The first 16 hex digits of the sha256 of `canonical_json(value)`."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
+
+
 def fingerprint(
     env: dict[str, Any], *, runtime: str, precision: str, settings: dict[str, Any]
 ) -> str:
     """sha256 of the canonical JSON of comparability_fields, first 16 hex digits."""
     fields = comparability_fields(env, runtime=runtime, precision=precision, settings=settings)
-    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:16]
+    return short_hash(fields)
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:

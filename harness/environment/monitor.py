@@ -151,9 +151,7 @@ class GpuMonitor:
         if self._thread is not None:
             self._stop.set()
             self._thread.join(timeout=5.0)
-        if self._nv is not None:
-            nvml.close_nvml(self._nv)
-            self._nv = None
+        self._close_nvml()
         self.result = self._build_result()
         return self.result
 
@@ -169,9 +167,10 @@ class GpuMonitor:
     ) -> None:
         self.stop()
 
-    @property
-    def available(self) -> bool:
-        return self._sampler is not None and self._reason is None
+    def _close_nvml(self) -> None:
+        if self._nv is not None:
+            nvml.close_nvml(self._nv)
+            self._nv = None
 
     # -- sampling --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -189,12 +188,7 @@ class GpuMonitor:
                 return
 
     def _open_nvml_sampler(self, device_index: int) -> Callable[[], Sample]:
-        nv = nvml.open_nvml()
-        try:
-            handle, how = nvml.handle_for_cuda_index(nv, device_index)
-        except nvml.NvmlUnavailable:
-            nvml.close_nvml(nv)
-            raise
+        nv, handle, how = nvml.open_cuda_device(device_index)
         self._nv = nv
         why: dict[str, str] = {}
         name = nvml.call(why, "name", nv.nvmlDeviceGetName, handle)
@@ -254,9 +248,6 @@ def _nvml_sampler(nv: ModuleType, handle: Any, unsupported: dict[str, str]) -> C
     SM, MEM, TEMP = nv.NVML_CLOCK_SM, nv.NVML_CLOCK_MEM, nv.NVML_TEMPERATURE_GPU
     get_clock, get_temp = nv.nvmlDeviceGetClockInfo, nv.nvmlDeviceGetTemperature
     get_power, get_util = nv.nvmlDeviceGetPowerUsage, nv.nvmlDeviceGetUtilizationRates
-    get_reasons = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
-    if get_reasons is None:  # pynvml before the r535 rename
-        get_reasons = nv.nvmlDeviceGetCurrentClocksThrottleReasons
 
     def works(name: str, fn: Callable[[], Any]) -> bool:
         try:
@@ -271,7 +262,9 @@ def _nvml_sampler(nv: ModuleType, handle: Any, unsupported: dict[str, str]) -> C
     has_temp = works("temp_c", lambda: get_temp(handle, TEMP))
     has_power = works("power_w", lambda: get_power(handle))
     has_util = works("util", lambda: get_util(handle))
-    has_reasons = works("clock_event_reasons", lambda: get_reasons(handle))
+    # The r535 name, else the older one (nvml.CLOCK_EVENT_REASON_FUNCTIONS); records why not.
+    read_reasons = nvml.clock_event_reasons_reader(nv, handle, unsupported)
+    has_reasons = read_reasons is not None
     if not (has_sm or has_temp or has_power or has_util or has_reasons):
         raise nvml.NvmlUnavailable(f"no NVML query works on this GPU: {unsupported}")
 
@@ -284,7 +277,7 @@ def _nvml_sampler(nv: ModuleType, handle: Any, unsupported: dict[str, str]) -> C
             get_power(handle) / 1000.0 if has_power else None,  # mW -> W
             util.gpu if util is not None else None,
             util.memory if util is not None else None,
-            int(get_reasons(handle)) if has_reasons else None,
+            read_reasons() if read_reasons is not None else None,
         )
 
     return sample
@@ -367,22 +360,23 @@ def summarize(trace: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_sampling_cost(device_index: int = 0, samples: int = 300) -> dict[str, Any]:
-    """Time `samples` back-to-back NVML samples on one GPU (for docs and the fidelity check):
-    {"available", "reason", "samples", "per_sample_us": {"min", "p50", "max"}}."""
+    """Time `samples` back-to-back NVML samples on one GPU (the per-sample cost quoted in the
+    module docstring; the GPU test prints it): {"available", "reason", "samples",
+    "per_sample_us": {"min", "p50", "max"}}. NVML is closed again whatever happens."""
     monitor = GpuMonitor(device_index)
     try:
-        sampler = monitor._open_nvml_sampler(device_index)
-    except nvml.NvmlUnavailable as exc:
-        return {"available": False, "reason": str(exc), "samples": 0, "per_sample_us": None}
-    try:
+        try:
+            sampler = monitor._open_nvml_sampler(device_index)
+        except nvml.NvmlUnavailable as exc:
+            return {"available": False, "reason": str(exc), "samples": 0, "per_sample_us": None}
         costs: list[float] = []
         for _ in range(samples):
             before = time.perf_counter()
             sampler()
             costs.append((time.perf_counter() - before) * 1e6)
     finally:
-        if monitor._nv is not None:
-            nvml.close_nvml(monitor._nv)
+        # Also when opening failed after NVML started (no query works on this GPU).
+        monitor._close_nvml()
     return {
         "available": True,
         "reason": None,

@@ -100,6 +100,19 @@ def close_nvml(pynvml: ModuleType) -> None:
         pynvml.nvmlShutdown()
 
 
+def open_cuda_device(cuda_index: int) -> tuple[ModuleType, Any, dict[str, Any]]:
+    """NVML opened, the handle of CUDA device `cuda_index` and how it was found (see
+    handle_for_cuda_index); pair with `close_nvml`. Raises NvmlUnavailable with NVML closed
+    again when either step fails."""
+    nv = open_nvml()
+    try:
+        handle, how = handle_for_cuda_index(nv, cuda_index)
+    except NvmlUnavailable:
+        close_nvml(nv)
+        raise
+    return nv, handle, how
+
+
 @contextmanager
 def nvml_session() -> Iterator[ModuleType]:
     """`with nvml_session() as nv:` -- raises NvmlUnavailable before entering if it can't."""
@@ -118,6 +131,44 @@ def call(reasons: dict[str, str], field: str, fn: Callable[..., T], *args: Any) 
     except Exception as exc:  # noqa: BLE001 -- NVMLError, or a function this driver lacks
         reasons[field] = describe_error(exc)
         return None
+
+
+# NVML's two names for the current clock-event bitmask, newest first: r535 renamed
+# nvmlDeviceGetCurrentClocksThrottleReasons to ...ClocksEventReasons. A recent pynvml has both
+# names while an older driver may only answer the old one, so each is tried on the handle.
+CLOCK_EVENT_REASON_FUNCTIONS = (
+    "nvmlDeviceGetCurrentClocksEventReasons",
+    "nvmlDeviceGetCurrentClocksThrottleReasons",
+)
+
+
+def clock_event_reasons_reader(
+    pynvml: ModuleType, handle: Any, reasons: dict[str, str]
+) -> Callable[[], int] | None:
+    """A zero-argument reader of the GPU's current clock-event bitmask, using the first name
+    in CLOCK_EVENT_REASON_FUNCTIONS that pynvml has and that answers for `handle` (each is
+    called once here). None when neither does, with `reasons["clock_event_reasons"]` set to
+    why (the last error, or that pynvml has neither name); nothing is recorded on success."""
+    why: str | None = None
+    for name in CLOCK_EVENT_REASON_FUNCTIONS:
+        fn = getattr(pynvml, name, None)
+        if fn is None:
+            continue
+        try:
+            fn(handle)
+        except Exception as exc:  # noqa: BLE001 -- NVMLError, or a function the driver lacks
+            why = describe_error(exc)
+            continue
+        return _int_reader(fn, handle)
+    reasons["clock_event_reasons"] = why or "pynvml offers no clock-event reason query"
+    return None
+
+
+def _int_reader(fn: Callable[[Any], Any], handle: Any) -> Callable[[], int]:
+    def read() -> int:
+        return int(fn(handle))
+
+    return read
 
 
 def as_text(value: Any) -> str:

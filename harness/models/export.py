@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness.environment.fingerprint import short_hash
 from harness.models.base import OnnxArtifact
 
 ONNX_FILE = "model.onnx"
@@ -34,8 +35,7 @@ META_FILE = "meta.json"
 
 
 def cache_key(key_fields: dict[str, Any]) -> str:
-    canonical = json.dumps(key_fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return short_hash(key_fields)
 
 
 def file_sha256(path: Path) -> str:
