@@ -97,10 +97,8 @@ def fingerprint_problems(pairs: list[tuple[CellView, CellView]]) -> list[Fingerp
 
 def compare_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float) -> CellComparison:
     c = CellComparison(a.cell_id, a, b, verdict="not compared")
-    ma = a.ap if a.ap is not None else a.mask_ap
-    mb = b.ap if b.ap is not None else b.mask_ap
-    if ma is not None and mb is not None:
-        c.map_change = mb - ma
+    if a.metric is not None and b.metric is not None:
+        c.map_change = b.metric - a.metric
     if a.measured and a.samples and b.measured and b.samples:
         c.test = mann_whitney_u(b.samples, a.samples)
         c.change_pct = median_change_pct(a.samples, b.samples)
@@ -145,7 +143,8 @@ def compare_runs(
     views_a = {v.cell_id: v for v in cell_views(run_a)}
     views_b = cell_views(run_b)
     matched = [(views_a[v.cell_id], v) for v in views_b if v.cell_id in views_a]
-    only_a = [cid for cid in views_a if cid not in {v.cell_id for v in views_b}]
+    ids_b = {v.cell_id for v in views_b}
+    only_a = [cid for cid in views_a if cid not in ids_b]
     only_b = [v.cell_id for v in views_b if v.cell_id not in views_a]
     id_a = str(run_a["run"].get("run_id", a))
     id_b = str(run_b["run"].get("run_id", b))

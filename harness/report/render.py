@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from harness.environment import monitor
+from harness.environment.nvml import SLOWDOWN_REASONS  # constants only; imports no NVML
 from harness.report import charts, fmt
 from harness.report.published import (
-    Match,
-    Reference,
+    gpu_name,
     latency_detail,
     latency_sentence,
     load_reference,
@@ -33,6 +34,7 @@ from harness.report.rundata import (
     CellView,
     Verdict,
     cell_views,
+    env_lookup,
     environment_table,
     flatten,
     load_run,
@@ -123,19 +125,12 @@ def _inside(base: Path, rel: str) -> Path | None:
 
 def gallery_paths(run_dir: Path, view: CellView) -> list[Path]:
     """The cell's gallery images: from derived["gallery"] (finalize draws them after the
-    cells ran), record["files"]["gallery"], or the layout gallery/<cell_id>-<n>.jpg."""
+    cells ran), a record["files"]["gallery"] list, or the layout gallery/<cell_id>-<n>.jpg."""
     files = view.record.get("files") or {}
     listed: list[str] = [str(p) for p in view.derived.get("gallery") or [] if isinstance(p, str)]
     entry = files.get("gallery")
     if isinstance(entry, list):
         listed += [str(p) for p in entry]
-    elif isinstance(entry, str):
-        folder = run_dir / entry
-        if folder.is_dir():
-            listed += [str(p.relative_to(run_dir)) for p in sorted(folder.glob(f"{view.cell_id}-*.jpg"))]
-        else:
-            listed.append(entry)
-    listed += [str(v) for k, v in files.items() if k.startswith("gallery") and k != "gallery" and isinstance(v, str)]
     if not listed:  # the run folder layout in docs/CONTRACTS.md
         listed = [str(p.relative_to(run_dir)) for p in sorted((run_dir / "gallery").glob(f"{view.cell_id}-*.jpg"))]
     out = []
@@ -191,8 +186,7 @@ def _pareto_charts(views: list[CellView]) -> list[dict[str, Any]]:
     for scope in sorted({v.scope for v in views}, key=lambda s: (s != "model", s)):
         points = []
         for v in views:
-            metric = v.ap if v.ap is not None else v.mask_ap
-            if v.scope == scope and v.measured and v.median is not None and metric is not None:
+            if v.scope == scope and v.measured and v.median is not None and v.metric is not None:
                 points.append(
                     charts.ParetoPoint(
                         label=f"{v.model} — {v.config_label}",
@@ -200,7 +194,7 @@ def _pareto_charts(views: list[CellView]) -> list[dict[str, Any]]:
                         model=v.model,
                         runtime=v.runtime,
                         latency=v.median,
-                        ap=metric,
+                        ap=v.metric,
                         random_weights=v.random_weights,
                     )
                 )
@@ -234,8 +228,6 @@ def _stage_bars(views: list[CellView]) -> list[charts.StageBar]:
 def _throttle_active(reasons: Any) -> bool:
     """NVML clock-event reasons that slow the GPU down (power cap, hardware slowdown, thermal
     slowdowns, power brake): the monitor's bitmask, or their names."""
-    from harness.environment.nvml import SLOWDOWN_REASONS  # constants only; imports no NVML
-
     if isinstance(reasons, bool):
         return reasons
     if isinstance(reasons, int):
@@ -264,18 +256,15 @@ def _sustained_series(views: list[CellView]) -> list[dict[str, Any]]:
             wins.append((mid, float(stats["p50"]), float(stats.get("p99", stats["p50"]))))
             if isinstance(w.get("sm_clock_mhz_median"), (int, float)):
                 clock_from_windows.append((mid, float(w["sm_clock_mhz_median"])))
+        # The monitor's t_s is 0 where measurement starts, as the windows' times are.
         trace = ((v.record.get("monitor") or {}).get("trace")) or []
-        measure = [p for p in trace if p.get("phase") in (None, "measure", "measurement", "sustained")]
+        measure = [p for p in trace if p.get("phase") in monitor.MEASURE_PHASES]
         clock = [(float(p["t_s"]), float(p["sm_mhz"])) for p in measure if isinstance(p.get("sm_mhz"), (int, float)) and isinstance(p.get("t_s"), (int, float))]
-        if clock:
-            t0 = clock[0][0]
-            clock = [(t - t0, mhz) for t, mhz in clock]
         spans: list[tuple[float, float]] = []
-        if measure and clock:
-            t0 = float(measure[0].get("t_s", 0))
+        if clock:
             for p in measure:
                 if _throttle_active(p.get("clock_event_reasons")) and isinstance(p.get("t_s"), (int, float)):
-                    t = float(p["t_s"]) - t0
+                    t = float(p["t_s"])
                     if spans and t - spans[-1][1] < 0.5:
                         spans[-1] = (spans[-1][0], t)
                     else:
@@ -294,26 +283,23 @@ def _sustained_series(views: list[CellView]) -> list[dict[str, Any]]:
 
 
 def _window_history(windows: list[dict[str, Any]], trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per sustained window: its latency, and the GPU's conditions over the same
-    seconds from the monitor trace (whose `t_s` starts at the measurement, like the windows)."""
+    """One row per sustained window: its latency and its median SM clock and peak temperature
+    (computed at run time from the full-rate trace), plus what the record's trace (whose `t_s`
+    starts at the measurement, like the windows) adds: lowest clock, median power, slowdowns."""
     rows = []
     for w in windows:
         stats = w.get("stats") or {}
         start, end = float(w.get("start_s", 0)), float(w.get("end_s", 0))
         inside = [p for p in trace if isinstance(p.get("t_s"), (int, float)) and start <= p["t_s"] < end]
-
-        def values(key: str, points: list[dict[str, Any]] = inside) -> list[float]:
-            return [float(p[key]) for p in points if isinstance(p.get(key), (int, float)) and not isinstance(p.get(key), bool)]
-
-        sm, power, temp = values("sm_mhz"), values("power_w"), values("temp_c")
+        sm = [float(p["sm_mhz"]) for p in inside if isinstance(p.get("sm_mhz"), (int, float))]
+        power = [float(p["power_w"]) for p in inside if isinstance(p.get("power_w"), (int, float))]
         rows.append({
             "start_s": start, "end_s": end, "count": stats.get("count"),
             "p50": stats.get("p50"), "p99": stats.get("p99"),
+            "sm_median": w.get("sm_clock_mhz_median"), "temp_max": w.get("temperature_c_max"),
             "sm_min": min(sm) if sm else None,
-            "sm_median": w.get("sm_clock_mhz_median") if w.get("sm_clock_mhz_median") is not None else (statistics.median(sm) if sm else None),
-            "temp_max": w.get("temperature_c_max") if w.get("temperature_c_max") is not None else (max(temp) if temp else None),
             "power_median": statistics.median(power) if power else None,
-            "slowdown_share": (sum(1 for p in inside if _throttle_active(p.get("clock_event_reasons"))) / len(inside)) if inside else None,
+            "slowdown_share": sum(_throttle_active(p.get("clock_event_reasons")) for p in inside) / len(inside) if inside else None,
         })
     return rows
 
@@ -333,9 +319,6 @@ def _duration(start: str | None, end: str | None) -> str:
 def _devices(views: list[CellView]) -> list[str]:
     """Each kind of device once, with how many physical GPUs of it the run used
     ("2 × NVIDIA H200" for a `--gpus 0,1` run)."""
-    from harness.report.published import gpu_name
-    from harness.report.rundata import env_lookup
-
     names: list[str] = []
     gpus_of: dict[str, set[tuple[str, str]]] = {}
     for v in views:
@@ -406,17 +389,19 @@ def _per_class_drops(derived: dict[str, Any], n: int = 5) -> list[tuple[str, flo
     return sorted(items, key=lambda kv: kv[1])[:n]
 
 
-def build_context(run: dict[str, Any], reference: Reference | None = None) -> dict[str, Any]:
+def build_context(run: dict[str, Any]) -> dict[str, Any]:
     """Everything the templates print, computed once (the Markdown and CSV use it too)."""
     run_dir = Path(run["run_dir"])
     meta = run["run"]
     views = cell_views(run)
-    ref = reference or load_reference()
+    ref = load_reference()
     matches, unmatched = match_cells(views, ref)
     common_env, differing_env = environment_table(views)
     gallery, gallery_left_out = _gallery(run_dir, views)
     counts = Counter(v.status for v in views)
-    planned = [c for c in meta.get("cell_ids") or [] if c not in {v.cell_id for v in views}]
+    ran = {v.cell_id for v in views}
+    planned = [c for c in meta.get("cell_ids") or [] if c not in ran]
+    verdict_list = verdicts(views)
     env_sections: dict[str, list[tuple[str, str]]] = {}
     for key, value in common_env:
         env_sections.setdefault(key.split(".", 1)[0] if "." in key else "general", []).append((key, value))
@@ -428,8 +413,8 @@ def build_context(run: dict[str, Any], reference: Reference | None = None) -> di
         "plan_name": str(meta.get("plan_name", "")),
         "duration": _duration(meta.get("started_at"), meta.get("finished_at")),
         "views": views,
-        "verdicts": verdicts(views),
-        "verdict_groups": _group_verdicts(verdicts(views)),
+        "verdicts": verdict_list,
+        "verdict_groups": _group_verdicts(verdict_list),
         "throughput": throughput_groups(views),
         "cross_scope_label": CROSS_SCOPE_LABEL,
         "counts": [(s, counts[s]) for s in STATUS_WORDS if counts.get(s)],
@@ -444,7 +429,7 @@ def build_context(run: dict[str, Any], reference: Reference | None = None) -> di
         "gallery": gallery,
         "gallery_left_out": gallery_left_out,
         # One row per accuracy pass: a scope that shares its sibling's pass is not repeated.
-        "accuracy_views": [v for v in views if (v.ap is not None or v.mask_ap is not None) and not v.accuracy_from],
+        "accuracy_views": [v for v in views if v.metric is not None and not v.accuracy_from],
         "agreement": {v.cell_id: _agreement_summary(v.derived) for v in views},
         "class_drops": {v.cell_id: _per_class_drops(v.derived) for v in views},
         "problems": [v for v in views if v.status in ("failed", "skipped")],
@@ -508,19 +493,3 @@ def render_run(run_dir: Path) -> dict[str, Path]:
         "markdown": write_atomic(folder / "summary.md", summary_markdown(context)),
         "csv": write_atomic(folder / "results.csv", results_csv(context["views"])),
     }
-
-
-def verdict_line(verdict: Verdict) -> str:
-    """A verdict in words (used by the Markdown summary and the CLI's closing message)."""
-    best = verdict.best
-    if best is None:
-        return f"{verdict.model} ({verdict.scope}): no configuration passed"
-    delta = "" if best.map_delta is None else f", mAP {fmt.signed(best.map_delta)} pts"
-    return (
-        f"{verdict.model} ({verdict.scope}): {best.config_label}: median {fmt.ms(best.median)} ms, "
-        f"p99 {fmt.ms(best.p99)} ms, {fmt.num(best.throughput)} img/s{delta}"
-    )
-
-
-def match_summary(m: Match) -> str:
-    return f"{m.cell.cell_id}: latency {m.latency_verdict}, mAP {m.map_verdict}"

@@ -199,6 +199,11 @@ class CellView:
         return (str((self.record.get("environment") or {}).get("hostname") or ""), str(gpu["uuid"]))
 
     @property
+    def metric(self) -> float | None:
+        """The cell's primary accuracy figure in points: box AP, else mask AP."""
+        return self.ap if self.ap is not None else self.mask_ap
+
+    @property
     def measured(self) -> bool:
         return self.status in MEASURED and self.median is not None
 
@@ -284,7 +289,7 @@ def _fill_accuracy(view: CellView, accuracy: Any) -> None:
     view.ap = _points(bbox.get("AP"))
     view.ap50 = _points(bbox.get("AP50"))
     view.mask_ap = _points((accuracy.get("segm") or {}).get("AP"))
-    if view.ap is None and view.mask_ap is None:  # a keypoint model: its primary metric
+    if view.metric is None:  # a keypoint model: its primary metric
         primary = accuracy.get(str(accuracy.get("primary") or "bbox")) or {}
         view.ap = _points(primary.get("AP")) if isinstance(primary, dict) else None
     images = accuracy.get("images")
@@ -299,11 +304,11 @@ def cell_views(run: dict[str, Any]) -> list[CellView]:
     views = [cell_view(r, derived_all.get(r["cell_id"]) or {}) for r in run["cells"]]
     by_config: dict[str, CellView] = {}
     for v in views:
-        if v.ap is not None or v.mask_ap is not None:
+        if v.metric is not None:
             by_config.setdefault(v.config_key, v)
     for v in views:
         donor = by_config.get(v.config_key)
-        if v.ap is None and v.mask_ap is None and donor is not None and donor is not v:
+        if v.metric is None and donor is not None and donor is not v:
             _fill_accuracy(v, donor.record.get("accuracy"))
             v.accuracy_from = donor.cell_id
             if v.map_delta is None:
@@ -333,6 +338,7 @@ class Verdict:
 
 
 def verdicts(views: list[CellView]) -> list[Verdict]:
+    severity = {s: i for i, s in enumerate(reversed(STATUS_ORDER))}
     out: list[Verdict] = []
     groups: dict[tuple[str, str], list[CellView]] = {}
     for v in views:
@@ -348,7 +354,6 @@ def verdicts(views: list[CellView]) -> list[Verdict]:
             else:
                 eligible.append(v)
         # Lowest latency first; a tie goes to the configuration that states fewer problems.
-        severity = {s: i for i, s in enumerate(reversed(STATUS_ORDER))}
         eligible.sort(key=lambda v: (v.median or math.inf, severity.get(v.status, 0)))
         best = eligible[0] if eligible else None
         best_tp = max(eligible, key=lambda v: v.throughput or 0.0, default=None)
@@ -362,7 +367,7 @@ def verdicts(views: list[CellView]) -> list[Verdict]:
                 best_throughput=best_tp,
                 candidates=len(eligible),
                 excluded=excluded,
-                accuracy_measured=any(v.ap is not None or v.mask_ap is not None for v in cells),
+                accuracy_measured=any(v.metric is not None for v in cells),
             )
         )
     return out

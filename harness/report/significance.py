@@ -28,12 +28,6 @@ class MannWhitney:
     n1: int
     n2: int
 
-    @property
-    def prob_x_greater(self) -> float:
-        """P(a sample of x exceeds a sample of y), ties counted half: the common-language
-        effect size; 0.5 means no shift."""
-        return self.u1 / (self.n1 * self.n2)
-
 
 def rank_average(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ranks 1..n with ties given their average rank, and the size of every tie group."""

@@ -38,10 +38,9 @@ def _status(v: CellView) -> str:
 
 
 def _map(v: CellView) -> str:
-    metric = v.ap if v.ap is not None else v.mask_ap
-    if metric is None:
+    if v.metric is None:
         return "–"
-    text = fmt.num(metric)
+    text = fmt.num(v.metric)
     return f"{text} (random weights)" if v.random_weights else text
 
 

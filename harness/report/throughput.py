@@ -100,8 +100,8 @@ def throughput_groups(views: list[CellView]) -> list[ThroughputGroup]:
             group_note = _missing_scope_note(scope, refs)
         else:
             group_note = None
-        order = {id(v): i for i, v in enumerate(cells)}
-        cells = sorted(cells, key=lambda v: (v.resolution, v.batch, not v.is_reference, order[id(v)]))
+        # sorted() is stable: within a key, cells keep the run's order.
+        cells = sorted(cells, key=lambda v: (v.resolution, v.batch, not v.is_reference))
         rows = []
         for v in cells:
             row = ThroughputRow(v)
