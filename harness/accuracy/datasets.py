@@ -137,7 +137,9 @@ def _validate_instances(data: Any, path: Path) -> None:
         ann.setdefault("iscrowd", 0)
 
 
-def _hash_order(seed: int, image_id: int) -> str:
+def selection_rank(seed: int, image_id: int) -> str:
+    """An image's place in a `random` subset (and in TensorRT's calibration choice, which uses
+    this same rule so the two are nested for one seed): sha256 of "<seed>:<id>", hex."""
     return hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()
 
 
@@ -152,7 +154,7 @@ def select_image_ids(all_ids: list[int], mode: str, n: int | None, seed: int = 0
     if mode == "first":
         return ids[:n]
     if mode == "random":
-        return sorted(sorted(ids, key=lambda i: _hash_order(seed, i))[:n])
+        return sorted(sorted(ids, key=lambda i: selection_rank(seed, i))[:n])
     raise UserError(f"dataset.subset.mode: unknown mode `{mode}` (all, first, random)")
 
 

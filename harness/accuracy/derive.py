@@ -12,6 +12,7 @@ means the cell lost 1.5 AP. `accuracy.max_map_drop` is in the same points.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ def _model_name(record: dict[str, Any]) -> str:
     return str(record.get("cell", {}).get("model", {}).get("name", ""))
 
 
-def _file(record: dict[str, Any], run_dir: Path, kind: str, suffix: str) -> Path:
+def cell_file(record: Mapping[str, Any], run_dir: Path, kind: str, suffix: str) -> Path:
+    """A cell's `kind` file (detections, outputs...): the path its record names, else the
+    default `<kind>/<cell_id><suffix>`, under `run_dir`."""
     rel = record.get("files", {}).get(kind) or f"{kind}/{record['cell_id']}{suffix}"
     return run_dir / rel
 
@@ -76,7 +79,7 @@ def _map_deltas(acc: dict[str, Any], ref_acc: dict[str, Any]) -> dict[str, Any]:
 def _detection_agreement(record: dict[str, Any], ref: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from harness.accuracy.agreement import detection_agreement, detections_from_coco_results
 
-    paths = [_file(r, run_dir, "detections", ".json") for r in (ref, record)]
+    paths = [cell_file(r, run_dir, "detections", ".json") for r in (ref, record)]
     missing = [str(p.relative_to(run_dir)) for p in paths if not p.is_file()]
     if missing:
         return {"reason": f"no detections file: {', '.join(missing)}"}
@@ -100,7 +103,7 @@ def _raw_agreement(record: dict[str, Any], ref: dict[str, Any], run_dir: Path) -
     res, ref_res = record.get("cell", {}).get("resolution"), ref.get("cell", {}).get("resolution")
     if res != ref_res:
         return {"reason": f"different input resolution ({res} vs the reference's {ref_res}): raw outputs do not compare"}
-    paths = [_file(r, run_dir, "outputs", ".npz") for r in (ref, record)]
+    paths = [cell_file(r, run_dir, "outputs", ".npz") for r in (ref, record)]
     missing = [str(p.relative_to(run_dir)) for p in paths if not p.is_file()]
     if missing:
         return {"reason": f"no raw outputs saved: {', '.join(missing)}"}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.accuracy.agreement import detection_agreement
+from harness.accuracy.derive import cell_file
 
 if TYPE_CHECKING:
     from harness.accuracy.datasets import Dataset
@@ -109,8 +110,7 @@ def gallery_for_cell(
     run_dir = Path(run_dir)
     loaded = []
     for rec in (reference, record):
-        rel = rec.get("files", {}).get("detections") or f"detections/{rec['cell_id']}.json"
-        loaded.append(json.loads((run_dir / rel).read_text(encoding="utf-8")))
+        loaded.append(json.loads(cell_file(rec, run_dir, "detections", ".json").read_text(encoding="utf-8")))
     image_ids = list(dataset.image_ids)
     ref_dets = detections_from_coco_results(loaded[0], image_ids)
     dets = detections_from_coco_results(loaded[1], image_ids)

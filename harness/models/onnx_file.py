@@ -22,22 +22,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from harness.accuracy.coco_names import coco80_class_names, coco91_class_names
 from harness.errors import UserError
 from harness.models.base import ImageMeta, ModelSource, OnnxArtifact
 from harness.models.detections import Detections
 from harness.plan.schema import DecoderSpec, Preprocess
-
-
-def coco80_names() -> list[str | None]:
-    from harness.accuracy.coco_names import COCO_CATEGORY_NAMES
-
-    return [COCO_CATEGORY_NAMES[k] for k in sorted(COCO_CATEGORY_NAMES)]
-
-
-def coco_by_category_id() -> list[str | None]:
-    from harness.accuracy.coco_names import COCO_CATEGORY_NAMES
-
-    return [COCO_CATEGORY_NAMES.get(i) for i in range(max(COCO_CATEGORY_NAMES) + 1)]
 
 
 class OnnxFileSource(ModelSource):
@@ -58,7 +47,6 @@ class OnnxFileSource(ModelSource):
 
         res = cell.resolution
         self._decoder = make_decoder(self.decoder_spec, input_size=(res, res))
-        self.family = "detection"
 
     @cached_property
     def class_names(self) -> list[str | None]:
@@ -66,12 +54,8 @@ class OnnxFileSource(ModelSource):
         if given:
             return list(given)
         if self.decoder_spec.kind == "rfdetr":
-            return coco_by_category_id()
-        return coco80_names()
-
-    @property
-    def random_weights(self) -> bool:
-        return False
+            return coco91_class_names()
+        return list(coco80_class_names())
 
     @cached_property
     def _artifact(self) -> OnnxArtifact:

@@ -156,7 +156,7 @@ class RfdetrSource(ModelSource):
             "class": self.variant.class_name,
             "family": self.family,
             "weights": "random" if self.weights_path is None else str(self.weights_path),
-            "weights_sha256": file_sha256(self.weights_path) if self.weights_path else None,
+            "weights_sha256": self._weights_sha256,
             "random_weights": self.random_weights,
             "random_seed": RANDOM_SEED if self.weights_path is None else None,
             "build_s": self.build_s,
@@ -167,8 +167,13 @@ class RfdetrSource(ModelSource):
             info["rfdetr_version"] = version("rfdetr")
         return info
 
+    @cached_property
+    def _weights_sha256(self) -> str | None:
+        """The checkpoint's sha256, hashed once per source (None for random weights)."""
+        return file_sha256(self.weights_path) if self.weights_path else None
+
     def weights_identity(self) -> str:
-        return f"random:seed{RANDOM_SEED}" if self.weights_path is None else f"sha256:{file_sha256(self.weights_path)}"
+        return f"random:seed{RANDOM_SEED}" if self.weights_path is None else f"sha256:{self._weights_sha256}"
 
     def preprocess(self, images: Sequence[np.ndarray], resolution: int) -> tuple[np.ndarray, list[ImageMeta]]:
         from harness.models.preprocess import RFDETR_PREPROCESS, preprocess_images
@@ -205,16 +210,13 @@ class RfdetrSource(ModelSource):
         return module
 
     def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
-        from importlib.metadata import version
-
         from harness.models.export import export_rfdetr_onnx
 
         key_fields = {
             "model": self.cell.model.name,
             "variant": self.cell.model.variant,
             "weights": self.weights_identity(),
-            "rfdetr": version("rfdetr"),
-        }
+        }  # export_rfdetr_onnx adds the rfdetr version (and resolution, batch mode, opset)
         return export_rfdetr_onnx(
             lambda: self.build("cpu"),
             cache_dir=artifacts_dir,

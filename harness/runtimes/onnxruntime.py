@@ -268,18 +268,25 @@ class OrtRuntime(Runtime):
             )
         return settings
 
+    def _choice(self, settings: dict[str, Any], key: str, names: dict[str, str]) -> str | None:
+        """The ONNX Runtime enum member a plan's word for `key` stands for; None when unset."""
+        word = settings.get(key)
+        if word is None:
+            return None
+        if word not in names:
+            raise UserError(
+                f"runtime `{self.cell.runtime.key}` settings.{key}: `{word}` is not one of "
+                f"{', '.join(names)}"
+            )
+        return names[word]
+
     def _session_options(self, settings: dict[str, Any]) -> Any:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        level = settings.get("graph_optimization_level")
+        level = self._choice(settings, "graph_optimization_level", _OPT_LEVELS)
         if level is not None:
-            if level not in _OPT_LEVELS:
-                raise UserError(
-                    f"runtime `{self.cell.runtime.key}` settings.graph_optimization_level: "
-                    f"`{level}` is not one of {', '.join(_OPT_LEVELS)}"
-                )
-            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         for key in ("intra_op_num_threads", "inter_op_num_threads"):
             if key in settings:
                 value = settings[key]
@@ -289,14 +296,9 @@ class OrtRuntime(Runtime):
                         f">= 0, got {value!r}"
                     )
                 setattr(so, key, value)
-        mode = settings.get("execution_mode")
+        mode = self._choice(settings, "execution_mode", _EXEC_MODES)
         if mode is not None:
-            if mode not in _EXEC_MODES:
-                raise UserError(
-                    f"runtime `{self.cell.runtime.key}` settings.execution_mode: `{mode}` is not "
-                    f"one of {', '.join(_EXEC_MODES)}"
-                )
-            so.execution_mode = getattr(ort.ExecutionMode, _EXEC_MODES[mode])
+            so.execution_mode = getattr(ort.ExecutionMode, mode)
         # VERBOSE during creation only: it is what logs the node placements. Run-time logging
         # follows RunOptions (default WARNING), so timing is unaffected.
         so.log_severity_level = 0 if settings.get("log_placements", True) else 2
@@ -323,9 +325,10 @@ class OrtRuntime(Runtime):
         self.session_options = self._session_options(settings)
         providers = self._providers(settings, artifacts_dir)
         self.requested_providers = [name for name, _ in providers]
+        self.distribution = ort_distribution()  # looked up once; settings() reports it too
 
         print(
-            f"[onnxruntime] {ort.__version__} ({_describe_distribution(ort_distribution())}); "
+            f"[onnxruntime] {ort.__version__} ({_describe_distribution(self.distribution)}); "
             f"creating a session on {self.model_path} with {self.requested_providers}",
             file=self.log, flush=True,
         )
@@ -428,7 +431,7 @@ class OrtRuntime(Runtime):
         so = self.session_options
         out: dict[str, Any] = {
             "onnxruntime_version": ort.__version__,
-            "onnxruntime_distribution": ort_distribution(),
+            "onnxruntime_distribution": self.distribution,
             "providers_available": ort.get_available_providers(),
             "providers_requested": self.requested_providers,
             "providers": self.session.get_providers(),

@@ -19,9 +19,7 @@ import numpy as np
 
 from harness.models.detections import Detections
 from harness.runtimes.base import Runtime, Stage
-from harness.runtimes.torch_eager import TorchDevice, resolve_device, torch_cell_problem
-
-_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+from harness.runtimes.torch_eager import _DTYPES, TorchDevice, resolve_device, torch_cell_problem
 
 
 def from_supervision(result: Any) -> Detections:
@@ -74,12 +72,7 @@ class _RfdetrBase(TorchDevice, Runtime):
             out["compile_s"] = time.perf_counter() - started
         return out
 
-    # model scope: the optimized module on a device tensor
-    def to_device(self, batch: np.ndarray) -> Any:
-        import torch
-
-        return torch.from_numpy(batch).to(self.device, dtype=self.dtype)
-
+    # model scope: the optimized module on a device tensor (to_device: TorchDevice's)
     def run_model(self, inputs: Any) -> Any:
         import torch
 

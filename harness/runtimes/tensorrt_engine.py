@@ -3,8 +3,8 @@ profile shapes, calibration image selection and the engine cache on disk.
 
 Kept apart from `harness.runtimes.tensorrt` so it is tested everywhere (TensorRT cannot be
 installed on most CI machines) and so `bench validate` can check a plan's TensorRT settings
-without importing torch or TensorRT. Nothing here imports more than numpy, pydantic and the
-standard library.
+without importing torch or TensorRT. Nothing here imports more than numpy, pydantic, the
+standard library and light harness modules (accuracy.datasets, models.export).
 
 Why each piece is the way it is:
 * Settings are a pydantic model with `extra="forbid"`: a misspelt builder flag is an error that
@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.accuracy.datasets import default_cache_root, selection_rank
 from harness.errors import UserError
+from harness.models.export import file_sha256
 
 if TYPE_CHECKING:
     from harness.plan.cells import Cell
@@ -257,14 +259,6 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class GpuIdentity:
     name: str
@@ -393,12 +387,6 @@ def dataset_problem(dataset: DatasetSpec | None) -> str | None:
     return None
 
 
-# The accuracy pass's `subset: {mode: random}` uses the same rule (harness.accuracy.datasets), so
-# a calibration set and a random subset with the same seed are nested, not unrelated.
-def _selection_rank(seed: int, image_id: int) -> str:
-    return hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()
-
-
 def choose_images(pool: Sequence[CalibrationImage], n: int, seed: int) -> tuple[CalibrationImage, ...]:
     """n images from the pool: deterministic, independent of the pool's order and of numpy's
     version, and stable when images are added (each image's rank depends on itself only).
@@ -408,7 +396,9 @@ def choose_images(pool: Sequence[CalibrationImage], n: int, seed: int) -> tuple[
             f"calibration_images is {n}, but the dataset lists only {len(pool)} images; "
             "lower calibration_images (the harness does not quietly use fewer)"
         )
-    ranked = sorted(pool, key=lambda im: (_selection_rank(seed, im.image_id), im.image_id))
+    # The accuracy pass's `subset: {mode: random}` ranks by the same rule, so a calibration set
+    # and a random subset with the same seed are nested, not unrelated.
+    ranked = sorted(pool, key=lambda im: (selection_rank(seed, im.image_id), im.image_id))
     return tuple(sorted(ranked[:n], key=lambda im: im.image_id))
 
 
@@ -454,8 +444,7 @@ def select_calibration_images(
             # The generated sample, in the same place the accuracy pass generates it.
             from harness.accuracy.sample import sample_dataset_dir
 
-            cache_root = cell.resolve_path(cell.artifacts_dir) / "datasets"
-            images_dir, annotations = sample_dataset_dir(cache_root, cell.dataset.sample_images)
+            images_dir, annotations = sample_dataset_dir(default_cache_root(cell), cell.dataset.sample_images)
             source = "plan dataset (generated sample)"
         else:
             assert cell.dataset.images and cell.dataset.annotations  # the schema guarantees both
@@ -475,7 +464,7 @@ def select_calibration_images(
         images=chosen,
         images_dir=images_dir,
         annotations=annotations,
-        annotations_sha256=sha256_file(annotations),
+        annotations_sha256=file_sha256(annotations),
         seed=settings.calibration_seed,
         pool_size=len(pool),
         source=source,
@@ -572,7 +561,7 @@ class EngineCache:
         if meta.get("key") != self.key or meta.get("key_fields") != self.fields:
             self.stale_reason = "meta.json describes a different engine"
             return None
-        if sha256_file(self.engine_path) != meta.get("engine_sha256"):
+        if file_sha256(self.engine_path) != meta.get("engine_sha256"):
             self.stale_reason = "engine.plan does not match the sha256 in meta.json"
             return None
         return dict(meta)

@@ -53,10 +53,16 @@ def torch_cell_problem(cell: Any, runtime: str) -> str | None:
 
 
 class TorchDevice:
-    """Timing hooks shared by the torch-based runtimes: their kernels run on torch's current
-    stream of `self.device`."""
+    """What the torch-based runtimes share: the host-to-device copy into `self.dtype`, and
+    timing hooks (their kernels run on torch's current stream of `self.device`)."""
 
     device: str
+    dtype: Any
+
+    def to_device(self, batch: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(batch).to(self.device, dtype=self.dtype, non_blocking=False)
 
     def timer_stream(self) -> Any | None:
         if self.device.startswith("cuda"):
@@ -90,11 +96,6 @@ class TorchEagerRuntime(TorchDevice, Runtime):
         load_s = time.perf_counter() - started
         self._names = self.source.output_names()
         return {"load_s": load_s, "model": self.source.describe()}
-
-    def to_device(self, batch: np.ndarray) -> Any:
-        import torch
-
-        return torch.from_numpy(batch).to(self.device, dtype=self.dtype, non_blocking=False)
 
     def run_model(self, inputs: Any) -> Any:
         import torch
