@@ -77,7 +77,7 @@ def make_coco(raw: dict[str, Any], library: str = "pycocotools") -> Any:
     if library == "pycocotools":
         from pycocotools.coco import COCO
     else:
-        from faster_coco_eval import COCO  # type: ignore[no-redef]
+        from faster_coco_eval import COCO  # type: ignore[no-redef,unused-ignore]  # redefined only where mypy sees pycocotools
     coco = COCO()
     coco.dataset = copy.deepcopy(raw)
     with contextlib.redirect_stdout(io.StringIO()):
