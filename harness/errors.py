@@ -11,3 +11,8 @@ class CellSkipped(Exception):
     Raised by a runtime or model before anything is measured; the cell is recorded as
     `skipped` with this message as its reason.
     """
+
+
+class WeightsUnavailable(Exception):
+    """The plan asked for weights that are not on this machine or cannot be loaded; the cell
+    fails with this reason (never a fallback to other weights)."""

@@ -67,7 +67,7 @@ def rfdetr_registry() -> dict[str, tuple[str, str | None]]:
 def checkpoints() -> dict[str, Checkpoint]:
     """Every harness variant whose checkpoint rfdetr's registry knows, by variant name."""
     sys.path.insert(0, str(ROOT))  # the harness, also when it is not pip-installed
-    from harness.models.variants import VARIANTS
+    from harness.models.rfdetr.variants import VARIANTS
 
     registry = rfdetr_registry()
     found: dict[str, Checkpoint] = {}

@@ -23,7 +23,7 @@ def _cuda_reason() -> str | None:
 
 @functools.cache
 def _tensorrt_reason() -> str | None:
-    from harness.runtimes.tensorrt import tensorrt_import_problem
+    from harness.runtimes.tensorrt.runtime import tensorrt_import_problem
 
     return tensorrt_import_problem() or _cuda_reason()
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracle import OraclePredictor, ground_truth_detections
 
 from harness.accuracy.categories import class_mapping
 from harness.accuracy.coco_names import coco80_class_names, coco91_class_names
 from harness.accuracy.datasets import Dataset, open_dataset
 from harness.accuracy.evaluate import evaluate, run_accuracy_pass, to_coco_results
 from harness.accuracy.loader import iter_batches
-from harness.accuracy.oracle import OraclePredictor, ground_truth_detections
 from harness.accuracy.sample import make_sample_dataset
 from harness.errors import UserError
 from harness.models.detections import Detections

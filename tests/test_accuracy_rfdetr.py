@@ -10,7 +10,7 @@ import pytest
 
 from harness.accuracy.datasets import dataset_for_cell
 from harness.accuracy.evaluate import run_accuracy_pass
-from harness.plan.cells import expand
+from harness.plan.expand import expand
 from harness.plan.schema import Plan
 
 
@@ -18,7 +18,8 @@ from harness.plan.schema import Plan
 @pytest.mark.filterwarnings("ignore")
 def test_rfdetr_nano_random_weights_through_the_accuracy_pass(tmp_path: Path) -> None:
     pytest.importorskip("rfdetr")
-    from harness.runtimes.registry import runtime_class, source_class
+    from harness.models.registry import source_class
+    from harness.runtimes.registry import runtime_class
 
     plan = Plan.model_validate({
         "name": "acc", "device": "cpu", "artifacts": str(tmp_path / "artifacts"),
@@ -29,7 +30,7 @@ def test_rfdetr_nano_random_weights_through_the_accuracy_pass(tmp_path: Path) ->
     cell = expand(plan, tmp_path)[0]
     assert cell.run_accuracy and cell.is_reference
     log = io.StringIO()
-    source = source_class(cell.model.source)(cell, log)
+    source = source_class(cell.source)(cell, log)
     runtime = runtime_class(cell.runtime.name)(cell, source, log)
     runtime.prepare()
     dataset = dataset_for_cell(cell)

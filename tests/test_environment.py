@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_nvml import FakeGpu, FakeNvml
 
 from harness.environment import capture as capture_module
 from harness.environment.capture import (
@@ -18,7 +19,6 @@ from harness.environment.capture import (
     cudnn_version_text,
     format_environment,
 )
-from harness.environment.fake_nvml import FakeGpu, FakeNvml
 from harness.environment.fingerprint import (
     comparability_fields,
     fingerprint,

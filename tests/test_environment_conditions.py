@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 import pytest
+from fake_nvml import FakeGpu, FakeNvml
 
 from harness.environment.conditions import IDLE_UTILIZATION_PCT, wait_for_gpu
-from harness.environment.fake_nvml import FakeGpu, FakeNvml
 from harness.plan.schema import GpuConditions
 
 

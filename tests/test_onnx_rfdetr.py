@@ -21,7 +21,8 @@ from harness.models.decode import decode_rfdetr
 from harness.models.detections import Detections
 from harness.models.export import cache_key, export_rfdetr_onnx, file_sha256
 from harness.models.preprocess import RFDETR_PREPROCESS, preprocess_images
-from harness.plan.cells import Cell, expand
+from harness.plan.cells import Cell
+from harness.plan.expand import expand
 from harness.plan.schema import Plan
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def _real_image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from harness.runtimes.onnxruntime import capture_fds
+    from harness.runtimes.onnxruntime.runtime import capture_fds
 
     torch.manual_seed(0)
     model = rfdetr.RFDETRNano(pretrain_weights=None, device="cpu")
@@ -143,7 +144,7 @@ class _ExportedSource(ModelSource):
     def decode(self, outputs: dict[str, np.ndarray], metas: list[ImageMeta]) -> list[Detections]:
         return decode_rfdetr(outputs, metas)
 
-    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
+    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool, opset: int = 17) -> OnnxArtifact:
         assert dynamic_batch  # batch 2 -> the runtime asks for a dynamic batch by default
         return self._artifact
 
@@ -161,7 +162,7 @@ def _cell(tmp_path: Path) -> Cell:
 
 
 def test_ort_cpu_outputs_agree_with_the_torch_module(exported: dict[str, Any], tmp_path: Path) -> None:
-    from harness.runtimes.onnxruntime import OrtCpuRuntime
+    from harness.runtimes.onnxruntime.runtime import OrtCpuRuntime
 
     cell = _cell(tmp_path)
     log = io.StringIO()

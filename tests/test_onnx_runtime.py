@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from harness.errors import CellSkipped, UserError
-from harness.plan.cells import Cell, expand
+from harness.plan.cells import Cell
+from harness.plan.expand import expand
 from harness.plan.schema import Plan
 
 ort = pytest.importorskip("onnxruntime")
@@ -86,8 +87,8 @@ def make_cell(tmp_path: Path, runtime: str, **model: Any) -> Cell:
 
 
 def make_runtime(cell: Cell, cls_name: str, log: io.StringIO) -> Any:
-    from harness.models.onnx_file import OnnxFileSource
-    from harness.runtimes import onnxruntime as ortrt
+    from harness.models.onnx_file.source import OnnxFileSource
+    from harness.runtimes.onnxruntime import runtime as ortrt
 
     return getattr(ortrt, cls_name)(cell, OnnxFileSource(cell, log), log)
 
@@ -157,7 +158,7 @@ def test_unknown_setting_is_a_user_error(tmp_path: Path) -> None:
 def test_missing_onnx_file_is_a_user_error(tmp_path: Path) -> None:
     cell = make_cell(tmp_path, "onnxruntime-cpu")
     cell = cell.model_copy(update={"model": cell.model.model_copy(update={"path": "nope.onnx"})})
-    from harness.models.onnx_file import OnnxFileSource
+    from harness.models.onnx_file.source import OnnxFileSource
 
     with pytest.raises(UserError, match=r"models\[\]\.path `nope.onnx`"):
         OnnxFileSource(cell, io.StringIO())
@@ -176,7 +177,7 @@ def test_missing_onnx_file_is_a_user_error(tmp_path: Path) -> None:
 def test_gpu_providers_report_why_not_on_the_cpu_package(
     tmp_path: Path, runtime: str, cls_name: str, provider: str
 ) -> None:
-    from harness.runtimes import onnxruntime as ortrt
+    from harness.runtimes.onnxruntime import runtime as ortrt
 
     cell = make_cell(tmp_path, runtime)
     reason = getattr(ortrt, cls_name).unavailable_reason(cell)
@@ -310,7 +311,7 @@ H100_FP16_PLACEMENT = """\
 
 
 def test_ort_error_summary_is_short_and_keeps_the_cause() -> None:
-    from harness.runtimes.onnxruntime import summarise_ort_error
+    from harness.runtimes.onnxruntime.runtime import summarise_ort_error
 
     text = summarise_ort_error(H100_TRT_EXCEPTION, H100_TRT_LOG)
     assert text.startswith("Please install TensorRT libraries")
@@ -319,7 +320,7 @@ def test_ort_error_summary_is_short_and_keeps_the_cause() -> None:
 
 
 def test_node_placements_and_op_types_are_parsed() -> None:
-    from harness.runtimes.onnxruntime import node_placements, placed_op_types
+    from harness.runtimes.onnxruntime.runtime import node_placements, placed_op_types
 
     assert node_placements(H100_FP16_PLACEMENT) == {
         "CPUExecutionProvider": 3,

@@ -180,4 +180,6 @@ def test_every_plan_in_plans_folder_validates() -> None:
     plans = sorted((root / "plans").glob("*.yaml"))
     assert plans
     for plan in plans:
-        assert load_plan(plan).cells, plan
+        # The files a plan names (COCO, checkpoints) are fetched by the user first; whether
+        # they exist is checked by test_a_plan_naming_absent_data_fails_validation_here.
+        assert load_plan(plan, check_paths=False).cells, plan

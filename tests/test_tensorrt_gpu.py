@@ -77,7 +77,7 @@ class TinySource(ModelSource):
     def decode(self, outputs: dict[str, np.ndarray], metas: list[ImageMeta]) -> list[Detections]:
         raise NotImplementedError
 
-    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
+    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool, opset: int = 17) -> OnnxArtifact:
         path = artifacts_dir / "onnx" / f"tiny-{'dyn' if dynamic_batch else 'b1'}.onnx"
         if not path.exists():
             tiny_detector_onnx(path, dynamic_batch)
@@ -131,7 +131,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def runtime_class():  # type: ignore[no-untyped-def]
-    from harness.runtimes.tensorrt import TensorRTRuntime
+    from harness.runtimes.tensorrt.runtime import TensorRTRuntime
 
     probe = make_cell(Path("/tmp"))
     if reason := TensorRTRuntime.unavailable_reason(probe):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.models.rfdetr import RfdetrSource, WeightsUnavailable, resolve_weights
+from harness.models.rfdetr.source import RfdetrSource, WeightsUnavailable, resolve_weights
 from harness.plan.load import load_plan
 
 PLAN = """

@@ -56,10 +56,6 @@ class Dataset:
         return any(a.get("segmentation") for a in self.raw["annotations"])
 
     @property
-    def has_keypoints(self) -> bool:
-        return any(c.get("keypoints") for c in self.categories)
-
-    @property
     def fingerprint(self) -> str:
         """Identifies the selected image set (two cells evaluated the same images or not)."""
         text = f"{self.annotations.name}:" + ",".join(map(str, self.image_ids))

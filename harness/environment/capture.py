@@ -63,7 +63,7 @@ TRACKED_PACKAGES: dict[str, tuple[str, ...]] = {
     "nvidia-ml-py": ("nvidia-ml-py",),
 }
 
-# Stamped by the Dockerfile at build time (issue 8). Outside the image they are unset.
+# Stamped by the Dockerfile at build time. Outside the image they are unset.
 CONTAINER_STAMPS: dict[str, str] = {
     "image_name": "BENCH_IMAGE_NAME",
     "image_tag": "BENCH_IMAGE_TAG",

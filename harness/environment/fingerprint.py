@@ -8,7 +8,7 @@ the same settings, so their numbers compare; different fingerprints are refused 
     clocks, ECC and MIG mode (MIG slices are smaller GPUs). Not the UUID: two H100s of one
     model compare.
   - NVIDIA driver, CUDA runtime, cuDNN (GPU runs only).
-  - The versions of the libraries the runtime runs on (RUNTIME_LIBRARIES): a torch upgrade
+  - The versions of the libraries the runtime runs on (its plug-in's `libraries`): a torch upgrade
     does not make an ONNX Runtime number incomparable.
   - CPU model and the cores this process may use (they bound CPU runtimes and every
     end-to-end pre/post-processing step), and env vars that change execution
@@ -26,17 +26,8 @@ import hashlib
 import json
 from typing import Any
 
-# Packages (logical names from harness.environment.capture.TRACKED_PACKAGES) whose version
-# decides a runtime's speed. Unknown runtimes get all of them.
-RUNTIME_LIBRARIES: dict[str, tuple[str, ...]] = {
-    "torch": ("torch", "torchvision", "rfdetr"),
-    "rfdetr-predict": ("torch", "torchvision", "rfdetr"),
-    "rfdetr-optimized": ("torch", "torchvision", "rfdetr"),
-    "onnxruntime-cpu": ("onnxruntime",),
-    "onnxruntime-cuda": ("onnxruntime",),
-    "onnxruntime-tensorrt": ("onnxruntime", "tensorrt"),
-    "tensorrt": ("tensorrt",),
-}
+# Every library a runtime plug-in may name: a runtime this harness does not know (a record from
+# a newer harness) is compared on all of them.
 ALL_RUNTIME_LIBRARIES = ("torch", "torchvision", "rfdetr", "onnxruntime", "tensorrt")
 
 # Env vars that change execution; included only when set, so older records stay comparable.
@@ -87,7 +78,9 @@ def comparability_fields(
     """The facts that decide whether two results compare (see the module docstring)."""
     packages = _dict(env.get("packages"))
     distributions = _dict(env.get("distributions"))
-    libraries = RUNTIME_LIBRARIES.get(runtime, ALL_RUNTIME_LIBRARIES)
+    from harness.runtimes.registry import libraries as runtime_libraries
+
+    libraries = runtime_libraries(runtime) or ALL_RUNTIME_LIBRARIES
     cpu = _dict(env.get("cpu"))
     fields: dict[str, Any] = {
         "runtime": runtime,

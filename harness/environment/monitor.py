@@ -24,8 +24,8 @@ once, six NVML reads per sample (each a ctypes call that releases the GIL while 
 answers) and one tuple appended; dicts are built only in `stop()`. The time each sample took
 is kept (`summary.sample_cost_us`), so every record shows what watching cost; at 20 ms that
 is the sample cost / 20 ms of one CPU core, and the measuring thread only waits for the GIL
-while the sampler runs Python between NVML calls. `measure_sampling_cost()` times a few
-hundred samples on its own. The harness never changes a GPU setting: NVML is only read.
+while the sampler runs Python between NVML calls. The harness never changes a GPU setting:
+NVML is only read.
 
 Measured (NVIDIA H200, driver 580.159.04, nvidia-ml-py 13.615, Python 3.12, 2026-11-27):
   - back to back, 300 samples: 13-14 us per sample (p50), 59-90 us max;
@@ -357,33 +357,3 @@ def summarize(trace: list[dict[str, Any]]) -> dict[str, Any]:
         )
     summary["throttled_why"] = "; ".join(why) or None
     return summary
-
-
-def measure_sampling_cost(device_index: int = 0, samples: int = 300) -> dict[str, Any]:
-    """Time `samples` back-to-back NVML samples on one GPU (the per-sample cost quoted in the
-    module docstring; the GPU test prints it): {"available", "reason", "samples",
-    "per_sample_us": {"min", "p50", "max"}}. NVML is closed again whatever happens."""
-    monitor = GpuMonitor(device_index)
-    try:
-        try:
-            sampler = monitor._open_nvml_sampler(device_index)
-        except nvml.NvmlUnavailable as exc:
-            return {"available": False, "reason": str(exc), "samples": 0, "per_sample_us": None}
-        costs: list[float] = []
-        for _ in range(samples):
-            before = time.perf_counter()
-            sampler()
-            costs.append((time.perf_counter() - before) * 1e6)
-    finally:
-        # Also when opening failed after NVML started (no query works on this GPU).
-        monitor._close_nvml()
-    return {
-        "available": True,
-        "reason": None,
-        "samples": samples,
-        "device": monitor._device,
-        "unsupported": monitor._unsupported,
-        "per_sample_us": {
-            k: round(v, 1) if v is not None else None for k, v in _spread(costs).items()
-        },
-    }

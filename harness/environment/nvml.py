@@ -13,8 +13,8 @@ order. `handle_for_cuda_index` translates, and says how it did so, so a record c
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -111,16 +111,6 @@ def open_cuda_device(cuda_index: int) -> tuple[ModuleType, Any, dict[str, Any]]:
         close_nvml(nv)
         raise
     return nv, handle, how
-
-
-@contextmanager
-def nvml_session() -> Iterator[ModuleType]:
-    """`with nvml_session() as nv:` -- raises NvmlUnavailable before entering if it can't."""
-    nv = open_nvml()
-    try:
-        yield nv
-    finally:
-        close_nvml(nv)
 
 
 def call(reasons: dict[str, str], field: str, fn: Callable[..., T], *args: Any) -> T | None:

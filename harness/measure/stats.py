@@ -26,7 +26,7 @@ from harness.run.record import Latency, StageTiming, Stats, Window
 if TYPE_CHECKING:
     from harness.measure.protocol import MeasureResult
 
-# Thresholds of the `unstable` status (issue 3): CoV above 5%, or a median whose 95% interval
+# Thresholds of the `unstable` status: CoV above 5%, or a median whose 95% interval
 # is wider than 2% of it.
 MAX_COV = 0.05
 MAX_CI_REL_WIDTH = 0.02

@@ -99,6 +99,7 @@ class ModelSource(ABC):
         """The core torch module (fp32, eval) on `device`; model-scope torch timing calls it."""
         raise NotImplementedError(f"{type(self).__name__} has no PyTorch model")
 
-    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
-        """An ONNX file for this model at the cell's resolution (exported once, then cached)."""
+    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool, opset: int = 17) -> OnnxArtifact:
+        """An ONNX file for this model at the cell's resolution (exported once at `opset`, then
+        cached). A source whose file is given (not exported) ignores `opset`."""
         raise NotImplementedError(f"{type(self).__name__} cannot give an ONNX file")

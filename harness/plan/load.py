@@ -13,8 +13,10 @@ import yaml
 from pydantic import ValidationError
 
 from harness.errors import UserError
-from harness.plan.cells import Cell, PlanProblem, expand
+from harness.plan.cells import Cell, PlanProblem
+from harness.plan.expand import expand
 from harness.plan.schema import Plan
+from harness.plan.yaml_input import MAX_PLAN_BYTES, PlanYamlError, load_plan_yaml
 
 BUNDLED_QUICKSTART = "quickstart.yaml"
 
@@ -36,8 +38,9 @@ def bundled_quickstart_text() -> str:
     return resources.files("harness.data").joinpath(BUNDLED_QUICKSTART).read_text("utf-8")
 
 
-def load_plan(path: str | Path | None) -> LoadedPlan:
-    """Read, parse, validate and expand a plan; `None` means the bundled quickstart."""
+def load_plan(path: str | Path | None, *, check_paths: bool = True) -> LoadedPlan:
+    """Read, parse, validate and expand a plan; `None` means the bundled quickstart.
+    `check_paths=False` leaves out the checks that the files the plan names exist here."""
     if path is None:
         text, file, where, plan_dir = bundled_quickstart_text(), None, f"<bundled {BUNDLED_QUICKSTART}>", Path.cwd()
     else:
@@ -47,6 +50,8 @@ def load_plan(path: str | Path | None) -> LoadedPlan:
             raise UserError(f"{where}: no such plan file")
         if file.is_dir():
             raise UserError(f"{where}: is a directory; expected a YAML plan file")
+        if file.stat().st_size > MAX_PLAN_BYTES:
+            raise UserError(f"{where}: {file.stat().st_size:,} bytes; a plan is at most {MAX_PLAN_BYTES:,} bytes")
         try:
             text = file.read_text("utf-8")
         except UnicodeDecodeError:
@@ -54,11 +59,17 @@ def load_plan(path: str | Path | None) -> LoadedPlan:
         except OSError as exc:
             raise UserError(f"{where}: cannot be read ({exc.strerror})") from None
         plan_dir = file.resolve().parent
-    return parse_plan(text, where, plan_dir, file)
+    return parse_plan(text, where, plan_dir, file, check_paths=check_paths)
 
 
 def parse_plan(
-    text: str, where: str, plan_dir: Path, file: Path | None = None, *, check_runtime_settings: bool = True
+    text: str,
+    where: str,
+    plan_dir: Path,
+    file: Path | None = None,
+    *,
+    check_runtime_settings: bool = True,
+    check_paths: bool = True,
 ) -> LoadedPlan:
     data = _parse_yaml(text, where)
     try:
@@ -66,9 +77,10 @@ def parse_plan(
     except ValidationError as exc:
         raise UserError(_format_validation(where, exc)) from None
     try:
-        cells = expand(plan, plan_dir, check_runtime_settings=check_runtime_settings)
+        cells = expand(plan, plan_dir, check_runtime_settings=check_runtime_settings, check_paths=check_paths)
     except PlanProblem as exc:
-        lines = [f"{where}: the plan asks for cells that cannot exist:"]
+        count = len(exc.problems)
+        lines = [f"{where}: the plan is not valid ({count} problem{'s' if count > 1 else ''}):"]
         lines += [f"  {field}: {what}" for field, what in exc.problems]
         raise UserError("\n".join(lines)) from None
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -79,7 +91,11 @@ def _parse_yaml(text: str, where: str) -> dict[str, Any]:
     if not text.strip():
         raise UserError(f"{where}: the file is empty; expected a YAML mapping with at least `name` and `models`")
     try:
-        data = yaml.safe_load(text)
+        data = load_plan_yaml(text)
+    except PlanYamlError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{where}: the YAML is nested too deeply to be a plan") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -14,32 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 Scope = Literal["model", "end_to_end"]
 
-# Runtime names a plan may use. Each maps to one module in harness/runtimes/, imported only
-# when a plan uses it (see harness.runtimes.registry).
-RuntimeName = Literal[
-    "torch",  # eager PyTorch on the model's core module (fp32 / fp16 / bf16)
-    "rfdetr-predict",  # rfdetr's own predict(): what a user calls out of the box
-    "rfdetr-optimized",  # rfdetr's inference(): torchscript or inductor, the "FP16+JIT" path
-    "onnxruntime-cpu",
-    "onnxruntime-cuda",
-    "onnxruntime-tensorrt",
-    "tensorrt",  # native TensorRT engine
-]
-
-# Where each runtime can run: "cpu" only, "cuda" only, or "any" (follows the plan's device).
-RUNTIME_DEVICES: dict[str, str] = {
-    "torch": "any",
-    "rfdetr-predict": "any",
-    "rfdetr-optimized": "any",
-    "onnxruntime-cpu": "cpu",
-    "onnxruntime-cuda": "cuda",
-    "onnxruntime-tensorrt": "cuda",
-    "tensorrt": "cuda",
-}
-
-
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a plan's YAML already has types, so `true` is not a batch size and "3" is not a
+    # count; no infinities or NaN in durations, thresholds or limits.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SustainedSpec(Strict):
@@ -93,8 +71,10 @@ class RuntimeSpec(Strict):
     """A runtime with optional settings; `label` tells two configurations of one runtime apart
     (for example rfdetr-optimized with torchscript and with inductor)."""
 
-    name: RuntimeName
-    label: str | None = None
+    # A runtime plug-in's name (harness/runtimes/): checked against the registry when the plan
+    # is expanded, so plan/ names no runtime.
+    name: Annotated[str, Field(min_length=1, max_length=80)]
+    label: Annotated[str, Field(min_length=1, max_length=80)] | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     reference: bool = False
     # This runtime's own precisions, replacing the plan's axis for it (a plan that compares
@@ -114,8 +94,9 @@ class Preprocess(Strict):
     """How images become the model's input tensor (for a user's ONNX file; RF-DETR's is known)."""
 
     resize: Literal["stretch", "letterbox"] = "stretch"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # strict=False: YAML and JSON give lists, which become the tuples.
+    mean: tuple[float, float, float] = Field(default=(0.485, 0.456, 0.406), strict=False)
+    std: tuple[float, float, float] = Field(default=(0.229, 0.224, 0.225), strict=False)
     channel_order: Literal["rgb", "bgr"] = "rgb"
     # Pixel values are divided by this before mean/std (255 maps uint8 to [0, 1]).
     value_scale: Annotated[float, Field(gt=0)] = 255.0
@@ -146,9 +127,10 @@ class DecoderSpec(Strict):
 
 class ModelSpec(Strict):
     name: Annotated[str, Field(min_length=1, max_length=120)]
-    source: Literal["rfdetr", "onnx"] = "rfdetr"
-    # rfdetr: the variant (nano, small, medium, large, xlarge, 2xlarge, seg-nano, ...,
-    # keypoint). onnx: unused.
+    # A model-source plug-in's name (harness/models/); none: the default source's (RF-DETR).
+    # Which of the fields below a source uses, and what it requires, is the source's own check.
+    source: Annotated[str, Field(min_length=1, max_length=80)] | None = None
+    # rfdetr: the variant (nano, small, medium, large, xlarge, 2xlarge, seg-nano, ..., keypoint).
     variant: str | None = None
     # rfdetr: "random" (stated on purpose), "cache" (rfdetr's download cache, offline-safe),
     # or a path to a local checkpoint. onnx: the weights are the file itself.
@@ -158,6 +140,8 @@ class ModelSpec(Strict):
     class_names: list[str] | None = None  # onnx source: names in output index order
     preprocess: Preprocess | None = None
     decoder: DecoderSpec | None = None
+    # Source-specific options, typed by the source plug-in.
+    options: dict[str, Any] = Field(default_factory=dict)
     # Per-model overrides of the plan's axes and protocol.
     runtimes: list[Annotated[RuntimeSpec, Field()]] | None = None
     precisions: list[Precision] | None = None
@@ -170,25 +154,6 @@ class ModelSpec(Strict):
     @classmethod
     def _runtime_strings(cls, value: Any) -> Any:
         return [_runtime_from_str(v) for v in value] if isinstance(value, list) else value
-
-    @model_validator(mode="after")
-    def _source_fields(self) -> ModelSpec:
-        if self.source == "rfdetr":
-            if not self.variant:
-                raise ValueError("an rfdetr model needs `variant` (for example nano, small, medium)")
-            if not self.weights:
-                raise ValueError(
-                    "an rfdetr model needs `weights`: `random` (stated on purpose), `cache` "
-                    "(rfdetr's download cache) or a path to a checkpoint"
-                )
-            if self.path:
-                raise ValueError("`path` is for onnx models; rfdetr models use `weights`")
-        else:
-            if not self.path:
-                raise ValueError("an onnx model needs `path` to the .onnx file")
-            if self.variant:
-                raise ValueError("`variant` is for rfdetr models")
-        return self
 
 
 class SubsetSpec(Strict):
@@ -261,7 +226,8 @@ class Plan(Strict):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
     output: str = "reports"
     models: Annotated[list[ModelSpec], Field(min_length=1)]
-    runtimes: Annotated[list[RuntimeSpec], Field(min_length=1)] = [RuntimeSpec(name="torch")]
+    # None: the default runtime plug-in's (eager PyTorch).
+    runtimes: Annotated[list[RuntimeSpec], Field(min_length=1)] | None = None
     precisions: Annotated[list[Precision], Field(min_length=1)] = ["fp32"]
     batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(min_length=1)] = [1]
     # None: each model's native resolution.

@@ -1,4 +1,4 @@
-"""Throughput and speed-up per model and scope (issue 10: FPS per configuration, with the
+"""Throughput and speed-up per model and scope (FPS per configuration, with the
 speed-up against the FP32 reference).
 
 A speed-up is the reference cell's median divided by the cell's median, and only between cells
@@ -65,13 +65,16 @@ def _ratio(reference: CellView, cell: CellView) -> float | None:
 def _missing_scope_note(scope: str, model_refs: list[CellView]) -> str:
     """Why a scope has no reference: the deployment plan's reference is predict(), which exists
     only end to end; say that in those words, otherwise name the scopes the reference has."""
-    from harness.plan.cells import END_TO_END_ONLY
+    from harness.runtimes.registry import plugins
 
     precisions = "/".join(sorted({r.precision for r in model_refs}))
     head = f"no {precisions} reference in the {scope_words(scope)} scope"
-    predict = sorted({r.runtime_name for r in model_refs if r.runtime_name in END_TO_END_ONLY})
-    if predict and scope != "end_to_end":
-        return f"{head}: {', '.join(predict)} times predict(), which has only the end-to-end scope"
+    # Runtimes that time images in, detections out (rfdetr's predict()) have no model scope.
+    images_only = {p.name: p.title for p in plugins() if p.scopes == {"end_to_end"}}
+    only_e2e = sorted({r.runtime_name for r in model_refs if r.runtime_name in images_only})
+    if only_e2e and scope != "end_to_end":
+        calls = ", ".join(f"{name} times {images_only[name].split()[-1]}" for name in only_e2e)
+        return f"{head}: {calls}, which has only the end-to-end scope"
     scopes = " and ".join(sorted({scope_words(r.scope) for r in model_refs}))
     return f"{head}: the reference was measured only in the {scopes} scope"
 

@@ -117,8 +117,9 @@ def _capture_env(device: str, log: TextIO, run_dir: Path) -> dict[str, Any]:
 
 
 def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, Any]:
-    from harness.runtimes.registry import runtime_class, source_class
-    from harness.runtimes.torch_eager import resolve_device
+    from harness.models.registry import source_class
+    from harness.runtimes.pytorch.runtime import resolve_device
+    from harness.runtimes.registry import runtime_class
 
     started_at = utc_now()
     base: dict[str, Any] = {"cell_id": cell.cell_id, "cell": cell.model_dump(mode="json"), "started_at": started_at}
@@ -139,10 +140,10 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     env = _capture_env(device, log, run_dir)
 
     phase("prepare")
-    from harness.models.rfdetr import WeightsUnavailable
+    from harness.errors import WeightsUnavailable
 
     try:
-        source = source_class(cell.model.source)(cell, log)
+        source = source_class(cell.source)(cell, log)
     except WeightsUnavailable as exc:
         return finish("failed", reason=str(exc), environment=env)
     random_weights = source.random_weights

@@ -4,7 +4,7 @@ A runtime is built from a cell (model, precision, batch, resolution, device, set
 cell's model source. Its life in a worker process:
 
     reason = RuntimeClass.unavailable_reason(cell)   # cheap, before anything loads
-    rt = RuntimeClass(cell, source, log)
+    rt = RuntimeClass(cell, source, log)              # rt.options: the typed settings
     prep = rt.prepare()                               # export / build / compile, timed apart
     x = rt.model_input()                              # a prepared device-side batch
     rt.run_model(x)                                   # model scope: output left on the device
@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 import numpy as np
 
+from harness.errors import UserError
+from harness.runtimes.plugin import RuntimePlugin, RuntimeSettings, SettingsProblem
+
 if TYPE_CHECKING:
     from harness.models.base import ModelSource
     from harness.models.detections import Detections
@@ -44,15 +47,28 @@ class Stage:
 
 
 class Runtime(ABC):
+    # The plug-in this class implements (harness/runtimes/<package>/__init__.py); `name` is
+    # taken from it.
+    plugin: ClassVar[RuntimePlugin]
     name: ClassVar[str]
     # False when run_model() returns only after the device finished (ONNX Runtime's Run):
     # host time then always covers device time, so it cannot say "launch-bound".
     asynchronous_call: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "plugin" in cls.__dict__:
+            cls.name = cls.plugin.name
+
     def __init__(self, cell: Cell, source: ModelSource, log: TextIO):
         self.cell = cell
         self.source = source
         self.log = log
+        # Checked at `bench validate` already; checked again here for cells built by hand.
+        try:
+            self.options: RuntimeSettings = self.plugin.parse_settings(cell.runtime.settings)
+        except SettingsProblem as exc:
+            raise UserError(exc.describe(f"runtime `{cell.runtime.key}` settings")) from None
 
     # -- before anything loads -------------------------------------------------------------
     @classmethod

@@ -412,7 +412,7 @@ def derived_block(reference: str, delta: float, regressed: bool = False, random_
 
 
 def trt_settings(version: str, precision: str) -> dict[str, Any]:
-    """Settings read back from a TensorRT runtime, in the shape of harness.runtimes.tensorrt."""
+    """Settings read back from a TensorRT runtime, in the shape of harness.runtimes.tensorrt.runtime."""
     return {
         "precision": precision,
         "versions": {"tensorrt": version, "onnx_parser": version, "torch": "2.9.1+cu130", "cuda_runtime_torch": "13.0"},
@@ -511,7 +511,7 @@ def gpu_demo() -> None:
             reason="engine build failed: out of memory while building tactic for /backbone/Conv_12 (exit status 1)",
             log_tail="[TRT] [I] Building engine from artifacts/rfdetr-small.onnx\n"
                      "[TRT] [E] 1: [defaultAllocator.cpp::allocate::31] Error Code 1: Cuda Runtime (out of memory)\n"
-                     "Traceback (most recent call last):\n  File \"harness/runtimes/tensorrt.py\", line 212, in prepare\n"
+                     "Traceback (most recent call last):\n  File \"harness/runtimes/tensorrt/runtime.py\", line 212, in prepare\n"
                      "    raise RuntimeError(f\"engine build failed: {why}\")\n"
                      "<class 'RuntimeError'>: engine build failed: out of memory & <no engine>")
     _ = ref_s

@@ -17,7 +17,7 @@ What happens in a cell:
 
 torch provides device memory, streams and graphs (the harness needs it for CUDA-event timing
 anyway), so there is no pycuda / cuda-python dependency. Library-free logic lives in
-`harness.runtimes.tensorrt_engine`, which the tests exercise without TensorRT.
+`harness.runtimes.tensorrt.engine`, which the tests exercise without TensorRT.
 
 This path has not been run on hardware in the project's own workplace, where TensorRT cannot
 be installed; see docs/tensorrt.md.
@@ -38,12 +38,12 @@ import numpy as np
 
 from harness.errors import CellSkipped, UserError
 from harness.runtimes.base import Runtime
-from harness.runtimes.tensorrt_engine import (
+from harness.runtimes.tensorrt import PLUGIN
+from harness.runtimes.tensorrt.engine import (
     BatchProfile,
     CalibrationSet,
     EngineCache,
     GpuIdentity,
-    TensorRTSettings,
     atomic_write_bytes,
     atomic_write_json,
     batch_profile,
@@ -52,7 +52,6 @@ from harness.runtimes.tensorrt_engine import (
     engine_key,
     engine_key_fields,
     pad_batch,
-    parse_settings,
     precision_problem,
     resolve_input_dims,
     select_calibration_images,
@@ -61,6 +60,7 @@ from harness.runtimes.tensorrt_engine import (
     torch_dtype_name,
     version_problem,
 )
+from harness.runtimes.tensorrt.settings import TensorRTSettings
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -314,11 +314,12 @@ def _make_calibrator(kind: str, feeder: _CalibrationFeeder) -> trt.IInt8Calibrat
 
 
 class TensorRTRuntime(Runtime):
-    name = "tensorrt"
+    plugin = PLUGIN
 
     def __init__(self, cell: Cell, source: ModelSource, log: TextIO):
         super().__init__(cell, source, log)
-        self.trt_settings = parse_settings(cell.runtime.settings)
+        assert isinstance(self.options, TensorRTSettings)  # the plug-in's schema
+        self.trt_settings: TensorRTSettings = self.options
         self._graph: Any = None
         self._graph_record: dict[str, Any] = {"requested": self.trt_settings.cuda_graph, "used": False}
         self._real_count = cell.batch
@@ -347,7 +348,7 @@ class TensorRTRuntime(Runtime):
         input_shapes = self.profile.shapes([3, res, res])
 
         artifacts = self.cell.resolve_path(self.cell.artifacts_dir)
-        onnx = self.source.onnx_artifact(artifacts, dynamic_batch=self.profile.dynamic)
+        onnx = self.source.onnx_artifact(artifacts, dynamic_batch=self.profile.dynamic, opset=settings.opset)
         self.onnx = onnx
 
         calibration: CalibrationSet | None = None

@@ -14,24 +14,8 @@ Node placement: the session is created with log severity VERBOSE (0), under whic
 settings()["node_placement"]. For the TensorRT EP a "node" is a fused TensorRT subgraph, so
 {"TensorrtExecutionProvider": 1} means the whole graph became one engine.
 
-Plan settings (runtime `settings:`), all optional:
-  graph_optimization_level  disable | basic | extended | all (ORT default: all)
-  intra_op_num_threads, inter_op_num_threads  ints (0: ORT's default)
-  execution_mode            sequential | parallel
-  dynamic_batch             export with a dynamic batch axis (default: batch > 1)
-  opset                     ONNX opset for RF-DETR export (default 17; read by the model source)
-  cudnn_conv_algo_search    EXHAUSTIVE | HEURISTIC | DEFAULT (CUDA EP)
-  tf32                      false (default) | true. The CUDA EP's own default is TF32 ON
-                            (use_tf32=1): matmuls and convs in fp32 cells then round inputs to
-                            10 mantissa bits. On an H100 that moved RF-DETR Nano's outputs by up
-                            to 0.9 (boxes, normalised) against PyTorch and ORT CPU, because the
-                            two-stage query selection reorders; with use_tf32=0 they agree to
-                            4e-7. So an "fp32" cell runs IEEE fp32 unless the plan says tf32.
-  user_compute_stream       true (default when torch with CUDA is importable): run ORT on a
-                            torch CUDA stream so CUDA events bracket its work
-  trt_max_workspace_size    bytes (TensorRT EP)
-  provider_options          dict merged into the requested provider's options, verbatim
-  log_placements            false to skip the verbose session log (default true)
+Plan settings (runtime `settings:`) are typed in this package's `__init__` (OrtSettings,
+OrtCudaSettings, OrtTensorrtSettings): unknown keys and wrong types fail `bench validate`.
 """
 
 from __future__ import annotations
@@ -53,25 +37,12 @@ import numpy as np
 from harness.errors import CellSkipped, UserError
 from harness.models.export import redirect_fds
 from harness.runtimes.base import Runtime
+from harness.runtimes.onnxruntime import PLUGINS, OrtCudaSettings, OrtSettings, OrtTensorrtSettings
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 TRT_EP = "TensorrtExecutionProvider"
 
-KNOWN_SETTINGS = {
-    "graph_optimization_level",
-    "intra_op_num_threads",
-    "inter_op_num_threads",
-    "execution_mode",
-    "dynamic_batch",
-    "opset",
-    "cudnn_conv_algo_search",
-    "tf32",
-    "user_compute_stream",
-    "trt_max_workspace_size",
-    "provider_options",
-    "log_placements",
-}
 
 _OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -229,6 +200,7 @@ class OrtRuntime(Runtime):
 
     provider: ClassVar[str]
     on_cuda: ClassVar[bool] = False
+    options: OrtSettings  # parsed by Runtime.__init__ with this plug-in's schema
 
     # -- availability ----------------------------------------------------------------------
     @classmethod
@@ -258,54 +230,25 @@ class OrtRuntime(Runtime):
         return None
 
     # -- preparation -----------------------------------------------------------------------
-    def _settings(self) -> dict[str, Any]:
-        settings = dict(self.cell.runtime.settings)
-        unknown = sorted(set(settings) - KNOWN_SETTINGS)
-        if unknown:
-            raise UserError(
-                f"runtime `{self.cell.runtime.key}` settings: unknown key(s) "
-                f"{', '.join(unknown)}; known: {', '.join(sorted(KNOWN_SETTINGS))}"
-            )
-        return settings
-
-    def _choice(self, settings: dict[str, Any], key: str, names: dict[str, str]) -> str | None:
-        """The ONNX Runtime enum member a plan's word for `key` stands for; None when unset."""
-        word = settings.get(key)
-        if word is None:
-            return None
-        if word not in names:
-            raise UserError(
-                f"runtime `{self.cell.runtime.key}` settings.{key}: `{word}` is not one of "
-                f"{', '.join(names)}"
-            )
-        return names[word]
-
-    def _session_options(self, settings: dict[str, Any]) -> Any:
+    def _session_options(self, options: OrtSettings) -> Any:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        level = self._choice(settings, "graph_optimization_level", _OPT_LEVELS)
-        if level is not None:
-            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        for key in ("intra_op_num_threads", "inter_op_num_threads"):
-            if key in settings:
-                value = settings[key]
-                if not isinstance(value, int) or value < 0:
-                    raise UserError(
-                        f"runtime `{self.cell.runtime.key}` settings.{key}: expected an integer "
-                        f">= 0, got {value!r}"
-                    )
-                setattr(so, key, value)
-        mode = self._choice(settings, "execution_mode", _EXEC_MODES)
-        if mode is not None:
-            so.execution_mode = getattr(ort.ExecutionMode, mode)
+        if options.graph_optimization_level is not None:
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[options.graph_optimization_level])
+        if options.intra_op_num_threads is not None:
+            so.intra_op_num_threads = options.intra_op_num_threads
+        if options.inter_op_num_threads is not None:
+            so.inter_op_num_threads = options.inter_op_num_threads
+        if options.execution_mode is not None:
+            so.execution_mode = getattr(ort.ExecutionMode, _EXEC_MODES[options.execution_mode])
         # VERBOSE during creation only: it is what logs the node placements. Run-time logging
         # follows RunOptions (default WARNING), so timing is unaffected.
-        so.log_severity_level = 0 if settings.get("log_placements", True) else 2
+        so.log_severity_level = 0 if options.log_placements else 2
         return so
 
-    def _providers(self, settings: dict[str, Any], artifacts_dir: Path) -> list[tuple[str, dict]]:
-        return [(CPU_EP, dict(settings.get("provider_options", {})))]
+    def _providers(self, artifacts_dir: Path) -> list[tuple[str, dict]]:
+        return [(CPU_EP, dict(self.options.provider_options))]
 
     def _model_file(self, artifact: Any, artifacts_dir: Path) -> Path:
         return Path(artifact.path)
@@ -313,17 +256,17 @@ class OrtRuntime(Runtime):
     def prepare(self) -> dict[str, Any]:
         import onnxruntime as ort
 
-        settings = self._settings()
+        options = self.options
         self.device_id = _device_id(self.cell.device)
         artifacts_dir = self.cell.resolve_path(self.cell.artifacts_dir)
-        dynamic_batch = bool(settings.get("dynamic_batch", self.cell.batch > 1))
-        self.artifact = self.source.onnx_artifact(artifacts_dir, dynamic_batch)
+        dynamic_batch = options.dynamic_batch if options.dynamic_batch is not None else self.cell.batch > 1
+        self.artifact = self.source.onnx_artifact(artifacts_dir, dynamic_batch, opset=options.opset)
         self.model_path = self._model_file(self.artifact, artifacts_dir)
         self._torch_stream: Any = None
         if self.on_cuda:
-            self._setup_cuda_libraries(settings)
-        self.session_options = self._session_options(settings)
-        providers = self._providers(settings, artifacts_dir)
+            self._setup_cuda_libraries()
+        self.session_options = self._session_options(options)
+        providers = self._providers(artifacts_dir)
         self.requested_providers = [name for name, _ in providers]
         self.distribution = ort_distribution()  # looked up once; settings() reports it too
 
@@ -399,7 +342,7 @@ class OrtRuntime(Runtime):
             )
 
     # -- CUDA setup (overridden in the CUDA subclasses) ------------------------------------
-    def _setup_cuda_libraries(self, settings: dict[str, Any]) -> None:
+    def _setup_cuda_libraries(self) -> None:
         pass
 
     # -- running ---------------------------------------------------------------------------
@@ -461,7 +404,7 @@ class OrtRuntime(Runtime):
 
 
 class OrtCpuRuntime(OrtRuntime):
-    name = "onnxruntime-cpu"
+    plugin = PLUGINS[0]
     provider = CPU_EP
 
 
@@ -470,12 +413,12 @@ class _OrtGpuRuntime(OrtRuntime):
 
     on_cuda = True
 
-    def _setup_cuda_libraries(self, settings: dict[str, Any]) -> None:
+    def _setup_cuda_libraries(self) -> None:
         """Run ORT on a torch CUDA stream when torch with CUDA is importable, so the harness's
         CUDA events on that stream bracket ORT's kernels; importing torch also loads the CUDA
         and cuDNN libraries ORT links against. Without torch, ask ORT to load them from the
         nvidia pip packages (onnxruntime >= 1.21's preload_dlls)."""
-        want_stream = settings.get("user_compute_stream", True)
+        want_stream = self.cuda_options.user_compute_stream
         torch_ok = False
         if want_stream:
             try:
@@ -508,13 +451,18 @@ class _OrtGpuRuntime(OrtRuntime):
             "user_compute_stream": str(int(self._torch_stream.cuda_stream)),
         }
 
-    def _cuda_options(self, settings: dict[str, Any]) -> dict[str, Any]:
+    @property
+    def cuda_options(self) -> OrtCudaSettings:
+        assert isinstance(self.options, OrtCudaSettings)  # the plug-in's schema for GPU EPs
+        return self.options
+
+    def _cuda_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "device_id": str(self.device_id),
-            "use_tf32": "1" if settings.get("tf32", False) else "0",
+            "use_tf32": "1" if self.cuda_options.tf32 else "0",
         }
-        if "cudnn_conv_algo_search" in settings:
-            opts["cudnn_conv_algo_search"] = str(settings["cudnn_conv_algo_search"])
+        if self.cuda_options.cudnn_conv_algo_search is not None:
+            opts["cudnn_conv_algo_search"] = self.cuda_options.cudnn_conv_algo_search
         opts.update(self._stream_options())
         return opts
 
@@ -584,11 +532,11 @@ class _OrtGpuRuntime(OrtRuntime):
 
 
 class OrtCudaRuntime(_OrtGpuRuntime):
-    name = "onnxruntime-cuda"
+    plugin = PLUGINS[1]
     provider = CUDA_EP
 
-    def _providers(self, settings: dict[str, Any], artifacts_dir: Path) -> list[tuple[str, dict]]:
-        opts = {**self._cuda_options(settings), **settings.get("provider_options", {})}
+    def _providers(self, artifacts_dir: Path) -> list[tuple[str, dict]]:
+        opts = {**self._cuda_options(), **self.options.provider_options}
         return [(CUDA_EP, opts), (CPU_EP, {})]
 
     def _model_file(self, artifact: Any, artifacts_dir: Path) -> Path:
@@ -650,10 +598,10 @@ class OrtCudaRuntime(_OrtGpuRuntime):
 
 
 class OrtTensorrtRuntime(_OrtGpuRuntime):
-    name = "onnxruntime-tensorrt"
+    plugin = PLUGINS[2]
     provider = TRT_EP
 
-    def _providers(self, settings: dict[str, Any], artifacts_dir: Path) -> list[tuple[str, dict]]:
+    def _providers(self, artifacts_dir: Path) -> list[tuple[str, dict]]:
         # One folder per file, precision and batch: the TRT EP rebuilds (and overwrites) an
         # engine whose cached optimisation profile differs from the one asked for.
         cache = (
@@ -671,8 +619,9 @@ class OrtTensorrtRuntime(_OrtGpuRuntime):
             "trt_timing_cache_enable": "1",
             "trt_timing_cache_path": str(cache),
         }
-        if "trt_max_workspace_size" in settings:
-            opts["trt_max_workspace_size"] = str(int(settings["trt_max_workspace_size"]))
+        workspace = self.tensorrt_options.trt_max_workspace_size
+        if workspace is not None:
+            opts["trt_max_workspace_size"] = str(workspace)
         if self.artifact.dynamic_batch:
             # One optimisation profile at exactly this cell's batch: each cell is its own
             # process and batch, and an engine tuned for its shape is what a deployment builds.
@@ -681,8 +630,13 @@ class OrtTensorrtRuntime(_OrtGpuRuntime):
             for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
                 opts[key] = shape
         opts.update(self._stream_options())
-        opts.update(settings.get("provider_options", {}))
-        return [(TRT_EP, opts), (CUDA_EP, self._cuda_options(settings)), (CPU_EP, {})]
+        opts.update(self.options.provider_options)
+        return [(TRT_EP, opts), (CUDA_EP, self._cuda_options()), (CPU_EP, {})]
+
+    @property
+    def tensorrt_options(self) -> OrtTensorrtSettings:
+        assert isinstance(self.options, OrtTensorrtSettings)
+        return self.options
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()

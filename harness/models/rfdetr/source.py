@@ -23,16 +23,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from harness.errors import WeightsUnavailable
 from harness.models.base import ImageMeta, ModelSource, OnnxArtifact
 from harness.models.detections import Detections
 from harness.models.export import file_sha256, redirect_fds
-from harness.models.variants import VARIANTS
+from harness.models.rfdetr.variants import VARIANTS
 
 RANDOM_SEED = 0
-
-
-class WeightsUnavailable(Exception):
-    """The plan asked for weights that are not on this machine."""
 
 
 def rfdetr_cache_dir() -> Path:
@@ -96,7 +93,18 @@ class RfdetrSource(ModelSource):
         started = time.perf_counter()
         torch.manual_seed(RANDOM_SEED)  # identical random weights in every process
         with redirect_fds(self.log):
-            model = cls(**kwargs)
+            try:
+                model = cls(**kwargs)
+            except Exception as exc:
+                if self.weights_path is None:
+                    raise
+                # rfdetr reports a file that is not its checkpoint as whatever broke first
+                # (a KeyError, an IndexError deep in its loader): say what was expected.
+                raise WeightsUnavailable(
+                    f"weights: {self.weights_path} could not be loaded as an RF-DETR {self.cell.model.variant} "
+                    f"checkpoint (a .pth/.pt file saved from rfdetr training, with its `model` state dict): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             # rfdetr 1.11 can leave the core module on the CPU when built for CUDA (seen on an H200)
             model.model.model.to(device)
         self.build_s = time.perf_counter() - started
@@ -209,7 +217,7 @@ class RfdetrSource(ModelSource):
         module.export()
         return module
 
-    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
+    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool, opset: int = 17) -> OnnxArtifact:
         from harness.models.export import export_rfdetr_onnx
 
         key_fields = {
@@ -224,6 +232,6 @@ class RfdetrSource(ModelSource):
             resolution=self.cell.resolution,
             batch=self.cell.batch,
             dynamic_batch=dynamic_batch,
-            opset=int(self.cell.runtime.settings.get("opset", 17)),
+            opset=opset,
             log=self.log,
         )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from harness.runtimes.base import Runtime
+from harness.runtimes.pytorch import PLUGINS
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -42,8 +43,10 @@ def resolve_device(device: str) -> str:
 
 def torch_cell_problem(cell: Any, runtime: str) -> str | None:
     """Why a torch-based runtime can't run `cell` here, or None."""
-    if cell.model.source != "rfdetr":
-        return f"{runtime} needs a PyTorch model (rfdetr); this model is an ONNX file"
+    from harness.models.registry import source_plugin
+
+    if "torch" not in source_plugin(cell.source).provides:
+        return f"{runtime} needs a PyTorch model; model `{cell.model.name}` ({cell.source}) has none"
     device = resolve_device(cell.device) if torch_device_problem("cpu") is None else cell.device
     if problem := torch_device_problem(device):
         return problem
@@ -79,7 +82,7 @@ class TorchDevice:
 
 
 class TorchEagerRuntime(TorchDevice, Runtime):
-    name = "torch"
+    plugin = PLUGINS[0]
 
     @classmethod
     def unavailable_reason(cls, cell: Any) -> str | None:

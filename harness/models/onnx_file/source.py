@@ -99,7 +99,7 @@ class OnnxFileSource(ModelSource):
     def output_names(self) -> list[str]:
         return list(self._artifact.output_names)
 
-    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool) -> OnnxArtifact:
+    def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool, opset: int = 17) -> OnnxArtifact:
         """The user's file as it is. A static-batch file can't be run at another batch, so say
         so here rather than with an ORT shape error mid-measurement."""
         art = self._artifact

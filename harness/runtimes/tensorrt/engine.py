@@ -1,7 +1,7 @@
 """The TensorRT runtime's logic that needs no TensorRT: settings, engine cache keys, optimization
 profile shapes, calibration image selection and the engine cache on disk.
 
-Kept apart from `harness.runtimes.tensorrt` so it is tested everywhere (TensorRT cannot be
+Kept apart from `harness.runtimes.tensorrt.runtime` so it is tested everywhere (TensorRT cannot be
 installed on most CI machines) and so `bench validate` can check a plan's TensorRT settings
 without importing torch or TensorRT. Nothing here imports more than numpy, pydantic, the
 standard library and light harness modules (accuracy.datasets, models.export).
@@ -27,14 +27,18 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.accuracy.datasets import default_cache_root, selection_rank
 from harness.errors import UserError
 from harness.models.export import file_sha256
+from harness.runtimes.plugin import SettingsProblem
+from harness.runtimes.tensorrt.settings import (
+    BUILDER_FIELDS,
+    TensorRTSettings,
+)
 
 if TYPE_CHECKING:
     from harness.plan.cells import Cell
@@ -47,100 +51,16 @@ CALIBRATION_KEY_SCHEME = 1
 RUNTIME_NAME = "tensorrt"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BatchProfileSpec(_Strict):
-    """min / opt / max batch of the engine's optimization profile. `opt` (the batch TensorRT
-    tunes kernels for) defaults to `max`."""
-
-    min: Annotated[int, Field(ge=1, le=1024)]
-    opt: Annotated[int, Field(ge=1, le=1024)] | None = None
-    max: Annotated[int, Field(ge=1, le=1024)]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> BatchProfileSpec:
-        opt = self.max if self.opt is None else self.opt
-        if not self.min <= opt <= self.max:
-            raise ValueError(f"batch_profile needs min <= opt <= max (got min={self.min}, opt={opt}, max={self.max})")
-        return self
-
-
-class CalibrationDatasetSpec(_Strict):
-    """A COCO-format dataset to draw INT8 calibration images from (instead of the plan's)."""
-
-    images: Annotated[str, Field(min_length=1)]
-    annotations: Annotated[str, Field(min_length=1)]
-
-
-class TensorRTSettings(_Strict):
-    """`runtimes[].settings` of a `tensorrt` runtime. None means "TensorRT's own default", which
-    differs between versions; the value actually used is read back and recorded."""
-
-    # Read by the model source's ONNX export, not by TensorRT (it changes the ONNX file, so it
-    # reaches the engine key through the file's sha256).
-    opset: Annotated[int, Field(ge=11, le=23)] = 17
-    # Builder: every field here enters the engine cache key (see BUILDER_FIELDS).
-    workspace_mib: Annotated[int, Field(ge=1)] | None = None
-    builder_optimization_level: Annotated[int, Field(ge=0, le=5)] | None = None
-    strongly_typed: bool = False
-    tf32: bool | None = None
-    # INT8 engines also allow FP16 kernels for layers left unquantized (trtexec --int8 --fp16).
-    int8_fp16_fallback: bool = True
-    batch_profile: BatchProfileSpec | None = None
-    timing_cache: bool = True
-    # INT8 post-training calibration (entropy2: IInt8EntropyCalibrator2, TensorRT's default).
-    calibration_images: Annotated[int, Field(ge=1, le=100_000)] = 512
-    calibration_seed: int = 0
-    calibration_batch: Annotated[int, Field(ge=1, le=256)] = 8
-    calibrator: Literal["entropy2", "minmax"] = "entropy2"
-    calibration_dataset: CalibrationDatasetSpec | None = None
-    # Runtime only: never changes the engine.
-    cuda_graph: bool = False
-    log_level: Literal["error", "warning", "info", "verbose"] = "warning"
-
-
-# Which settings change the built engine. A test asserts that every field is in exactly one
-# group, so a new setting cannot silently stay out of the engine key.
-BUILDER_FIELDS = (
-    "workspace_mib",
-    "builder_optimization_level",
-    "strongly_typed",
-    "tf32",
-    "int8_fp16_fallback",
-    "batch_profile",
-    "timing_cache",
-)
-CALIBRATION_FIELDS = (
-    "calibration_images",
-    "calibration_seed",
-    "calibration_batch",
-    "calibrator",
-    "calibration_dataset",
-)
-NOT_IN_ENGINE_FIELDS = (
-    "opset",  # changes the ONNX file, which is keyed by its sha256
-    "cuda_graph",
-    "log_level",
-)
-
-
 def parse_settings(raw: dict[str, Any], where: str = "runtime.settings") -> TensorRTSettings:
     """The cell's settings dict, validated; UserError naming each bad key."""
+    from harness.runtimes.tensorrt import PLUGIN
+
     try:
-        return TensorRTSettings.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"{where}: invalid TensorRT settings:"]
-        for err in exc.errors(include_url=False):
-            loc = ".".join(str(p) for p in err["loc"]) or "<settings>"
-            if err["type"] == "extra_forbidden":
-                known = ", ".join(TensorRTSettings.model_fields)
-                what = f"unknown TensorRT setting (check its spelling; known: {known})"
-            else:
-                what = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {loc}: {what}")
-        raise UserError("\n".join(lines)) from None
+        settings = PLUGIN.parse_settings(raw)
+    except SettingsProblem as exc:
+        raise UserError(exc.describe(where)) from None
+    assert isinstance(settings, TensorRTSettings)
+    return settings
 
 
 def precision_problem(precision: str, settings: TensorRTSettings) -> str | None:

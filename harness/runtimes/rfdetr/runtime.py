@@ -19,7 +19,8 @@ import numpy as np
 
 from harness.models.detections import Detections
 from harness.runtimes.base import Runtime, Stage
-from harness.runtimes.torch_eager import _DTYPES, TorchDevice, resolve_device, torch_cell_problem
+from harness.runtimes.pytorch.runtime import _DTYPES, TorchDevice, resolve_device, torch_cell_problem
+from harness.runtimes.rfdetr import PLUGINS, RfdetrSettings
 
 
 def from_supervision(result: Any) -> Detections:
@@ -51,11 +52,12 @@ class _RfdetrBase(TorchDevice, Runtime):
 
         self.device = resolve_device(self.cell.device)
         self.dtype = getattr(torch, _DTYPES[self.cell.precision])
-        self.backend = self.cell.runtime.settings.get("compile_backend", "torchscript")
-        self.compile = bool(self.cell.runtime.settings.get("compile", True))
-        self.threshold = float(self.cell.runtime.settings.get("threshold", 0.0))
+        assert isinstance(self.options, RfdetrSettings)
+        self.backend = self.options.compile_backend
+        self.compile = self.options.compile
+        self.threshold = self.options.threshold
         started = time.perf_counter()
-        from harness.models.rfdetr import RfdetrSource
+        from harness.models.rfdetr.source import RfdetrSource
 
         assert isinstance(self.source, RfdetrSource)  # unavailable_reason refused other sources
         self.model = self.source.rfdetr_model  # built on the cell's device
@@ -112,9 +114,9 @@ class _RfdetrBase(TorchDevice, Runtime):
 
 
 class RfdetrPredictRuntime(_RfdetrBase):
-    name = "rfdetr-predict"
+    plugin = PLUGINS[0]
 
 
 class RfdetrOptimizedRuntime(_RfdetrBase):
-    name = "rfdetr-optimized"
+    plugin = PLUGINS[1]
     optimized = True

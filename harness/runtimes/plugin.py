@@ -1,0 +1,132 @@
+"""What a runtime plug-in says about itself, before anything heavy is imported.
+
+A plug-in is a package under harness/runtimes/ (or a third-party package named by the
+`detbench.runtimes` entry point) whose `__init__.py` defines `PLUGINS`, a list of
+`RuntimePlugin`. Everything the plan validator, the report and the fingerprint need to know
+about a runtime comes from there: its name, where it runs, which precisions and scopes it can
+time, its settings schema, what it needs from the model source, the libraries that decide its
+speed. The implementation (the `Runtime` subclass) lives in a module of the same package and is
+imported only by the worker that runs a cell, so validating a plan never imports torch,
+onnxruntime or TensorRT. docs/adding-a-runtime.md walks through adding one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING:
+    from harness.plan.cells import Cell
+
+Device = Literal["cpu", "cuda", "any"]
+ALL_SCOPES = frozenset({"model", "end_to_end"})
+
+
+class RuntimeSettings(BaseModel):
+    """Base of every runtime's `settings:` schema: unknown keys are errors, values are typed.
+    Fields left at None mean "the library's own default", which is read back and recorded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class NoSettings(RuntimeSettings):
+    """A runtime that takes no settings: any key is a misspelling or a wrong runtime."""
+
+
+class SettingsProblem(Exception):
+    """Settings that do not fit the runtime's schema: one (key path, message) pair each."""
+
+    def __init__(self, title: str, problems: list[tuple[str, str]]):
+        self.title = title
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {what}" for key, what in problems))
+
+    def summary(self) -> str:
+        lines = [f"invalid {self.title} settings:"]
+        lines += [f"  {key}: {what}" for key, what in self.problems]
+        return "\n".join(lines)
+
+    def describe(self, where: str) -> str:
+        return f"{where}: {self.summary()}"
+
+
+# Extra validation a plug-in runs on each expanded cell: (field, message) pairs, where a field
+# is the cell's own (`runtime.settings.batch_profile`) or a plan field (`dataset`).
+CellCheck = Callable[["Cell"], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class RuntimePlugin:
+    name: str  # what a plan writes in `runtimes:`
+    title: str  # how messages name it ("ONNX Runtime", "TensorRT")
+    summary: str  # one line for `bench runtimes` and docs
+    implementation: str  # "module:Class" of its Runtime subclass, imported lazily
+    device: Device  # "cpu" only, "cuda" only, or "any" (follows the plan's device)
+    precisions: frozenset[str]
+    scopes: frozenset[str] = ALL_SCOPES
+    settings: type[RuntimeSettings] = NoSettings
+    # What the model source must provide: "torch" (a core torch module), "rfdetr" (rfdetr's
+    # own model object), "onnx" (an ONNX file).
+    needs: frozenset[str] = frozenset()
+    # Packages (environment capture's logical names) whose version decides this runtime's
+    # speed; they enter the environment fingerprint.
+    libraries: tuple[str, ...] = ()
+    # A model's reference configuration when no runtime is marked `reference: true`: the
+    # first cell of a runtime with this flag, at this precision.
+    default_reference_precision: str | None = None
+    # "module:function" with the CellCheck signature, for checks that need the whole cell.
+    cell_check: str | None = None
+    # Settings keys that the model source reads when it exports (opset, dynamic batch).
+    export_keys: tuple[str, ...] = field(default=())
+    # The runtime a plan gets when it names none (exactly one plug-in says so).
+    default: bool = False
+
+    def parse_settings(self, raw: dict[str, Any]) -> RuntimeSettings:
+        """The plan's settings dict as this runtime's typed settings, or SettingsProblem."""
+        try:
+            return self.settings.model_validate(raw)
+        except ValidationError as exc:
+            raise SettingsProblem(self.title, self._problems(exc)) from None
+
+    def _problems(self, exc: ValidationError) -> list[tuple[str, str]]:
+        known = ", ".join(self.settings.model_fields) or "none"
+        problems = []
+        for err in exc.errors(include_url=False):
+            key = ".".join(str(p) for p in err["loc"]) or "<settings>"
+            if err["type"] == "extra_forbidden":
+                what = f"unknown {self.title} setting (check its spelling; known: {known})"
+            else:
+                what = err["msg"].removeprefix("Value error, ")
+                if "input" in err and not isinstance(err["input"], (dict, list)):
+                    what += f" (got {err['input']!r})"
+            problems.append((key, what))
+        return problems
+
+    def implementation_class(self) -> type:
+        """The `harness.runtimes.base.Runtime` subclass (typed by registry.runtime_class; this
+        module stays below base.py). Imports it: torch, onnxruntime..."""
+        cls = _load(self.implementation)
+        if not isinstance(cls, type):
+            raise TypeError(f"{self.implementation} is not a class")
+        return cls
+
+    def unavailable_reason(self, cell: Cell) -> str | None:
+        """Why this runtime cannot run `cell` on this machine (package, GPU, provider), or
+        None. Imports the implementation, so only a worker (or `bench env`) calls it."""
+        reason: str | None = self.implementation_class().unavailable_reason(cell)  # type: ignore[attr-defined]
+        return reason
+
+    def check_cell(self, cell: Cell) -> list[tuple[str, str]]:
+        if self.cell_check is None:
+            return []
+        check: CellCheck = _load(self.cell_check)
+        return check(cell)
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
