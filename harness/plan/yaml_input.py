@@ -52,11 +52,11 @@ class _PlanLoader(yaml.SafeLoader):
             )
         try:
             node = super().compose_node(parent, index)
+            if node is not None:
+                self._measure(node)  # while the path still names this node
         finally:
             if pushed:
                 self._path.pop()
-        if node is not None:
-            self._measure(node)
         return node
 
     def _push(self, parent: Node | None, index: Any) -> bool:
