@@ -163,7 +163,7 @@ def test_fields_of_another_source_are_refused(tmp_path: Path) -> None:
     (tmp_path / "det.onnx").write_bytes(b"x")
     refused(validate(tmp_path, "name: t\nmodels: [{name: a, variant: nano, weights: random, path: det.onnx}]\n"),
             "models[0].path", "for onnx models")
-    text = "name: t\ndevice: cpu\nmodels: [{name: d, source: onnx, path: det.onnx, resolutions: [64], weights: random}]\nruntimes: [onnxruntime-cpu]\n"
+    text = "name: t\ndevice: cpu\nmodels: [{name: d, source: onnx, path: det.onnx, resolutions: [64], weights: cache}]\nruntimes: [onnxruntime-cpu]\n"
     refused(validate(tmp_path, text), "models[0].weights", "the file itself")
 
 

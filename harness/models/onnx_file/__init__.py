@@ -21,8 +21,9 @@ def _check(spec: Any, plan_dir: Path | None) -> Problems:
             problems.append(("path", f"`{spec.path}` {what} (looked for {path}); expected the model's .onnx file"))
     if spec.variant:
         problems.append(("variant", "`variant` is for rfdetr models; an onnx model is the file at `path`"))
-    if spec.weights:
-        problems.append(("weights", "an onnx model's weights are the file itself; remove `weights`"))
+    if spec.weights not in (None, "random"):
+        problems.append(("weights", "an onnx model's weights are the file itself: leave `weights` out, or "
+                                    "write `random` to state that the file holds random weights"))
     return problems
 
 
@@ -34,5 +35,7 @@ PLUGINS = [
         implementation="harness.models.onnx_file.source:OnnxFileSource",
         provides=frozenset({"onnx"}),
         check=_check,
+        # The harness cannot tell trained weights from random ones in a file; the plan can say.
+        random_weights=lambda spec: spec.weights == "random",
     )
 ]

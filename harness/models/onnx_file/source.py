@@ -48,6 +48,11 @@ class OnnxFileSource(ModelSource):
         res = cell.resolution
         self._decoder = make_decoder(self.decoder_spec, input_size=(res, res))
 
+    @property
+    def random_weights(self) -> bool:
+        """Only the plan can say (`weights: random`); otherwise the weights are "from file"."""
+        return self.cell.model.weights == "random"
+
     @cached_property
     def class_names(self) -> list[str | None]:
         given = self.cell.model.class_names
