@@ -193,7 +193,7 @@ def test_run_accuracy_pass_with_a_perfect_predictor(dataset: Dataset, family: st
     assert predict.calls == [5, 5, 5]  # 12 images: the last batch padded from 2 to 5
     assert metrics["padded_images"] == 3
     assert metrics[PRIMARY[family]]["AP"] == pytest.approx(1.0)
-    assert metrics["images_per_s"] > 0 and metrics["wall_images_per_s"] > 0
+    assert metrics["predict_images_per_s"] > 0 and metrics["wall_images_per_s"] > 0
     assert metrics["results_file"] == str(out)
     saved = json.loads(out.read_text())
     assert {r["image_id"] for r in saved} <= set(dataset.image_ids) and len(saved) == metrics["detections"]

@@ -20,7 +20,7 @@ from harness.report.render import build_context, load_run, render_run
 from harness.report.rundata import cell_views, verdicts
 from harness.report.summary import CSV_COLUMNS
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
-from harness.run.record import SCHEMA_VERSION
+from harness.results import SCHEMA_VERSION
 
 RUNS = Path(__file__).parent / "data" / "runs"
 HOSTILE = "<script>alert(1)</script> | evil"
