@@ -35,7 +35,7 @@ from harness.environment.fingerprint import (
 )
 from harness.report import charts, fmt
 from harness.report.render import render_template, write_atomic
-from harness.report.rundata import CellView, cell_views, flatten, is_volatile, load_run, show_value
+from harness.report.rundata import CellView, cell_views, environment_json, flatten, is_volatile, load_run, show_value
 from harness.report.significance import MannWhitney, mann_whitney_u, median_change_pct
 
 EXIT_OK, EXIT_REGRESSION, EXIT_REFUSED = 0, 1, 2
@@ -76,7 +76,7 @@ class ConditionProblem:
 
 
 def _environment(view: CellView) -> dict[str, Any]:
-    return view.record.environment.model_dump(mode="json")
+    return environment_json(view.record)
 
 
 def _comparable_fields(view: CellView) -> dict[str, Any]:

@@ -342,8 +342,8 @@ def _gpu_places(views: list[CellView]) -> dict[str, str]:
 
 
 def _pairs(value: Any) -> list[tuple[str, str]]:
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
+    if isinstance(value, BaseModel):  # the facts it holds, without the empty defaults
+        value = value.model_dump(mode="json", exclude_defaults=True)
     if not isinstance(value, dict):
         return []
     return [(k, show_value(v)) for k, v in flatten(value).items()]

@@ -416,11 +416,9 @@ class EnvDiff:
 
 
 def environment_json(record: CellRecord) -> dict[str, Any]:
-    """The record's environment as JSON values; `error` only when the capture failed."""
-    env = record.environment.model_dump(mode="json")
-    if env.get("error") is None:
-        env.pop("error", None)
-    return env
+    """The record's environment as JSON values, as captured: the fields its capture wrote (a
+    field an older harness did not capture is left out, not shown as null)."""
+    return record.environment.model_dump(mode="json", exclude_unset=True)
 
 
 def environment_table(views: list[CellView]) -> tuple[list[tuple[str, str]], list[EnvDiff]]:
