@@ -180,6 +180,24 @@ def test_the_producers_output_validates_through_the_model(tmp_path: Path) -> Non
     assert R.Accuracy.model_validate(metrics).mapping is not None
 
 
+def test_a_gpu_capture_validates_through_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GPU field capture writes is a field of the model (a new one must be added there,
+    or the worker could not write its record)."""
+    try:
+        from fake_nvml import FakeGpu, FakeNvml  # type: ignore[import-not-found]  # where tests keep it
+    except ImportError:
+        from harness.environment.fake_nvml import FakeGpu, FakeNvml
+    from harness.environment.capture import capture_environment
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([FakeGpu(), FakeGpu(uuid="GPU-second")]))
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    env = capture_environment(["cuda:0"], with_torch=False)
+    assert env["gpus"] and env["gpus"][0]["uuid"] == "GPU-second"
+    typed = R.Environment.model_validate(env)
+    assert typed.model_dump(mode="json", exclude_unset=True)["gpus"] == env["gpus"]
+
+
 def test_prepare_keeps_a_runtimes_own_facts_apart() -> None:
     prepare = R.Prepare.from_runtime({"export_s": 1.5, "load_s": 0.2, "artifact": {"path": "a.onnx", "sha256": "x"},
                                       "engine_key": "k", "engine_cache_hit": True})

@@ -13,10 +13,19 @@ This module imports nothing else of the harness (the measuring instrument import
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 # Bump for every change of the written shape, add a migration (harness.results.migrate) and a
 # line to the version history in docs/results-schema.md.
@@ -36,6 +45,16 @@ Scope = Literal["model", "end_to_end"]
 # purpose, or whatever an ONNX file carries (the harness cannot tell whether it was trained).
 WeightsKind = Literal["trained", "random", "from_file"]
 Number = int | float
+
+
+def _json_values(value: Any) -> Any:
+    """A library's read-back as the JSON it will be written as (tuples as lists, paths and
+    other objects as their text), so a free-form block validates exactly as it is stored."""
+    return json.loads(json.dumps(value, default=str)) if isinstance(value, dict) else value
+
+
+# Free-form on purpose: what a library or a model source reports, verbatim.
+FreeForm = Annotated[dict[str, JsonValue], BeforeValidator(_json_values)]
 
 
 def worst_status(flags: Sequence[str]) -> Status:
@@ -390,11 +409,11 @@ class Prepare(Frozen):
     cached_build_s: float | None = None  # the reused engine's own build time
     fp16_convert_s: float | None = None  # ONNX fp16 conversion
     artifact: Artifact | None = None
-    model: dict[str, JsonValue] | None = None  # the model source's facts (weights file, hash, class...)
+    model: FreeForm | None = None  # the model source's facts (weights file, hash, class...)
     gpu_conditions: GpuConditionsResult | None = None
     # Everything else the runtime said about its preparation (engine key, cache hits,
     # calibration, converter versions...), as it said it.
-    runtime: dict[str, JsonValue] = Field(default_factory=dict)
+    runtime: FreeForm = Field(default_factory=dict)
 
     @classmethod
     def from_runtime(cls, facts: dict[str, Any]) -> Prepare:
@@ -607,7 +626,7 @@ class CellRecord(Frozen):
     identity: CellIdentity
     # The plan's Cell as run, verbatim (harness.plan.cells.Cell): a snapshot for running the
     # cell again. Readers use `identity`.
-    cell: dict[str, JsonValue]
+    cell: FreeForm
     status: Status
     reason: str | None = None  # why skipped / failed / flagged, in words
     flags: list[str] = Field(default_factory=list)  # unstable, throttled, launch_bound, random_weights
@@ -616,7 +635,7 @@ class CellRecord(Frozen):
     random_weights: bool = False  # the model source drew its weights at random
     latency: Latency | None = None
     prepare: Prepare = Prepare()
-    settings: dict[str, JsonValue] = Field(default_factory=dict)  # read back from the runtime library
+    settings: FreeForm = Field(default_factory=dict)  # read back from the runtime library
     accuracy: Accuracy | None = None
     monitor: Monitor | None = None
     environment: Environment = Environment()
