@@ -644,10 +644,6 @@ class CellRecord(Frozen):
     files: CellFiles = CellFiles()
     placement: Placement | None = None
 
-    @property
-    def measured(self) -> bool:
-        return self.status in MEASURED_STATUSES and self.latency is not None
-
 
 # ----------------------------------------------------------------------------- derived
 
