@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from record_factory import accuracy, record
 
 from harness.accuracy.agreement import (
     box_iou,
@@ -19,10 +20,11 @@ from harness.accuracy.agreement import (
     save_outputs_npz,
 )
 from harness.accuracy.datasets import open_dataset
-from harness.accuracy.derive import derive_accuracy, gate_failures
+from harness.accuracy.derive import derive_accuracy
 from harness.accuracy.gallery import draw_gallery, gallery_for_cell
 from harness.accuracy.sample import make_sample_dataset
 from harness.models.detections import Detections
+from harness.results import CellRecord, effective_status
 
 
 def _dets(boxes: list[list[float]], scores: list[float], classes: list[int]) -> Detections:
@@ -117,20 +119,17 @@ def test_collect_raw_outputs_is_batch_independent(tmp_path: Path) -> None:
 
 def _record(cell_id: str, model: str, *, ref: bool = False, ap: float | None = None, status: str = "ok",
             max_drop: float | None = None, random: bool = False, resolution: int = 384,
-            per_class: dict[str, float] | None = None) -> dict[str, Any]:
-    accuracy = None
+            per_class: dict[str, float] | None = None) -> CellRecord:
+    acc = None
     if ap is not None:
-        accuracy = {"primary": "bbox", "bbox": {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.1},
-                    "per_class": per_class or {"person": ap, "tv": ap / 2},
-                    "dataset": {"fingerprint": "abc"}, "random_weights": random}
-    return {
-        "cell_id": cell_id,
-        "cell": {"model": {"name": model}, "is_reference": ref, "resolution": resolution, "batch": 1,
-                 "runtime": {"name": cell_id.split("__")[1]}, "precision": "fp32",
-                 "accuracy": {"max_map_drop": max_drop}},
-        "status": status, "reason": "boom" if status == "failed" else None,
-        "random_weights": random, "accuracy": accuracy, "files": {},
-    }
+        acc = accuracy(ap, per_class=per_class or {"person": ap, "tv": ap / 2}, random_weights=random)
+    return record(
+        cell_id,
+        identity_fields={"model": model, "is_reference": ref, "resolution": resolution, "batch": 1,
+                         "runtime": cell_id.split("__")[1], "precision": "fp32", "max_map_drop": max_drop,
+                         "weights_kind": "random" if random else "trained"},
+        status=status, reason="boom" if status == "failed" else None, random_weights=random, accuracy=acc,
+    )
 
 
 def _write_detections(run_dir: Path, cell_id: str, results: list[dict[str, Any]]) -> None:
@@ -167,8 +166,9 @@ def test_derive_on_planted_records_and_files(tmp_path: Path) -> None:
     save_outputs_npz(run / "outputs" / f"{ref_id}.npz", ref_out, [1, 2])
     save_outputs_npz(run / "outputs" / f"{ort_id}.npz", ort_out, [1, 2])
 
-    derived = derive_accuracy(records, run)
-    assert derived == derive_accuracy(list(reversed(records)), run)  # a pure function of the inputs
+    entries = derive_accuracy(records, run)
+    derived = {cid: entry.model_dump(mode="json") for cid, entry in entries.items()}  # as results.json holds it
+    assert entries == derive_accuracy(list(reversed(records)), run)  # a pure function of the inputs
     assert ref_id + "_e2e" not in derived and derived[ref_id]["role"] == "reference"
 
     ort = derived[ort_id]
@@ -198,7 +198,8 @@ def test_derive_on_planted_records_and_files(tmp_path: Path) -> None:
     assert "meaningless" in rand["note"] and rand["gate"]["regressed"] is False
     assert "different input resolution" in rand["raw_agreement"]["reason"] and "resolution_note" in rand
     assert "no detections file" in rand["detection_agreement"]["reason"]
-    assert gate_failures(derived) == [ort_id]
+    by_id = {r.cell_id: r for r in records}  # finalize's effective status: the gate trips only there
+    assert [cid for cid, e in entries.items() if effective_status(by_id[cid], e) == "accuracy_regression"] == [ort_id]
     json.dumps(derived)
 
 
@@ -223,7 +224,7 @@ def test_gallery_picks_the_most_disagreeing_images(tmp_path: Path) -> None:
     as_results = [{"image_id": i, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9} for i in ids]
     _write_detections(run, "ref", as_results)
     _write_detections(run, "cell", as_results[1:])
-    rel = gallery_for_cell({"cell_id": "cell"}, {"cell_id": "ref"}, run, dataset, 1)
+    rel = gallery_for_cell(record("cell"), record("ref"), run, dataset, 1)
     assert rel == ["gallery/cell-1.jpg"] and (run / rel[0]).is_file()
     back = detections_from_coco_results(as_results, [ids[1], 999])
     assert back[0].boxes_xyxy.tolist() == [[10, 10, 60, 60]] and len(back[1]) == 0

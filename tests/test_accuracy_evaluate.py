@@ -193,7 +193,7 @@ def test_run_accuracy_pass_with_a_perfect_predictor(dataset: Dataset, family: st
     assert predict.calls == [5, 5, 5]  # 12 images: the last batch padded from 2 to 5
     assert metrics["padded_images"] == 3
     assert metrics[PRIMARY[family]]["AP"] == pytest.approx(1.0)
-    assert metrics["images_per_s"] > 0 and metrics["wall_images_per_s"] > 0
+    assert metrics["predict_images_per_s"] > 0 and metrics["wall_images_per_s"] > 0
     assert metrics["results_file"] == str(out)
     saved = json.loads(out.read_text())
     assert {r["image_id"] for r in saved} <= set(dataset.image_ids) and len(saved) == metrics["detections"]
@@ -212,3 +212,24 @@ def test_run_accuracy_pass_rejects_unknown_classes_before_predicting(dataset: Da
     with pytest.raises(UserError, match="knows none"):
         run_accuracy_pass(predict, 1, dataset, ["hammer", "wrench"], "detection", tmp_path / "x.json")
     assert calls == [] and not (tmp_path / "x.json").exists()
+
+
+def test_a_class_the_model_cannot_predict_counts_in_the_headline_map(dataset: Dataset, tmp_path: Path) -> None:
+    """A misspelt class name ("sports bal") leaves the model unable to predict that class. The
+    headline stays COCO's mAP over every annotated class (that class scores 0, not left out,
+    which would raise the mAP without a word), and the record names the class."""
+    from harness.results import Accuracy
+
+    names = [("sports bal" if n == "sports ball" else n) for n in coco80_class_names()]
+    annotated = {dataset.category_names[c] for c in dataset.annotated_category_ids}
+    assert "sports ball" in annotated
+    log = io.StringIO()
+    metrics = run_accuracy_pass(OraclePredictor(dataset, names), 4, dataset, names, "detection",
+                                tmp_path / "d.json", workers=0, log=log)
+    k = len(annotated)
+    assert metrics["bbox"]["AP"] == pytest.approx((k - 1) / k)  # perfect on the rest, 0 on the one
+    assert metrics["per_class"]["sports ball"] == 0.0
+    mapping = Accuracy.model_validate(metrics).mapping
+    assert mapping is not None and mapping.unpredictable_classes == ["sports ball"]
+    assert (mapping.annotated_classes, mapping.predictable_classes, mapping.ap_over) == (k, k - 1, "annotated")
+    assert "sports ball" in log.getvalue() and "AP 0" in log.getvalue()

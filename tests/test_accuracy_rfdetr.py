@@ -42,7 +42,7 @@ def test_rfdetr_nano_random_weights_through_the_accuracy_pass(tmp_path: Path) ->
     runtime.close()
 
     assert metrics["padded_images"] == 2  # 4 images in batches of 3
-    assert metrics["images_per_s"] > 0 and metrics["images"] == 4
+    assert metrics["predict_images_per_s"] > 0 and metrics["images"] == 4
     assert 0.0 <= metrics["bbox"]["AP"] < 0.1  # random weights: about 0, but computed
     assert metrics["random_weights"] is True and "meaningless" in metrics["note"]
     results = json.loads(out.read_text())

@@ -241,3 +241,85 @@ def test_compare_html_escapes_and_stays_offline(tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt; | evil" in html
     assert external_references(html) == []
     assert html.count('class="chart"') == 2
+
+
+# ----------------------------------------------------------------------------- conditions, flags, output
+
+
+def _set_in_cells(key_path: list[str], value: Any):
+    def change(data: dict[str, Any]) -> None:
+        for record in data["cells"]:
+            target = record
+            for key in key_path[:-1]:
+                target = target[key]
+            target[key_path[-1]] = value
+
+    return change
+
+
+def test_runs_on_different_datasets_are_refused_unless_forced(tmp_path: Path) -> None:
+    a = copy_run(tmp_path, "cpu-quick-a", "a")
+    b = copy_run(tmp_path, "cpu-quick-a", "b")
+
+    def twelve_images(data: dict[str, Any]) -> None:
+        for record in data["cells"]:
+            record["cell"]["dataset"]["sample_images"] = 12
+            if record["accuracy"]:
+                record["accuracy"]["images"] = 12
+                record["accuracy"]["dataset"]["fingerprint"] = "coco-sample-12"
+
+    edit_results(b, twelve_images)
+    code, text = compare_runs(a, b)
+    assert code == EXIT_REFUSED, text
+    assert "REFUSED: measured under other conditions (latency protocol or dataset) for 3 matched cell(s)" in text
+    assert "dataset.sample_images: A 8 | B 12" in text
+    assert "accuracy.images: A 8 | B 12" in text
+    assert not (b / "compare.html").exists() and "Nothing was written" in text
+
+    code, text = compare_runs(a, b, force=True)
+    assert code == EXIT_OK
+    assert "WARNING: FORCED COMPARISON ACROSS DIFFERENT PROTOCOLS OR DATASETS" in text
+    assert "Forced comparison across different protocols or datasets" in (b / "compare.md").read_text()
+    assert 'id="forced"' in (b / "compare.html").read_text()
+
+
+def test_runs_under_another_protocol_are_refused(tmp_path: Path) -> None:
+    a = copy_run(tmp_path, "gpu-demo", "a")
+    b = copy_run(tmp_path, "gpu-demo", "b")
+    edit_results(b, _set_in_cells(["cell", "protocol", "pause_ms"], 200.0))
+    code, text = compare_runs(a, b)
+    assert code == EXIT_REFUSED, text
+    assert "protocol.pause_ms: A 0.0 | B 200.0" in text
+
+
+def test_the_text_says_which_cells_are_unstable_and_where_it_wrote(tmp_path: Path) -> None:
+    a = copy_run(tmp_path, "gpu-demo", "a")
+    b = copy_run(tmp_path, "gpu-demo", "b")
+    code, text = compare_runs(a, b)
+    assert code == EXIT_OK
+    ort = next(line for line in text.splitlines() if line.startswith("rfdetr-nano__onnxruntime-cuda__fp16"))
+    assert ort.endswith("[unstable in A and B]")
+    assert "NOTE: 3 cell(s) are unstable or throttled in A or B" in text
+    assert f"Wrote {b / 'compare.html'} and {b / 'compare.md'} (into B's run folder; --out DIR writes them elsewhere)" in text
+    assert "(unstable in A and B)" in (b / "compare.md").read_text()
+    assert 'id="flagged"' in (b / "compare.html").read_text()
+    code, text = compare_runs(a, b, out_dir=tmp_path / "elsewhere")
+    assert "(into the --out folder)" in text
+
+
+@pytest.mark.parametrize("content", ["", '{"schema_version": 1, "cell_id": "rfdetr-nano__torch__f', "<html>oops</html>"],
+                         ids=["empty", "truncated", "garbage"])
+def test_a_damaged_cell_file_is_refused_not_papered_over_by_results_json(
+    tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.cli import main
+
+    a = copy_run(tmp_path, "cpu-quick-a", "a")
+    b = copy_run(tmp_path, "cpu-quick-a", "b")
+    broken = next((b / "cells").glob("*.json"))
+    broken.write_text(content)
+    assert main(["compare", str(a), str(b)]) == EXIT_REFUSED
+    assert str(broken) in capsys.readouterr().err
+    assert main(["report", str(b)]) == 2
+    assert str(broken) in capsys.readouterr().err
+    assert not (b / "compare.html").exists()

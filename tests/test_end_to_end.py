@@ -108,7 +108,7 @@ def test_accuracy_deltas_and_agreement_against_the_reference(run_dir: Path) -> N
     assert cells[ref_id]["cell"]["is_reference"]
     for cell_id in (ref_id, ort_id):
         accuracy = cells[cell_id]["accuracy"]
-        assert accuracy["images"] == 4 and "AP" in accuracy["bbox"] and accuracy["images_per_s"] > 0
+        assert accuracy["images"] == 4 and "AP" in accuracy["bbox"] and accuracy["predict_images_per_s"] > 0
         assert (run_dir / "detections" / f"{cell_id}.json").is_file()
     derived = results["derived"][ort_id]
     assert derived["reference"] == ref_id

@@ -15,7 +15,7 @@ from harness.measure.stats import (
     unstable_reasons,
     windows,
 )
-from harness.run.record import Latency, Stats
+from harness.results import Latency, Stats
 
 
 def lognormal(n: int, seed: int = 1, sigma: float = 0.1) -> np.ndarray:

@@ -14,7 +14,7 @@ from harness.errors import UserError
 from harness.plan.load import parse_plan
 from harness.run.merge import cross_hardware_differences, merge_runs
 from harness.run.placement import base_cell_id, hardware_name, hardware_slug, qualify
-from harness.run.record import CellRecord
+from harness.run.record import new_record
 from harness.run.store import RunStore, utc_now
 
 PLAN = """
@@ -62,9 +62,8 @@ def make_run(base: Path, gpu: str | None, ids: list[str], *, torch: str = "2.4.1
         (store.run_dir / files["outputs"]).write_bytes(b"npz " + cell_id.encode())
         (store.run_dir / "gallery" / f"{cell_id}-0.jpg").write_bytes(b"jpeg")
         (store.run_dir / "logs" / f"{cell_id}.phase").write_text("done 1.0\n")
-        store.write_cell(CellRecord(
-            cell_id=cell_id, cell=cell.model_dump(mode="json"), status=status,  # type: ignore[arg-type]
-            started_at=utc_now(), finished_at=utc_now(), environment=environment(gpu, torch, host),
+        store.write_cell(new_record(
+            cell, status, utc_now(), environment=environment(gpu, torch, host),  # type: ignore[arg-type]
             settings={"device": "cuda:0"}, files=files,
         ).model_dump(mode="json"))
     return store.run_dir
@@ -136,7 +135,7 @@ def test_the_merged_run_finalizes_into_results(tmp_path: Path) -> None:
     merged = merge_runs([make_run(tmp_path / "a", "Tesla T4", ids), make_run(tmp_path / "b", "NVIDIA L4", ids)],
                         tmp_path / "merged")
     store, loaded = reopen_run(merged)
-    results = finalize(store, loaded)
+    results = finalize(store, loaded).model_dump(mode="json")  # results.json as written
     assert sorted(r["cell_id"] for r in results["cells"]) == sorted(f"{i}@{s}" for i in ids for s in ("t4", "l4"))
     assert json.loads((merged / "results.json").read_text())["run"]["merged_from"]
 

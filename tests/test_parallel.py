@@ -19,7 +19,7 @@ from harness.plan.cells import Cell
 from harness.plan.load import parse_plan
 from harness.run import parallel
 from harness.run.parallel import parse_gpus, pin_cell, pinned_env, run_cells_on_gpus
-from harness.run.record import CellRecord
+from harness.run.record import new_record
 from harness.run.store import RunStore, utc_now
 
 PLAN = """
@@ -144,9 +144,8 @@ class FakeRunner:
         time.sleep(self.seconds)
         with self.lock:
             self.runs.append({"cell": cell, "env": dict(env), "start": start, "end": time.monotonic()})
-        return CellRecord(
-            cell_id=cell.cell_id, cell=cell.model_dump(mode="json"), status="ok",
-            started_at=utc_now(), finished_at=utc_now(),
+        return new_record(
+            cell, "ok", utc_now(),
             environment={"gpus": [{"name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-{env.get('CUDA_VISIBLE_DEVICES')}"}]}
             if env else {},
         ).model_dump(mode="json")
@@ -225,8 +224,7 @@ def test_finished_cells_are_skipped_and_a_harness_error_fails_only_its_cell(tmp_
     cells, store = cells_and_store(tmp_path)
     first = cells[0]
     store.write_cell(
-        CellRecord(cell_id=first.cell_id, cell=first.model_dump(mode="json"), status="ok",
-                   started_at=utc_now(), finished_at=utc_now()).model_dump(mode="json")
+        new_record(first, "ok", utc_now()).model_dump(mode="json")
     )
     victim = cells[1].cell_id
     runner = FakeRunner(seconds=0.05, fail=victim)
@@ -281,8 +279,7 @@ def test_interrupt_kills_the_running_workers_and_keeps_finished_cells(tmp_path: 
             proc.wait()
         else:
             time.sleep(0.5)  # the slow cell's worker is up by now
-        return CellRecord(cell_id=cell.cell_id, cell=cell.model_dump(mode="json"), status="ok",
-                          started_at=utc_now(), finished_at=utc_now()).model_dump(mode="json")
+        return new_record(cell, "ok", utc_now()).model_dump(mode="json")
 
     def on_done(record: dict[str, Any]) -> None:
         raise KeyboardInterrupt  # Ctrl-C while the slow cell measures

@@ -30,7 +30,7 @@ from harness.run.ray_backend import (
     plan_accelerator_types,
     plan_ray_options,
 )
-from harness.run.record import CellRecord
+from harness.run.record import new_record
 from harness.run.store import RunStore, utc_now
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,8 @@ def test_collect_and_store_files_round_trip(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store.log_path("c1").write_text("--- an earlier attempt of a resumed run\n")
     (store.run_dir / "detections" / "c1.json").write_text("stale, from a crash")
-    record = CellRecord(cell_id="c1", cell={}, status="ok", started_at=utc_now(), finished_at=utc_now(),
+    cell = load(tmp_path).cells[0].model_copy(update={"cell_id": "c1"})
+    record = new_record(cell, "ok", utc_now(),
                         environment={"gpus": [{"name": "NVIDIA L4", "uuid": "GPU-1"}]}).model_dump(mode="json")
     files["../escape.txt"] = b"never written"
     out = ray_backend._store_result(store, {"record": record, "files": files, "placement": {"backend": "ray", "host": "n1"}})

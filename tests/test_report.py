@@ -20,7 +20,7 @@ from harness.report.render import build_context, load_run, render_run
 from harness.report.rundata import cell_views, verdicts
 from harness.report.summary import CSV_COLUMNS
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
-from harness.run.record import SCHEMA_VERSION
+from harness.results import SCHEMA_VERSION
 
 RUNS = Path(__file__).parent / "data" / "runs"
 HOSTILE = "<script>alert(1)</script> | evil"
@@ -584,3 +584,111 @@ def test_a_sustained_run_shows_its_clock_history_window_by_window(gpu_demo: tupl
     assert hot["temp_max"] > cool["temp_max"] and cool["power_median"] == pytest.approx(558.3)
     table = paths["html"].read_text().split('class="sustained-history"', 1)[1].split("</table>", 1)[0]
     assert table.count("<tr>") == 1 + 12 and "55–60" in table and ">1,754<" in table
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def _retyped(run: Path, change: object) -> None:
+    """Rewrite results.json in the current schema after `change(results)` edits the typed run."""
+    from harness.results import read_run
+
+    results = read_run(run).results
+    results = change(results)  # type: ignore[operator]
+    (run / "results.json").write_text(json.dumps(results.model_dump(mode="json")))
+
+
+def test_classes_the_model_cannot_predict_show_wherever_the_map_is(tmp_path: Path) -> None:
+    import io as _io
+
+    from rich.console import Console
+
+    from harness.report.terminal import print_summary
+    from harness.results import ClassMapping, read_run
+
+    run = copy_run(tmp_path, "cpu-quick-a")
+    ort_id = "rfdetr-nano__onnxruntime-cpu__fp32__b1__r384__model"
+    mapping = ClassMapping(annotated_classes=5, predictable_classes=4, unpredictable_classes=["sports ball"],
+                           model_classes_unused=76, ap_over="annotated", warning="1 of 5 ...")
+
+    def change(results):  # type: ignore[no-untyped-def]
+        cells = [c.model_copy(update={"accuracy": c.accuracy.model_copy(update={"mapping": mapping})})
+                 if c.cell_id == ort_id else c for c in results.cells]
+        return results.model_copy(update={"cells": cells})
+
+    _retyped(run, change)
+    paths = render_run(run)
+    html = paths["html"].read_text()
+    text = Page(html).all_text()
+    assert 'id="unpredictable-classes"' in html
+    assert "the model cannot predict 1 of 5 annotated class (sports ball): they count as AP 0 in this mAP" in text
+    row = html.split(f'id="row-{ort_id}"', 1)[1].split("</tr>", 1)[0]
+    assert "1 class unpredictable" in row
+    md = paths["markdown"].read_text()
+    assert "**Classes the model cannot predict**" in md and "sports ball" in md
+    all_cells = _section(md, "## All cells", "## Published numbers")
+    assert "(⚠ 1 class unpredictable)" in next(line for line in all_cells.splitlines() if "| onnxruntime-cpu | fp32 | 1 | 384 | model |" in line)
+    rows = {r["cell_id"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
+    assert rows[ort_id]["unpredictable_classes"] == "sports ball" and rows[ort_id]["ap_over"] == "annotated"
+    out = _io.StringIO()
+    print_summary(read_run(run).results, Console(file=out, width=200))
+    assert "cannot predict 1 annotated class(es)" in out.getvalue() and "sports ball" in out.getvalue()
+
+
+def test_accuracy_throughput_is_labelled_for_what_it_is_and_match_rate_is_a_rate(
+    gpu_demo: tuple[Path, dict[str, Path]],
+) -> None:
+    _, paths = gpu_demo
+    html = paths["html"].read_text()
+    section = _section(html, '<section id="accuracy">', "</section>")
+    assert "img/s in predict()" in section and "JPEG decoding excluded" in section
+    text = Page(section).all_text()
+    assert "boxes matched: 99.8% (2,394 pairs)" in text  # match_rate 0.9975, not "boxes matched: 0.998"
+
+
+def test_onnx_weights_are_from_file_not_trained(gpu_demo: tuple[Path, dict[str, Path]]) -> None:
+    run, paths = gpu_demo
+    page = Page(paths["html"].read_text())
+    assert "from file" in page.all_text()
+    all_cells = _section(paths["markdown"].read_text(), "## All cells", "## Published numbers")
+    md_row = next(line for line in all_cells.splitlines() if line.startswith("| &lt;script&gt;"))
+    assert "| from file |" in md_row and "| trained |" not in md_row
+    rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    assert {r["weights"] for r in rows if r["source"] == "onnx"} == {"from file"}
+    assert {r["weights"] for r in rows if r["model"] == "rfdetr-medium"} == {"random"}
+    assert {r["weights"] for r in rows if r["model"] == "rfdetr-small"} == {"trained"}
+
+
+def test_small_rates_keep_their_digits(tmp_path: Path) -> None:
+    from harness.report import fmt
+
+    assert (fmt.rate(0.2), fmt.rate(0.2, 0), fmt.rate(0.0213), fmt.rate(621.4, 0), fmt.rate(621.4)) == (
+        "0.2", "0.2", "0.021", "621", "621.4")
+    run = copy_run(tmp_path, "cpu-quick-a")
+    data = json.loads((run / "results.json").read_text())
+    for record in data["cells"]:
+        if record["latency"]:
+            record["latency"]["throughput_ips"] = 0.2
+    (run / "results.json").write_text(json.dumps(data))
+    paths = render_run(run)
+    text = Page(paths["html"].read_text()).all_text()
+    assert "0.2 images / s" in text and " 0 images / s" not in text
+    assert "| 0.2 |" in paths["markdown"].read_text()
+
+
+def test_a_plan_with_one_runtime_needs_no_reference_and_says_so_neutrally(tmp_path: Path) -> None:
+    run = copy_run(tmp_path, "cpu-quick-a")
+    data = json.loads((run / "results.json").read_text())
+    data["cells"] = [c for c in data["cells"] if c["cell"]["runtime"]["name"] == "onnxruntime-cpu"]
+    data["run"]["cell_ids"] = [c["cell_id"] for c in data["cells"]]
+    data["derived"] = {c["cell_id"]: {"status": "ok"} for c in data["cells"]}
+    (run / "results.json").write_text(json.dumps(data))
+    for path in (run / "cells").glob("*.json"):
+        if "onnxruntime" not in path.name:
+            path.unlink()
+    html = render_run(run)["html"].read_text()
+    section = _section(html, '<section id="throughput">', "</section>")
+    assert 'class="tp-note-neutral"' in section and 'class="tp-note"' not in section
+    text = Page(section).all_text()
+    assert "the plan measures one runtime (onnxruntime-cpu), so there is nothing to compare it with" in text
+    assert "no reference cell" not in text

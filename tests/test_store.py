@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.run.record import SCHEMA_VERSION
+from harness.results import SCHEMA_VERSION
 from harness.run.store import RunStore, write_new
 
 

@@ -70,12 +70,16 @@ class MappingCheck:
     warning: str | None = None
     model_classes_unused: int = 0  # model classes with no dataset category (normal for COCO models)
     details: dict[str, Any] = field(default_factory=dict)
+    annotated_category_ids: list[int] = field(default_factory=list)  # what COCO's mAP averages over
 
     def as_dict(self) -> dict[str, Any]:
+        """The record's `accuracy.mapping` (harness.results.ClassMapping)."""
         return {
-            "evaluated_categories": len(self.evaluated_category_ids),
-            "unevaluable_classes": list(self.unevaluable),
+            "annotated_classes": len(self.annotated_category_ids),
+            "predictable_classes": len(self.evaluated_category_ids),
+            "unpredictable_classes": list(self.unevaluable),
             "model_classes_unused": self.model_classes_unused,
+            "ap_over": "annotated",
             "warning": self.warning,
         }
 
@@ -89,9 +93,10 @@ def check_mapping(
 
     Only categories with annotations count (`annotated_category_ids`; all categories when
     None): datasets often list classes no image uses. No overlap at all is a UserError naming
-    the unknown classes; a partial overlap is allowed, evaluated on the known classes only, and
-    the others are recorded as unevaluable (counting them as AP 0 would blame the runtime for
-    what the model never learned)."""
+    the unknown classes. A partial overlap is allowed: the mAP stays COCO's over every annotated
+    class (one the model cannot predict scores AP 0 there, as COCO counts it), and those classes
+    are recorded as `unevaluable` and shown wherever the mAP is. Evaluating on the known classes
+    only would hide them: a misspelt class name would raise the mAP without a word."""
     if not any(n is not None for n in model_class_names):
         raise UserError("the model has no class names, so its detections cannot be mapped to the dataset's categories")
     mapping = class_mapping(model_class_names, categories)
@@ -113,8 +118,8 @@ def check_mapping(
     warning = None
     if unknown:
         warning = (
-            f"{len(unknown)} of {len(annotated)} dataset classes are unknown to the model and left out of "
-            f"the evaluation: {', '.join(unknown)}"
+            f"{len(unknown)} of {len(annotated)} annotated dataset classes are unknown to the model, so it "
+            f"cannot predict them and they count as AP 0 in the mAP: {', '.join(unknown)}"
         )
     unused = sum(1 for i, n in enumerate(model_class_names) if n is not None and i not in mapping)
     return MappingCheck(
@@ -123,4 +128,5 @@ def check_mapping(
         unevaluable=unknown,
         warning=warning,
         model_classes_unused=unused,
+        annotated_category_ids=annotated,
     )

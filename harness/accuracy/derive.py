@@ -1,9 +1,9 @@
 """Accuracy of each cell against its model's reference, derived from the run folder alone.
 
-Inputs are the cell records (cells/<cell_id>.json as dicts) and the files they point to:
-detections/<cell_id>.json (COCO results of the accuracy pass) and outputs/<cell_id>.npz (raw
-outputs on the fixed agreement images). Nothing is measured here, so deriving twice gives the
-same result, and a report can be rebuilt from a copied run folder.
+Inputs are the cell records (harness.results.CellRecord, read from cells/<cell_id>.json) and
+the files they point to: detections/<cell_id>.json (COCO results of the accuracy pass) and
+outputs/<cell_id>.npz (raw outputs on the fixed agreement images). Nothing is measured here,
+so deriving twice gives the same result, and a report can be rebuilt from a copied run folder.
 
 All deltas are in AP points (pycocotools' 0..1 value x 100), other minus reference: -1.5
 means the cell lost 1.5 AP. `accuracy.max_map_drop` is in the same points.
@@ -12,11 +12,22 @@ means the cell lost 1.5 AP. `accuracy.max_map_drop` is in the same points.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from harness.accuracy.evaluate import RANDOM_WEIGHTS_NOTE
+from harness.results import (
+    Accuracy,
+    CellRecord,
+    CocoMetrics,
+    DerivedEntry,
+    DetectionAgreement,
+    Gate,
+    KeypointMetrics,
+    MapDelta,
+    RawAgreement,
+)
 
 WORST_IMAGES = 10
 _DELTA_KEYS = ("AP", "AP50", "AP75")
@@ -29,26 +40,22 @@ def _points(other: float | None, ref: float | None) -> float | None:
     return round((float(other) - float(ref)) * 100.0, 6)
 
 
-def _model_name(record: dict[str, Any]) -> str:
-    return str(record.get("cell", {}).get("model", {}).get("name", ""))
-
-
-def cell_file(record: Mapping[str, Any], run_dir: Path, kind: str, suffix: str) -> Path:
+def cell_file(record: CellRecord, run_dir: Path, kind: str, suffix: str) -> Path:
     """A cell's `kind` file (detections, outputs...): the path its record names, else the
     default `<kind>/<cell_id><suffix>`, under `run_dir`."""
-    rel = record.get("files", {}).get(kind) or f"{kind}/{record['cell_id']}{suffix}"
+    named = getattr(record.files, kind, None)
+    rel = named if isinstance(named, str) and named else f"{kind}/{record.cell_id}{suffix}"
     return run_dir / rel
 
 
-def _shape(record: dict[str, Any]) -> tuple[Any, Any]:
-    cell = record.get("cell", {})
-    return cell.get("resolution"), cell.get("batch")
+def _shape(record: CellRecord) -> tuple[int, int]:
+    return record.identity.resolution, record.identity.batch
 
 
-def _reference_for(record: dict[str, Any], group: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
+def _reference_for(record: CellRecord, group: list[CellRecord]) -> tuple[CellRecord | None, str | None]:
     """The model's reference cell to compare `record` with: the one of the same resolution and
     batch (the plan expands one per pair), else the same resolution, else any; or why none."""
-    refs = [r for r in group if r.get("cell", {}).get("is_reference")]
+    refs = [r for r in group if r.identity.is_reference]
     if not refs:
         return None, "this model has no reference cell (PyTorch FP32, or a runtime marked `reference: true`)"
     res, batch = _shape(record)
@@ -58,31 +65,35 @@ def _reference_for(record: dict[str, Any], group: list[dict[str, Any]]) -> tuple
         refs,
     ]
     for tier in tiers:
-        usable = [r for r in tier if r.get("accuracy") and r.get("status") not in _UNUSABLE]
+        usable = [r for r in tier if r.accuracy is not None and r.status not in _UNUSABLE]
         if usable:
             return usable[0], None
     bad = next(tier for tier in tiers if tier)[0]
-    if bad.get("status") in _UNUSABLE:
-        return None, f"the reference cell {bad['cell_id']} {bad.get('status')}: {bad.get('reason') or 'no reason given'}"
-    return None, f"the reference cell {bad['cell_id']} has no accuracy result"
+    if bad.status in _UNUSABLE:
+        return None, f"the reference cell {bad.cell_id} {bad.status}: {bad.reason or 'no reason given'}"
+    return None, f"the reference cell {bad.cell_id} has no accuracy result"
 
 
-def _map_deltas(acc: dict[str, Any], ref_acc: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _iou_metrics(accuracy: Accuracy, iou_type: str) -> CocoMetrics | KeypointMetrics | None:
+    return {"bbox": accuracy.bbox, "segm": accuracy.segm, "keypoints": accuracy.keypoints}.get(iou_type)
+
+
+def _map_deltas(acc: Accuracy, ref_acc: Accuracy) -> dict[str, MapDelta]:
+    out: dict[str, MapDelta] = {}
     for iou_type in ("bbox", "segm", "keypoints"):
-        a, r = acc.get(iou_type), ref_acc.get(iou_type)
-        if isinstance(a, dict) and isinstance(r, dict):
-            out[iou_type] = {k: _points(a.get(k), r.get(k)) for k in _DELTA_KEYS}
+        a, r = _iou_metrics(acc, iou_type), _iou_metrics(ref_acc, iou_type)
+        if a is not None and r is not None:
+            out[iou_type] = MapDelta(**{k: _points(getattr(a, k), getattr(r, k)) for k in _DELTA_KEYS})
     return out
 
 
-def _detection_agreement(record: dict[str, Any], ref: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _detection_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> DetectionAgreement:
     from harness.accuracy.agreement import detection_agreement, detections_from_coco_results
 
     paths = [cell_file(r, run_dir, "detections", ".json") for r in (ref, record)]
     missing = [str(p.relative_to(run_dir)) for p in paths if not p.is_file()]
     if missing:
-        return {"reason": f"no detections file: {', '.join(missing)}"}
+        return DetectionAgreement(reason=f"no detections file: {', '.join(missing)}")
     ref_results, results = (json.loads(p.read_text(encoding="utf-8")) for p in paths)
     image_ids = sorted({int(r["image_id"]) for r in ref_results} | {int(r["image_id"]) for r in results})
     agreement = detection_agreement(
@@ -94,106 +105,94 @@ def _detection_agreement(record: dict[str, Any], ref: dict[str, Any], run_dir: P
     agreement["worst_images"] = [
         {"image_id": image_ids[i], "disagreement": round(per_image[i], 6)} for i in worst if per_image[i] > 0
     ]
-    return agreement
+    return DetectionAgreement.model_validate(agreement)
 
 
-def _raw_agreement(record: dict[str, Any], ref: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _raw_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> RawAgreement:
     from harness.accuracy.agreement import load_outputs_npz, raw_output_agreement
 
-    res, ref_res = record.get("cell", {}).get("resolution"), ref.get("cell", {}).get("resolution")
+    res, ref_res = record.identity.resolution, ref.identity.resolution
     if res != ref_res:
-        return {"reason": f"different input resolution ({res} vs the reference's {ref_res}): raw outputs do not compare"}
+        return RawAgreement(reason=f"different input resolution ({res} vs the reference's {ref_res}): raw outputs do not compare")
     paths = [cell_file(r, run_dir, "outputs", ".npz") for r in (ref, record)]
     missing = [str(p.relative_to(run_dir)) for p in paths if not p.is_file()]
     if missing:
-        return {"reason": f"no raw outputs saved: {', '.join(missing)}"}
+        return RawAgreement(reason=f"no raw outputs saved: {', '.join(missing)}")
     (ref_out, ref_ids), (out, ids) = (load_outputs_npz(p) for p in paths)
     if ref_ids is not None and ids is not None and ref_ids != ids:
-        return {"reason": "raw outputs were taken on different images than the reference's"}
-    return raw_output_agreement(ref_out, out)
+        return RawAgreement(reason="raw outputs were taken on different images than the reference's")
+    return RawAgreement.model_validate(raw_output_agreement(ref_out, out))
 
 
-def _gate(record: dict[str, Any], delta: float | None, random_weights: bool) -> dict[str, Any] | None:
-    max_drop = record.get("cell", {}).get("accuracy", {}).get("max_map_drop")
+def _gate(record: CellRecord, delta: float | None, random_weights: bool) -> Gate | None:
+    max_drop = record.identity.max_map_drop
     if max_drop is None:
         return None
-    gate: dict[str, Any] = {"max_map_drop": float(max_drop), "drop": None if delta is None else -delta,
-                            "regressed": False}
     if random_weights:
-        gate["reason"] = "not gated: random weights make mAP meaningless"
-    elif delta is None:
-        gate["reason"] = "not gated: no AP to compare"
-    else:
-        # A tiny tolerance: a drop exactly at the limit passes whatever the float rounding.
-        gate["regressed"] = -delta > float(max_drop) + 1e-9
-    return gate
+        return Gate(max_map_drop=max_drop, drop=None if delta is None else -delta, regressed=False,
+                    reason="not gated: random weights make mAP meaningless")
+    if delta is None:
+        return Gate(max_map_drop=max_drop, drop=None, regressed=False, reason="not gated: no AP to compare")
+    # A tiny tolerance: a drop exactly at the limit passes whatever the float rounding.
+    return Gate(max_map_drop=max_drop, drop=-delta, regressed=-delta > float(max_drop) + 1e-9)
 
 
-def _compare(record: dict[str, Any], ref: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    acc, ref_acc = record["accuracy"], ref["accuracy"]
-    random_weights = bool(record.get("random_weights") or ref.get("random_weights")
-                          or acc.get("random_weights") or ref_acc.get("random_weights"))
-    entry: dict[str, Any] = {"reference": ref["cell_id"], "random_weights": random_weights}
+def _random(record: CellRecord) -> bool:
+    return record.random_weights or bool(record.accuracy and record.accuracy.random_weights)
+
+
+def _compare(record: CellRecord, ref: CellRecord, run_dir: Path) -> DerivedEntry:
+    acc, ref_acc = record.accuracy, ref.accuracy
+    assert acc is not None and ref_acc is not None  # _reference_for and the caller checked
+    random_weights = _random(record) or _random(ref)
+    entry: dict[str, Any] = {"reference": ref.cell_id, "random_weights": random_weights}
     if random_weights:
         entry["note"] = RANDOM_WEIGHTS_NOTE
     if _shape(record)[0] != _shape(ref)[0]:
         entry["resolution_note"] = (f"compared with a reference at resolution {_shape(ref)[0]}: the delta "
                                     "mixes the resolution change with the runtime's")
-    fp, ref_fp = (a.get("dataset", {}).get("fingerprint") for a in (acc, ref_acc))
+    fp, ref_fp = acc.dataset.fingerprint, ref_acc.dataset.fingerprint
     if fp and ref_fp and fp != ref_fp:
         entry["reason"] = "evaluated on different images than the reference (dataset or subset differs)"
         entry["gate"] = _gate(record, None, random_weights)
-        return entry
-    primary = acc.get("primary") or "bbox"
+        return DerivedEntry(**entry)
+    primary = acc.primary or "bbox"
     deltas = _map_deltas(acc, ref_acc)
     entry["primary"] = primary
     entry["deltas"] = deltas
-    entry["map_delta"] = deltas.get(primary) or {k: None for k in _DELTA_KEYS}
-    per_class, ref_per_class = acc.get("per_class") or {}, ref_acc.get("per_class") or {}
+    entry["map_delta"] = deltas.get(primary) or MapDelta()
+    per_class, ref_per_class = acc.per_class, ref_acc.per_class
     entry["per_class_delta"] = {
         name: _points(per_class.get(name), ref_per_class.get(name))
         for name in sorted(set(per_class) & set(ref_per_class))
     }
     entry["detection_agreement"] = _detection_agreement(record, ref, run_dir)
     entry["raw_agreement"] = _raw_agreement(record, ref, run_dir)
-    gate = _gate(record, entry["map_delta"].get("AP"), random_weights)
-    if gate is not None:
-        entry["gate"] = gate
-    return entry
+    entry["gate"] = _gate(record, entry["map_delta"].AP, random_weights)
+    return DerivedEntry(**entry)
 
 
-def derive_accuracy(records: list[dict[str, Any]], run_dir: Path) -> dict[str, dict[str, Any]]:
+def derive_accuracy(records: Sequence[CellRecord], run_dir: Path) -> dict[str, DerivedEntry]:
     """{cell_id: comparison} for every cell with an accuracy result (see the module doc).
-    The reference itself gets {"role": "reference"}; a cell whose reference is missing or
-    failed gets {"reason": ...}."""
+    The reference itself gets role "reference"; a cell whose reference is missing or failed
+    gets a `reason`."""
     run_dir = Path(run_dir)
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[CellRecord]] = {}
     for record in records:
-        groups.setdefault(_model_name(record), []).append(record)
-    derived: dict[str, dict[str, Any]] = {}
+        groups.setdefault(record.identity.model, []).append(record)
+    derived: dict[str, DerivedEntry] = {}
     for group in groups.values():
         for record in group:
-            if not record.get("accuracy") or record.get("status") in _UNUSABLE:
+            if record.accuracy is None or record.status in _UNUSABLE:
                 continue
-            random_weights = bool(record.get("random_weights") or record["accuracy"].get("random_weights"))
-            entry: dict[str, Any]
-            if record.get("cell", {}).get("is_reference"):
-                entry = {"role": "reference", "random_weights": random_weights}
-                if random_weights:
-                    entry["note"] = RANDOM_WEIGHTS_NOTE
-                derived[record["cell_id"]] = entry
+            random_weights = _random(record)
+            note = RANDOM_WEIGHTS_NOTE if random_weights else None
+            if record.identity.is_reference:
+                derived[record.cell_id] = DerivedEntry(role="reference", random_weights=random_weights, note=note)
                 continue
             ref, why = _reference_for(record, group)
             if ref is None:
-                entry = {"reference": None, "reason": why, "random_weights": random_weights}
-                if random_weights:
-                    entry["note"] = RANDOM_WEIGHTS_NOTE
+                derived[record.cell_id] = DerivedEntry(reference=None, reason=why, random_weights=random_weights, note=note)
             else:
-                entry = _compare(record, ref, run_dir)
-            derived[record["cell_id"]] = entry
+                derived[record.cell_id] = _compare(record, ref, run_dir)
     return dict(sorted(derived.items()))
-
-
-def gate_failures(derived: dict[str, dict[str, Any]]) -> list[str]:
-    """Cell ids past their plan's max_map_drop (the cells to mark accuracy_regression)."""
-    return [cell_id for cell_id, entry in derived.items() if (entry.get("gate") or {}).get("regressed")]

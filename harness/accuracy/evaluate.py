@@ -277,9 +277,12 @@ def run_accuracy_pass(
     """Predict every selected image with `predict` (the runtime object the latency pass
     timed), `batch` images per call: the last batch is padded to `batch` by repeating its last
     image and the extra outputs are dropped, so fixed-batch artifacts run unchanged.
-    Writes the COCO results JSON to `out_path` (atomically), evaluates it, and returns the
-    metrics plus images_per_s (images / time inside predict: model-bound throughput),
-    wall_images_per_s (including any wait for decoding) and results_file."""
+    Writes the COCO results JSON to `out_path` (atomically), evaluates it over every annotated
+    class of the dataset (COCO's mAP: a class the model cannot predict scores AP 0, and
+    `mapping` names it), and returns the metrics (harness.results.Accuracy) plus
+    predict_images_per_s (images / time inside predict: preprocessing, the forward pass and
+    output decoding; JPEG decoding is outside), wall_images_per_s (the whole pass, waiting for
+    JPEG decoding included) and results_file."""
     from harness.accuracy.categories import check_mapping
     from harness.accuracy.loader import iter_batches
 
@@ -317,11 +320,11 @@ def run_accuracy_pass(
     results = to_coco_results(detections, check.mapping, family, max_dets_per_image=max_dets_per_image)
     write_json_atomic(Path(out_path), results)
     t0 = time.perf_counter()
-    metrics = evaluate(dataset, results, family, evaluator, category_ids=check.evaluated_category_ids)
+    metrics = evaluate(dataset, results, family, evaluator, category_ids=check.annotated_category_ids)
     eval_s = time.perf_counter() - t0
     metrics.update(
         {
-            "images_per_s": n / predict_s if predict_s > 0 else None,
+            "predict_images_per_s": n / predict_s if predict_s > 0 else None,
             "wall_images_per_s": n / wall_s if wall_s > 0 else None,
             "predict_s": predict_s,
             "wall_s": wall_s,
@@ -343,5 +346,5 @@ def run_accuracy_pass(
         metrics["note"] = RANDOM_WEIGHTS_NOTE
     primary = metrics.get(metrics["primary"], {})
     say(f"{metrics['primary']} AP {primary.get('AP')} AP50 {primary.get('AP50')}; "
-        f"{metrics['images_per_s'] or 0:.1f} images/s in predict ({wall_s:.1f} s wall, eval {eval_s:.1f} s)")
+        f"{metrics['predict_images_per_s'] or 0:.3g} images/s in predict() ({wall_s:.1f} s wall, eval {eval_s:.1f} s)")
     return metrics

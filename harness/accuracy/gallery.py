@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from harness.accuracy.agreement import detection_agreement
 from harness.accuracy.derive import cell_file
@@ -18,6 +18,7 @@ from harness.accuracy.derive import cell_file
 if TYPE_CHECKING:
     from harness.accuracy.datasets import Dataset
     from harness.models.detections import Detections
+    from harness.results import CellRecord
 
 REFERENCE_COLOUR = (0, 200, 80)  # green
 OTHER_COLOUR = (255, 0, 200)  # magenta
@@ -95,8 +96,8 @@ def draw_gallery(
 
 
 def gallery_for_cell(
-    record: Mapping[str, Any],
-    reference: Mapping[str, Any],
+    record: CellRecord,
+    reference: CellRecord,
     run_dir: Path,
     dataset: Dataset,
     n: int,
@@ -104,7 +105,7 @@ def gallery_for_cell(
     min_score: float = 0.3,
 ) -> list[str]:
     """The gallery of one cell against its reference from the run folder's detection files:
-    gallery/<cell_id>-<k>.jpg. Returns paths relative to `run_dir` (for record["files"])."""
+    gallery/<cell_id>-<k>.jpg. Returns paths relative to `run_dir` (for the derived entry)."""
     from harness.accuracy.agreement import detections_from_coco_results
 
     run_dir = Path(run_dir)
@@ -114,9 +115,8 @@ def gallery_for_cell(
     image_ids = list(dataset.image_ids)
     ref_dets = detections_from_coco_results(loaded[0], image_ids)
     dets = detections_from_coco_results(loaded[1], image_ids)
-    ref_label = f"reference: {reference.get('cell', {}).get('runtime', {}).get('name', reference['cell_id'])}"
-    label = f"{record.get('cell', {}).get('runtime', {}).get('name', '')} {record.get('cell', {}).get('precision', '')}"
+    ref_label = f"reference: {reference.identity.runtime_key}"
+    label = f"{record.identity.runtime_key} {record.identity.precision}"
     paths = draw_gallery(dataset, image_ids, ref_dets, dets, dataset.category_names, run_dir / "gallery",
-                         str(record["cell_id"]), n, min_score=min_score, reference_label=ref_label,
-                         other_label=label.strip() or str(record["cell_id"]))
+                         record.cell_id, n, min_score=min_score, reference_label=ref_label, other_label=label)
     return [str(p.relative_to(run_dir)) for p in paths]

@@ -13,7 +13,10 @@ the same settings, so their numbers compare; different fingerprints are refused 
   - CPU model and the cores this process may use (they bound CPU runtimes and every
     end-to-end pre/post-processing step), and env vars that change execution
     (CUDA_LAUNCH_BLOCKING, NVIDIA_TF32_OVERRIDE, thread counts) when set.
-  - Runtime, precision and the runtime's settings as read back from the library.
+  - Runtime, precision and the runtime's settings as read back from the library, without
+    anything that belongs to one process rather than to the configuration (`process_specific`:
+    memory addresses such as the CUDA stream ONNX Runtime reports, pids, file locations,
+    timestamps, durations, cache hits): two runs of one plan get one fingerprint.
 
 Left out on purpose, because they vary from one moment to the next without changing the
 setup: temperatures, current clocks, clock-event reasons, free memory, hostname, capture
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 # Every library a runtime plug-in may name: a runtime this harness does not know (a record from
@@ -54,21 +58,77 @@ def _gpu_fields(gpu: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_VOLATILE_KEYS = {"timing", "built_at", "cache_hit", "engine_cache_hit", "cached", "model_file", "path"}
-_VOLATILE_SUFFIXES = ("_s", "_at", "_path", "_dir", "_file")
+# What differs between two processes that run the same configuration, and so must never enter
+# a fingerprint: which memory (the address of a CUDA stream, a pointer, a handle), which process
+# (pids, thread ids), where (file and folder locations, temporary files), when (timestamps,
+# durations) and what happened to be cached. Settings are read back verbatim from libraries
+# (ONNX Runtime reports the address of the stream it was given), so the rule looks at every
+# key and value, at any depth, rather than at a list of known keys.
+_ADDRESS_WORDS = frozenset({"stream", "ptr", "pointer", "address", "addr", "handle"})
+_PROCESS_WORDS = frozenset({"pid", "ppid", "tid"})
+_LOCATION_WORDS = frozenset({"path", "paths", "dir", "dirs", "directory", "file", "files", "filepath",
+                             "filename", "folder", "tmp", "tmpdir", "temp"})
+_TIME_WORDS = frozenset({"time", "times", "timestamp", "timing", "timings", "date", "datetime"})
+_CACHE_WORDS = frozenset({"cached", "hit", "hits"})
+_FLAG_VALUES = frozenset({"", "0", "1", "true", "false", "yes", "no", "on", "off"})
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{6,}$")
+_ABSOLUTE_PATH = re.compile(r"^(/|~|[A-Za-z]:[\\/])")
+
+
+def _words(key: str) -> list[str]:
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key)  # camelCase -> camel_Case
+    return [w for w in re.split(r"[^0-9a-z]+", spaced.lower()) if w]
+
+
+def _is_flag(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return value in (0, 1)
+    return isinstance(value, str) and value.strip().lower() in _FLAG_VALUES
+
+
+def process_specific(key: str, value: Any) -> str | None:
+    """Why `key: value` is a fact of one process rather than of the configuration (an
+    "address", "process", "location", "time" or "cache" fact), or None when it is configuration.
+
+    A key naming a stream, pointer or handle holds an address unless its value is a flag
+    (ONNX Runtime's `has_user_compute_stream: "1"` is configuration, `user_compute_stream`
+    is the stream's address)."""
+    words = _words(str(key))
+    last = words[-1] if words else ""
+    if last in _ADDRESS_WORDS and not _is_flag(value):
+        return "address"
+    if _PROCESS_WORDS & set(words):
+        return "process"
+    if _LOCATION_WORDS & set(words):
+        return "location"
+    if _TIME_WORDS & set(words) or last == "at" or str(key).endswith("_s"):
+        return "time"
+    if last in _CACHE_WORDS:
+        return "cache"
+    if isinstance(value, str):
+        if _HEX_ADDRESS.match(value):
+            return "address"
+        if _TIMESTAMP.match(value):
+            return "time"
+        if _ABSOLUTE_PATH.match(value):
+            return "location"
+    return None
 
 
 def comparable_settings(value: Any) -> Any:
-    """Settings without what changes from run to run of the same configuration (timings,
-    timestamps, cache hits, file locations), so identical setups get identical fingerprints."""
+    """Settings without what changes from one process to the next of the same configuration
+    (see `process_specific`), so identical setups get identical fingerprints."""
     if isinstance(value, dict):
         return {
             k: comparable_settings(v)
             for k, v in value.items()
-            if k not in _VOLATILE_KEYS and not str(k).endswith(_VOLATILE_SUFFIXES)
+            if process_specific(str(k), v) is None
         }
     if isinstance(value, list):
-        return [comparable_settings(v) for v in value]
+        return [comparable_settings(v) for v in value if not (isinstance(v, str) and process_specific("", v))]
     return value
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.run.record import Latency, StageTiming, Stats, Window
+from harness.results import Latency, StageTiming, Stats, Window
 
 if TYPE_CHECKING:
     from harness.measure.protocol import MeasureResult

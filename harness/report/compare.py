@@ -9,10 +9,15 @@ Exit status, for CI:
   0  no matched cell is significantly slower than the threshold allows
   1  at least one matched cell is significantly slower (p < alpha) by more than threshold_pct,
      or measured in A but failed in B
-  2  refused: fingerprints differ (and not forced), or the runs share no cell
+  2  refused: fingerprints differ, or a matched cell was measured under another latency
+     protocol or on another dataset (and not forced), or the runs share no cell
+
+Fingerprints are recomputed from each record's stored facts by this harness's rule
+(harness.environment.fingerprint), so what a newer rule leaves out (a process's CUDA stream
+address) no longer splits an older run's cells either.
 
 compare.html and compare.md go to `out_dir`, by default B's run folder (B is the run under
-test; A is the baseline), or the folder holding B's results.json.
+test; A is the baseline), or the folder holding B's results.json; the text says where.
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from harness.environment.fingerprint import (
+    comparability_fields,
+    comparable_settings,
+    fingerprint,
+    fingerprint_differences,
+)
 from harness.report import charts, fmt
 from harness.report.render import render_template, write_atomic
-from harness.report.rundata import CellView, cell_views, flatten, is_volatile, load_run, show_value
+from harness.report.rundata import CellView, cell_views, environment_json, flatten, is_volatile, load_run, show_value
 from harness.report.significance import MannWhitney, mann_whitney_u, median_change_pct
 
 EXIT_OK, EXIT_REGRESSION, EXIT_REFUSED = 0, 1, 2
@@ -55,26 +66,43 @@ class FingerprintProblem:
     fields: list[tuple[str, str, str]] = field(default_factory=list)  # (field, in A, in B)
 
 
+@dataclass
+class ConditionProblem:
+    """A matched cell measured under other conditions than the plan's own fingerprint covers:
+    another latency protocol, another dataset."""
+
+    cell_id: str
+    fields: list[tuple[str, str, str]]  # (field, in A, in B)
+
+
+def _environment(view: CellView) -> dict[str, Any]:
+    return environment_json(view.record)
+
+
 def _comparable_fields(view: CellView) -> dict[str, Any]:
     """Environment and runtime settings, minus readings that vary anyway (clocks, times)."""
-    out = {k: v for k, v in flatten(view.record.get("environment") or {}).items() if not is_volatile(k)}
-    out.update({f"settings.{k}": v for k, v in flatten(view.record.get("settings") or {}).items()})
+    out = {k: v for k, v in flatten(_environment(view)).items() if not is_volatile(k)}
+    out.update({f"settings.{k}": v for k, v in flatten(comparable_settings(view.record.settings)).items()})
     return out
+
+
+def _fingerprint_inputs(view: CellView) -> dict[str, Any]:
+    return comparability_fields(
+        _environment(view), runtime=view.runtime_name, precision=view.precision, settings=view.record.settings,
+    )
+
+
+def fingerprint_of(view: CellView) -> str:
+    """The fingerprint of the cell's stored facts, by this harness's rule (what a newer rule
+    leaves out, e.g. a process's CUDA stream address, no longer splits an older run's cells)."""
+    return fingerprint(_environment(view), runtime=view.runtime_name, precision=view.precision, settings=view.record.settings)
 
 
 def _differences(a: CellView, b: CellView) -> list[tuple[str, str, str]]:
     """The fields behind two different fingerprints: the fingerprint's own inputs
     (harness.environment.fingerprint.comparability_fields) when they differ, else every
     captured field that differs apart from readings that always vary."""
-    from harness.environment.fingerprint import comparability_fields, fingerprint_differences
-
-    def inputs(v: CellView) -> dict[str, Any]:
-        return comparability_fields(
-            v.record.get("environment") or {}, runtime=v.runtime_name, precision=v.precision,
-            settings=v.record.get("settings") or {},
-        )
-
-    diff = fingerprint_differences(inputs(a), inputs(b))
+    diff = fingerprint_differences(_fingerprint_inputs(a), _fingerprint_inputs(b))
     if diff:
         return [(key, show_value(va), show_value(vb)) for key, (va, vb) in diff.items()]
     ea, eb = _comparable_fields(a), _comparable_fields(b)
@@ -88,10 +116,37 @@ def _differences(a: CellView, b: CellView) -> list[tuple[str, str, str]]:
 def fingerprint_problems(pairs: list[tuple[CellView, CellView]]) -> list[FingerprintProblem]:
     problems = []
     for a, b in pairs:
-        fa, fb = a.record.get("fingerprint"), b.record.get("fingerprint")
+        fa, fb = fingerprint_of(a), fingerprint_of(b)
         if fa == fb:
             continue
         problems.append(FingerprintProblem(a.cell_id, fa, fb, _differences(a, b)))
+    return problems
+
+
+def _conditions(view: CellView) -> dict[str, Any]:
+    """What decides whether two cells' numbers were measured alike, besides the environment:
+    the latency protocol, the dataset the plan named, and the images the accuracy pass saw."""
+    ident = view.identity
+    out: dict[str, Any] = {f"protocol.{k}": v for k, v in flatten(ident.protocol.model_dump(mode="json")).items()}
+    out["time_decode"] = ident.time_decode
+    dataset = ident.dataset.model_dump(mode="json") if ident.dataset is not None else None
+    out.update({f"dataset.{k}": v for k, v in flatten(dataset).items()} if dataset else {"dataset": None})
+    accuracy = view.record.accuracy
+    if accuracy is not None:
+        out["accuracy.images"] = accuracy.images
+        out["accuracy.dataset.fingerprint"] = accuracy.dataset.fingerprint
+    return out
+
+
+def condition_problems(pairs: list[tuple[CellView, CellView]]) -> list[ConditionProblem]:
+    problems = []
+    for a, b in pairs:
+        ca, cb = _conditions(a), _conditions(b)
+        # Accuracy facts compare only where both sides ran the accuracy pass.
+        keys = [k for k in dict.fromkeys([*ca, *cb]) if not k.startswith("accuracy.") or (k in ca and k in cb)]
+        fields = [(k, show_value(ca.get(k)), show_value(cb.get(k))) for k in keys if ca.get(k) != cb.get(k)]
+        if fields:
+            problems.append(ConditionProblem(a.cell_id, fields))
     return problems
 
 
@@ -146,33 +201,35 @@ def compare_runs(
     ids_b = {v.cell_id for v in views_b}
     only_a = [cid for cid in views_a if cid not in ids_b]
     only_b = [v.cell_id for v in views_b if v.cell_id not in views_a]
-    id_a = str(run_a["run"].get("run_id", a))
-    id_b = str(run_b["run"].get("run_id", b))
+    meta_a, meta_b = run_a.results.run, run_b.results.run
+    id_a, id_b = meta_a.run_id, meta_b.run_id
     header = f"bench compare: A = {id_a} ({a})\n               B = {id_b} ({b})"
     if not matched:
         return EXIT_REFUSED, f"{header}\nREFUSED: the runs share no cell id; nothing to compare."
 
     problems = fingerprint_problems(matched)
-    warning = ""
-    if problems:
-        warning = _fingerprint_text(problems)
-        if not force:
-            return EXIT_REFUSED, (
-                f"{header}\n\nREFUSED: {warning}\n\nNumbers measured under different conditions do not "
-                "compare. Rerun both under the same environment, or pass --force to compare anyway "
-                "(the report will say the comparison was forced)."
-            )
+    conditions = condition_problems(matched)
+    warning = "\n".join(
+        part for part in (_fingerprint_text(problems) if problems else "", _conditions_text(conditions) if conditions else "") if part
+    )
+    if warning and not force:
+        return EXIT_REFUSED, (
+            f"{header}\n\nREFUSED: {warning}\n\nNumbers measured under different conditions do not "
+            "compare. Rerun both under the same environment, protocol and dataset, or pass --force to "
+            "compare anyway (the report will say the comparison was forced). Nothing was written."
+        )
 
     rows = [compare_cell(ca, cb, threshold_pct, alpha) for ca, cb in matched]
     regressions = [r for r in rows if r.regression]
     code = EXIT_REGRESSION if regressions else EXIT_OK
     context = {
         "id_a": id_a, "id_b": id_b, "path_a": str(a), "path_b": str(b),
-        "meta_a": run_a["run"], "meta_b": run_b["run"],
+        "meta_a": meta_a, "meta_b": meta_b,
         "rows": rows, "regressions": regressions, "only_a": only_a, "only_b": only_b,
-        "threshold_pct": threshold_pct, "alpha": alpha, "forced": bool(problems) and force,
-        "problems": problems, "warning": warning, "code": code,
-        "plan_differs": run_a["run"].get("plan_sha256") != run_b["run"].get("plan_sha256"),
+        "threshold_pct": threshold_pct, "alpha": alpha, "forced": bool(warning) and force,
+        "problems": problems, "conditions": conditions, "warning": warning, "code": code,
+        "plan_differs": meta_a.plan_sha256 != meta_b.plan_sha256,
+        "flagged": [r for r in rows if _flags(r)],
         "change_svg": charts.change_bars(
             [
                 charts.ChangeBar(r.a.model, f"{r.a.config_label} · {r.a.scope}", r.change_pct, r.verdict, r.p_value or 1.0)
@@ -197,7 +254,21 @@ def compare_runs(
     folder = _out_dir(b, out_dir)
     write_atomic(folder / "compare.html", render_template("compare.html.j2", context))
     write_atomic(folder / "compare.md", compare_markdown(context))
-    return code, _text(header, context, folder)
+    where = "the --out folder" if out_dir is not None else "B's run folder; --out DIR writes them elsewhere"
+    return code, _text(header, context, f"Wrote {folder / 'compare.html'} and {folder / 'compare.md'} (into {where})")
+
+
+FLAGGED_STATUSES = ("unstable", "throttled")
+
+
+def _flags(row: CellComparison) -> str:
+    """Which side's number carries a flag that makes a change there doubtful, in words."""
+    sides = {name: v.status for name, v in (("A", row.a), ("B", row.b)) if v.status in FLAGGED_STATUSES}
+    if not sides:
+        return ""
+    if len(sides) == 2 and sides["A"] == sides["B"]:
+        return f"{sides['A']} in A and B"
+    return ", ".join(f"{status} in {name}" for name, status in sides.items())
 
 
 def _fingerprint_text(problems: list[FingerprintProblem]) -> str:
@@ -219,26 +290,51 @@ def _fingerprint_text(problems: list[FingerprintProblem]) -> str:
     return "\n".join(lines)
 
 
-def _text(header: str, ctx: dict[str, Any], folder: Path) -> str:
+def _conditions_text(problems: list[ConditionProblem]) -> str:
+    lines = [f"measured under other conditions (latency protocol or dataset) for {len(problems)} matched cell(s):"]
+    seen: set[tuple[str, str, str]] = set()
+    for p in problems:
+        new = [f for f in p.fields if f not in seen]
+        seen.update(new)
+        lines.append(f"  {p.cell_id}:" + ("" if new else " (the same differences as above)"))
+        lines += [f"    {f[0]}: A {f[1]} | B {f[2]}" for f in new[:20]]
+        if len(new) > 20:
+            lines.append(f"    ... and {len(new) - 20} more differing fields")
+    return "\n".join(lines)
+
+
+def _text(header: str, ctx: dict[str, Any], wrote: str) -> str:
     lines = [header]
     if ctx["forced"]:
-        lines += ["", "WARNING: FORCED COMPARISON ACROSS DIFFERENT ENVIRONMENTS", ctx["warning"]]
+        if ctx["problems"]:
+            lines += ["", "WARNING: FORCED COMPARISON ACROSS DIFFERENT ENVIRONMENTS"]
+        if ctx["conditions"]:
+            lines += ["", "WARNING: FORCED COMPARISON ACROSS DIFFERENT PROTOCOLS OR DATASETS"]
+        lines.append(ctx["warning"])
     lines.append("")
     w = max(len(r.cell_id) for r in ctx["rows"])
     lines.append(f"{'cell':<{w}} {'A ms':>9} {'B ms':>9} {'change':>8} {'p':>8}  verdict")
     for r in ctx["rows"]:
         p = f"{r.p_value:.2g}" if r.p_value is not None else "–"
         verdict = r.verdict + (f" ({r.note})" if r.note and r.verdict != "within threshold" else "")
+        flags = _flags(r)
         lines.append(
             f"{r.cell_id:<{w}} {fmt.ms(r.a.median):>9} {fmt.ms(r.b.median):>9} "
             f"{fmt.pct(r.change_pct):>8} {p:>8}  {verdict}"
             + (f"; mAP {fmt.signed(r.map_change)} pts" if r.map_change is not None else "")
+            + (f" [{flags}]" if flags else "")
         )
     for cid in ctx["only_a"]:
         lines.append(f"only in A: {cid}")
     for cid in ctx["only_b"]:
         lines.append(f"only in B: {cid}")
     lines.append("")
+    if ctx["flagged"]:
+        lines.append(
+            f"NOTE: {len(ctx['flagged'])} cell(s) are unstable or throttled in A or B ("
+            + ", ".join(f"{r.cell_id}: {_flags(r)}" for r in ctx["flagged"])
+            + "): their medians move from process to process, so a change there may be noise."
+        )
     if ctx["regressions"]:
         lines.append(
             f"FAIL: {len(ctx['regressions'])} cell(s) significantly slower than A by more than "
@@ -247,17 +343,23 @@ def _text(header: str, ctx: dict[str, Any], folder: Path) -> str:
         )
     else:
         lines.append(f"OK: no cell significantly slower by more than {ctx['threshold_pct']:g}% (alpha {ctx['alpha']:g}).")
-    lines.append(f"Wrote {folder / 'compare.html'} and {folder / 'compare.md'}")
+    lines.append(wrote)
     return "\n".join(lines)
 
 
 def compare_markdown(ctx: dict[str, Any]) -> str:
     lines = [f"# Comparison: {fmt.md(ctx['id_b'])} against {fmt.md(ctx['id_a'])}", ""]
-    if ctx["forced"]:
+    if ctx["forced"] and ctx["problems"]:
         lines += ["> [!CAUTION]", "> **Forced comparison across different environments**: the fingerprints differ, so these changes may come from the environment, not the code.", ""]
         for p in ctx["problems"]:
             for f in p.fields[:12]:
                 lines.append(f"> - {fmt.md(p.cell_id)}: {fmt.md(f[0])}: A {fmt.md(f[1])}, B {fmt.md(f[2])}")
+        lines.append("")
+    if ctx["forced"] and ctx["conditions"]:
+        lines += ["> [!CAUTION]", "> **Forced comparison across different protocols or datasets**: the cells were not measured alike.", ""]
+        for c in ctx["conditions"]:
+            for f in c.fields[:12]:
+                lines.append(f"> - {fmt.md(c.cell_id)}: {fmt.md(f[0])}: A {fmt.md(f[1])}, B {fmt.md(f[2])}")
         lines.append("")
     verdict = (
         f"**FAIL**: {len(ctx['regressions'])} cell(s) significantly slower by more than {ctx['threshold_pct']:g}%"
@@ -272,7 +374,8 @@ def compare_markdown(ctx: dict[str, Any]) -> str:
         note = f" ({fmt.md(r.note)})" if r.note else ""
         lines.append(
             f"| {fmt.md(r.cell_id)} | {fmt.ms(r.a.median)} | {fmt.ms(r.b.median)} | {fmt.pct(r.change_pct)} | "
-            f"{'–' if r.p_value is None else f'{r.p_value:.2g}'} | {fmt.md(r.verdict)}{note} | {fmt.signed(r.map_change)} |"
+            f"{'–' if r.p_value is None else f'{r.p_value:.2g}'} | {fmt.md(r.verdict)}{note}"
+            + (f" ({fmt.md(_flags(r))})" if _flags(r) else "") + f" | {fmt.signed(r.map_change)} |"
         )
     if ctx["only_a"] or ctx["only_b"]:
         lines.append("")

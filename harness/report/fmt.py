@@ -35,6 +35,23 @@ def num(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def rate(value: float | None, digits: int = 1) -> str:
+    """A rate (images per second): `digits` decimals from 1 up, and two significant figures
+    below 1, so a slow CPU cell at 0.2 images/s never reads as 0."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    if value == 0 or abs(value) >= 1:
+        return f"{value:,.{digits}f}"
+    return f"{value:.2g}"
+
+
+def points(value: float | None, digits: int = 1) -> str:
+    """A pycocotools figure (0..1; None or -1 when it has no data) as COCO points (0..100)."""
+    if value is None or not math.isfinite(value) or value < 0:
+        return "–"
+    return f"{value * 100:,.{digits}f}"
+
+
 def signed(value: float | None, digits: int = 1, unit: str = "") -> str:
     """A change with its sign always shown (+0.3, −1.2); a real minus sign for readability."""
     if value is None or not math.isfinite(value):

@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any
 
 from harness.errors import UserError
-from harness.report.rundata import CellView, env_lookup, flatten, show_value
+from harness.report.rundata import CellView, flatten, show_value
 
 REFERENCE_FILE = "published/rfdetr.yaml"
 
@@ -118,38 +118,22 @@ def _version_in(text: str | None) -> str | None:
 def gpu_name(cell: CellView) -> str | None:
     """The name of the GPU the cell ran on."""
     gpu = cell.gpu
-    if gpu and gpu.get("name"):
-        return str(gpu["name"])
-    return env_lookup(cell.record.get("environment") or {}, [r"gpu\.name$", r"gpu_name$", r"device_name$"])
+    return gpu.name if gpu is not None and gpu.name else None
 
 
 def tensorrt_version(cell: CellView) -> str | None:
     """Read back from the runtime first (what actually ran), else from the environment."""
-    settings = flatten(cell.record.get("settings") or {})
+    settings = flatten(cell.record.settings)
     for key, value in settings.items():
         if re.search(r"(tensorrt|trt)(_version)?$|tensorrt.*version", key, re.IGNORECASE) and value:
             version = _version_in(show_value(value))
             if version:
                 return version
-    env = cell.record.get("environment") or {}
-    return _version_in(env_lookup(env, [r"^packages\.tensorrt$", r"tensorrt\.version$", r"tensorrt_version$"]))
+    return _version_in(cell.record.environment.packages.get("tensorrt"))
 
 
 def cuda_version(cell: CellView) -> str | None:
-    env = cell.record.get("environment") or {}
-    return _version_in(
-        env_lookup(
-            env,
-            [
-                r"cuda\.runtime(_version)?$",
-                r"cuda_runtime(_version)?$",
-                r"cuda\.version$",
-                r"cuda_version$",
-                r"(^|\.)cuda$",
-                r"torch\.cuda(_version)?$",
-            ],
-        )
-    )
+    return _version_in(cell.record.environment.cuda.runtime)
 
 
 def _rel(ratio: float) -> str:
@@ -246,9 +230,9 @@ def _judge(cell: CellView, row: PublishedRow, ref: Reference, cond: dict[str, An
         if cell.measured:  # an unmeasured cell's reason is already in latency_why
             m.map_why.append("no accuracy pass for this cell")
     else:
-        dataset = (cell.record.get("cell") or {}).get("dataset") or {}
+        dataset = cell.identity.dataset
         images = cell.images
-        if dataset.get("sample"):
+        if dataset is not None and dataset.sample:
             m.map_why.append(f"the generated sample dataset (published: {cond['dataset']})")
         elif images is not None and images != int(cond["dataset_images"]):
             m.map_why.append(

@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from harness.environment import monitor
 from harness.environment.nvml import SLOWDOWN_REASONS  # constants only; imports no NVML
 from harness.report import charts, fmt
@@ -32,9 +34,9 @@ from harness.report.published import (
 )
 from harness.report.rundata import (
     CellView,
+    LoadedRun,
     Verdict,
     cell_views,
-    env_lookup,
     environment_table,
     flatten,
     load_run,
@@ -42,6 +44,7 @@ from harness.report.rundata import (
     verdicts,
 )
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
+from harness.results import DerivedEntry, TraceRow, Window
 
 __all__ = ["load_run", "render_run", "build_context", "write_atomic", "template_env"]
 
@@ -92,7 +95,7 @@ def template_env() -> Any:
     env.filters.update(
         ms=fmt.ms, num=fmt.num, signed=fmt.signed, pct=fmt.pct, short_hash=fmt.short_hash,
         status_word=lambda s: STATUS_WORDS.get(s, s), show=show_value, sortkey=_sortkey,
-        speedup=fmt.speedup, share=fmt.share,
+        speedup=fmt.speedup, share=fmt.share, rate=fmt.rate, points=fmt.points,
     )
     return env
 
@@ -126,11 +129,7 @@ def _inside(base: Path, rel: str) -> Path | None:
 def gallery_paths(run_dir: Path, view: CellView) -> list[Path]:
     """The cell's gallery images: from derived["gallery"] (finalize draws them after the
     cells ran), a record["files"]["gallery"] list, or the layout gallery/<cell_id>-<n>.jpg."""
-    files = view.record.get("files") or {}
-    listed: list[str] = [str(p) for p in view.derived.get("gallery") or [] if isinstance(p, str)]
-    entry = files.get("gallery")
-    if isinstance(entry, list):
-        listed += [str(p) for p in entry]
+    listed: list[str] = [*(view.derived.gallery or []), *(view.record.files.gallery or [])]
     if not listed:  # the run folder layout in docs/CONTRACTS.md
         listed = [str(p.relative_to(run_dir)) for p in sorted((run_dir / "gallery").glob(f"{view.cell_id}-*.jpg"))]
     out = []
@@ -214,12 +213,8 @@ def _pareto_charts(views: list[CellView]) -> list[dict[str, Any]]:
 def _stage_bars(views: list[CellView]) -> list[charts.StageBar]:
     bars = []
     for v in views:
-        stages = ((v.record.get("latency") or {}).get("stages")) or {}
-        medians = {}
-        for name, timing in stages.items():
-            p50 = ((timing or {}).get("stats") or {}).get("p50")
-            if isinstance(p50, (int, float)):
-                medians[str(name)] = float(p50)
+        stages = (v.record.latency.stages if v.record.latency else None) or {}
+        medians = {name: timing.stats.p50 for name, timing in stages.items()}
         if medians and v.measured:
             bars.append(charts.StageBar(v.model, v.config_label, medians, v.median))
     return bars
@@ -243,32 +238,28 @@ def _throttle_active(reasons: Any) -> bool:
 def _sustained_series(views: list[CellView]) -> list[dict[str, Any]]:
     out = []
     for v in views:
-        windows = ((v.record.get("latency") or {}).get("windows")) or []
+        windows = (v.record.latency.windows if v.record.latency else None) or []
         if not windows:
             continue
         wins = []
         clock_from_windows = []
         for w in windows:
-            stats = w.get("stats") or {}
-            if not isinstance(stats.get("p50"), (int, float)):
-                continue
-            mid = (float(w.get("start_s", 0)) + float(w.get("end_s", 0))) / 2
-            wins.append((mid, float(stats["p50"]), float(stats.get("p99", stats["p50"]))))
-            if isinstance(w.get("sm_clock_mhz_median"), (int, float)):
-                clock_from_windows.append((mid, float(w["sm_clock_mhz_median"])))
+            mid = (w.start_s + w.end_s) / 2
+            wins.append((mid, w.stats.p50, w.stats.p99))
+            if w.sm_clock_mhz_median is not None:
+                clock_from_windows.append((mid, float(w.sm_clock_mhz_median)))
         # The monitor's t_s is 0 where measurement starts, as the windows' times are.
-        trace = ((v.record.get("monitor") or {}).get("trace")) or []
-        measure = [p for p in trace if p.get("phase") in monitor.MEASURE_PHASES]
-        clock = [(float(p["t_s"]), float(p["sm_mhz"])) for p in measure if isinstance(p.get("sm_mhz"), (int, float)) and isinstance(p.get("t_s"), (int, float))]
+        trace = v.record.monitor.trace if v.record.monitor else []
+        measure = [p for p in trace if p.phase in monitor.MEASURE_PHASES]
+        clock = [(p.t_s, float(p.sm_mhz)) for p in measure if p.sm_mhz is not None]
         spans: list[tuple[float, float]] = []
         if clock:
             for p in measure:
-                if _throttle_active(p.get("clock_event_reasons")) and isinstance(p.get("t_s"), (int, float)):
-                    t = float(p["t_s"])
-                    if spans and t - spans[-1][1] < 0.5:
-                        spans[-1] = (spans[-1][0], t)
+                if _throttle_active(p.clock_event_reasons):
+                    if spans and p.t_s - spans[-1][1] < 0.5:
+                        spans[-1] = (spans[-1][0], p.t_s)
                     else:
-                        spans.append((t, t + 0.1))
+                        spans.append((p.t_s, p.t_s + 0.1))
         series = charts.SustainedSeries(
             label=f"{v.model} — {v.config_label} · {v.scope}",
             windows=wins,
@@ -282,24 +273,22 @@ def _sustained_series(views: list[CellView]) -> list[dict[str, Any]]:
     return out
 
 
-def _window_history(windows: list[dict[str, Any]], trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _window_history(windows: list[Window], trace: list[TraceRow]) -> list[dict[str, Any]]:
     """One row per sustained window: its latency and its median SM clock and peak temperature
     (computed at run time from the full-rate trace), plus what the record's trace (whose `t_s`
     starts at the measurement, like the windows) adds: lowest clock, median power, slowdowns."""
     rows = []
     for w in windows:
-        stats = w.get("stats") or {}
-        start, end = float(w.get("start_s", 0)), float(w.get("end_s", 0))
-        inside = [p for p in trace if isinstance(p.get("t_s"), (int, float)) and start <= p["t_s"] < end]
-        sm = [float(p["sm_mhz"]) for p in inside if isinstance(p.get("sm_mhz"), (int, float))]
-        power = [float(p["power_w"]) for p in inside if isinstance(p.get("power_w"), (int, float))]
+        inside = [p for p in trace if w.start_s <= p.t_s < w.end_s]
+        sm = [float(p.sm_mhz) for p in inside if p.sm_mhz is not None]
+        power = [float(p.power_w) for p in inside if p.power_w is not None]
         rows.append({
-            "start_s": start, "end_s": end, "count": stats.get("count"),
-            "p50": stats.get("p50"), "p99": stats.get("p99"),
-            "sm_median": w.get("sm_clock_mhz_median"), "temp_max": w.get("temperature_c_max"),
+            "start_s": w.start_s, "end_s": w.end_s, "count": w.stats.count,
+            "p50": w.stats.p50, "p99": w.stats.p99,
+            "sm_median": w.sm_clock_mhz_median, "temp_max": w.temperature_c_max,
             "sm_min": min(sm) if sm else None,
             "power_median": statistics.median(power) if power else None,
-            "slowdown_share": sum(_throttle_active(p.get("clock_event_reasons")) for p in inside) / len(inside) if inside else None,
+            "slowdown_share": sum(_throttle_active(p.clock_event_reasons) for p in inside) / len(inside) if inside else None,
         })
     return rows
 
@@ -327,7 +316,7 @@ def _devices(views: list[CellView]) -> list[str]:
             if v.gpu_identity:
                 gpus_of.setdefault(name, set()).add(v.gpu_identity)
         else:
-            cpu = env_lookup(v.record.get("environment") or {}, [r"cpu\.model$", r"cpu_model$", r"cpu\.name$", r"processor$"])
+            cpu = v.record.environment.cpu.model
             name = f"CPU: {cpu}" if cpu else "CPU"
         if name not in names:
             names.append(name)
@@ -343,56 +332,61 @@ def _gpu_places(views: list[CellView]) -> dict[str, str]:
     several_hosts = len({host for host, _ in identities.values()}) > 1
     places: dict[str, str] = {}
     for v in views:
-        gpu = v.gpu or {}
-        if v.cell_id not in identities:
+        gpu = v.gpu
+        if v.cell_id not in identities or gpu is None:
             continue
-        index = gpu.get("nvml_index", gpu.get("cuda_index"))
-        label = f"GPU {index}" if index is not None else str(gpu.get("uuid"))
+        index = gpu.nvml_index if gpu.nvml_index is not None else gpu.cuda_index
+        label = f"GPU {index}" if index is not None else str(gpu.uuid)
         places[v.cell_id] = f"{identities[v.cell_id][0]} · {label}" if several_hosts else label
     return places
 
 
 def _pairs(value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, BaseModel):  # the facts it holds, without the empty defaults
+        value = value.model_dump(mode="json", exclude_defaults=True)
     if not isinstance(value, dict):
         return []
     return [(k, show_value(v)) for k, v in flatten(value).items()]
 
 
-def _agreement_summary(derived: dict[str, Any]) -> list[tuple[str, str]]:
+def _agreement_summary(derived: DerivedEntry) -> list[tuple[str, str]]:
     """The few agreement figures a reader needs (harness.accuracy.agreement has them all)."""
     out: list[tuple[str, str]] = []
-    det = derived.get("detection_agreement") or {}
-    if det.get("reason"):
-        out.append(("detections", str(det["reason"])))
-    elif det:
-        for key, label in (("match_rate", "boxes matched"), ("mean_iou", "mean IoU"), ("max_abs_score_diff", "max score diff")):
-            if isinstance(det.get(key), (int, float)) and not isinstance(det.get(key), bool):
-                out.append((label, f"{det[key]:.3g}"))
-    raw = derived.get("raw_agreement") or {}
-    if raw.get("reason"):
-        out.append(("raw outputs", str(raw["reason"])))
-    elif "passed" in raw:
-        worst = [o.get("max_abs_diff") for o in (raw.get("outputs") or {}).values() if isinstance(o, dict)]
-        worst_num = [w for w in worst if isinstance(w, (int, float))]
-        text = "within tolerance" if raw["passed"] else "differ"
-        if worst_num:
-            text += f", max |diff| {max(worst_num):.3g}"
+    det = derived.detection_agreement
+    if det is not None and det.reason:
+        out.append(("detections", det.reason))
+    elif det is not None:
+        if det.match_rate is not None:
+            # A rate, not a count: the share of all boxes (either side) that found a partner.
+            matched = f" ({det.matched:,} pairs)" if det.matched is not None else ""
+            out.append(("boxes matched", fmt.share(det.match_rate, 1) + matched))
+        for value, label in ((det.mean_iou, "mean IoU"), (det.max_abs_score_diff, "max score diff")):
+            if value is not None:
+                out.append((label, f"{value:.3g}"))
+    raw = derived.raw_agreement
+    if raw is not None and raw.reason:
+        out.append(("raw outputs", raw.reason))
+    elif raw is not None and raw.passed is not None:
+        worst = [o.max_abs_diff for o in (raw.outputs or {}).values() if o.max_abs_diff is not None]
+        text = "within tolerance" if raw.passed else "differ"
+        if worst:
+            text += f", max |diff| {max(worst):.3g}"
         out.append(("raw outputs", text))
     return out
 
 
-def _per_class_drops(derived: dict[str, Any], n: int = 5) -> list[tuple[str, float]]:
+def _per_class_drops(derived: DerivedEntry, n: int = 5) -> list[tuple[str, float]]:
     """The n classes that lost the most AP (negative changes only)."""
-    deltas = derived.get("per_class_delta") or {}
+    deltas = derived.per_class_delta or {}
     # Below the printed precision (0.1 points) is not a drop worth naming.
-    items = [(str(k), float(v)) for k, v in deltas.items() if isinstance(v, (int, float)) and v <= -0.05]
+    items = [(k, float(v)) for k, v in deltas.items() if v is not None and v <= -0.05]
     return sorted(items, key=lambda kv: kv[1])[:n]
 
 
-def build_context(run: dict[str, Any]) -> dict[str, Any]:
+def build_context(run: LoadedRun) -> dict[str, Any]:
     """Everything the templates print, computed once (the Markdown and CSV use it too)."""
-    run_dir = Path(run["run_dir"])
-    meta = run["run"]
+    run_dir = run.folder
+    meta = run.results.run
     views = cell_views(run)
     ref = load_reference()
     matches, unmatched = match_cells(views, ref)
@@ -400,7 +394,7 @@ def build_context(run: dict[str, Any]) -> dict[str, Any]:
     gallery, gallery_left_out = _gallery(run_dir, views)
     counts = Counter(v.status for v in views)
     ran = {v.cell_id for v in views}
-    planned = [c for c in meta.get("cell_ids") or [] if c not in ran]
+    planned = [c for c in meta.cell_ids if c not in ran]
     verdict_list = verdicts(views)
     env_sections: dict[str, list[tuple[str, str]]] = {}
     for key, value in common_env:
@@ -409,9 +403,10 @@ def build_context(run: dict[str, Any]) -> dict[str, Any]:
         env_sections = {"general": env_sections.pop("general"), **env_sections}
     return {
         "meta": meta,
-        "run_id": str(meta.get("run_id", run_dir.name)),
-        "plan_name": str(meta.get("plan_name", "")),
-        "duration": _duration(meta.get("started_at"), meta.get("finished_at")),
+        "run_id": meta.run_id,
+        "plan_name": meta.plan_name,
+        "duration": _duration(meta.started_at, meta.finished_at),
+        "derived_error": run.results.derived_error,
         "views": views,
         "verdicts": verdict_list,
         "verdict_groups": _group_verdicts(verdict_list),
@@ -419,6 +414,7 @@ def build_context(run: dict[str, Any]) -> dict[str, Any]:
         "cross_scope_label": CROSS_SCOPE_LABEL,
         "counts": [(s, counts[s]) for s in STATUS_WORDS if counts.get(s)],
         "random_cells": [v for v in views if v.random_weights],
+        "unpredictable": _unpredictable(views),
         "devices": _devices(views),
         "gpu_places": _gpu_places(views),
         "planned_missing": planned,
@@ -446,6 +442,16 @@ def build_context(run: dict[str, Any]) -> dict[str, Any]:
         "harness_version": _harness_version(),
         "generated_at": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }
+
+
+def _unpredictable(views: list[CellView]) -> list[tuple[str, str]]:
+    """(model, what it cannot predict) once per model whose mAP leaves annotated classes to 0."""
+    out: dict[str, str] = {}
+    for v in views:
+        note = v.unpredictable_note
+        if note and v.model not in out:
+            out[v.model] = note
+    return list(out.items())
 
 
 def _group_verdicts(items: list[Verdict]) -> list[tuple[str, list[Verdict]]]:
@@ -486,7 +492,7 @@ def render_run(run_dir: Path) -> dict[str, Path]:
     from harness.report.summary import results_csv, summary_markdown
 
     run = load_run(run_dir)
-    folder = Path(run["run_dir"])
+    folder = run.folder
     context = build_context(run)
     return {
         "html": write_atomic(folder / "report.html", render_html(context)),

@@ -1,8 +1,8 @@
 """Reading a run folder, and the per-cell view the report, the summary and `compare` share.
 
 A run folder holds `results.json` (written at the end of a run) or, when a run was cut short,
-only `run.json` and `cells/*.json`; both load to the same dict. A file written by a newer
-harness is refused rather than half-read (pyperf does the same with `_JSON_VERSION`).
+only `run.json` and `cells/*.json`. Both are read through the results model (harness.results):
+migrated when older, refused when newer or damaged, with a `UserError` naming the file.
 """
 
 from __future__ import annotations
@@ -10,109 +10,74 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.run.record import SCHEMA_VERSION, STATUS_ORDER, worst_status
+from harness.results import (
+    MEASURED_STATUSES,
+    STATUS_ORDER,
+    Accuracy,
+    CellIdentity,
+    CellRecord,
+    DerivedEntry,
+    Environment,
+    GpuInfo,
+    ResultsError,
+    ResultsFile,
+    WeightsKind,
+    read_run,
+    worst_status,
+)
 
 # Statuses whose latency is a measurement (possibly flagged); the others have none to rank.
-MEASURED = {"ok", "unstable", "throttled", "accuracy_regression"}
+MEASURED = MEASURED_STATUSES
 
 
-def _read_json(path: Path) -> Any:
+@dataclass(frozen=True)
+class LoadedRun(Mapping[str, Any]):
+    """A run read through the results model: `results` typed, `folder` the run folder.
+
+    It also reads as the JSON it stands for, in the current schema (`run["cells"][0]["latency"]`),
+    for scripts and tests: keys "schema_version", "run", "cells", "derived", "run_dir"."""
+
+    results: ResultsFile
+    folder: Path
+    results_path: Path | None  # None: rebuilt from run.json and cells/
+
+    @cached_property
+    def _json(self) -> dict[str, Any]:
+        data = self.results.model_dump(mode="json")
+        return {
+            "schema_version": data["schema_version"],
+            "run": data["run"],
+            "cells": data["cells"],
+            "derived": data["derived"],
+            "run_dir": str(self.folder),
+        }
+
+    def __getitem__(self, key: str) -> Any:
+        return self._json[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._json)
+
+    def __len__(self) -> int:
+        return len(self._json)
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """A run folder, or a `results.json` file directly. Without results.json the run is rebuilt
+    from run.json and cells/*.json (in the planned order); `derived` is then empty. Every cell
+    file is read either way, so a damaged one is refused, never papered over by results.json."""
     try:
-        return json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror})") from None
-
-
-def _check_schema(where: Path, data: Any, what: str) -> None:
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a JSON object ({what})")
-    version = data.get("schema_version")
-    if not isinstance(version, int):
-        raise UserError(f"{where}: has no integer `schema_version`; not a {what} of this harness")
-    if version > SCHEMA_VERSION:
-        raise UserError(
-            f"{where}: written with results schema version {version}, but this harness reads "
-            f"versions up to {SCHEMA_VERSION}; upgrade the harness to read it"
-        )
-
-
-def load_run(run_dir: Path) -> dict[str, Any]:
-    """The run as {"schema_version", "run", "cells", "derived", "run_dir"}.
-
-    `run_dir` is a run folder, or a `results.json` file directly. Without results.json the run
-    is rebuilt from run.json and cells/*.json (in the planned order); `derived` is then empty.
-    """
-    path = Path(run_dir)
-    if path.is_file():
-        results_path, folder = path, path.parent
-    elif path.is_dir():
-        results_path, folder = path / "results.json", path
-    else:
-        raise UserError(f"{path}: no such run folder or results file")
-
-    if results_path.is_file():
-        data = _read_json(results_path)
-        _check_schema(results_path, data, "results file")
-        cells = data.get("cells")
-        if not isinstance(cells, list) or not isinstance(data.get("run"), dict):
-            raise UserError(f"{results_path}: expected `run` (object) and `cells` (list)")
-        run = data["run"]
-        derived = data.get("derived") or {}
-    else:
-        run_json = folder / "run.json"
-        if not run_json.is_file():
-            raise UserError(
-                f"{folder}: not a run folder (no results.json, and no run.json with cells/); "
-                "give the folder a `bench run` created, or its results.json"
-            )
-        run = _read_json(run_json)
-        _check_schema(run_json, run, "run.json")
-        cells = []
-        for cell_file in sorted((folder / "cells").glob("*.json")):
-            record = _read_json(cell_file)
-            if isinstance(record, dict):
-                record.setdefault("_file", str(cell_file))
-            cells.append(record)
-        order = {cid: i for i, cid in enumerate(run.get("cell_ids") or [])}
-        cells.sort(key=lambda c: order.get(c.get("cell_id") if isinstance(c, dict) else "", len(order)))
-        derived = {}
-        finished = folder / "finished.json"  # written beside run.json when a run ends
-        if finished.is_file() and "finished_at" not in run:
-            run = {**run, "finished_at": (_read_json(finished) or {}).get("finished_at")}
-
-    for index, record in enumerate(cells):
-        where = Path(record.get("_file", f"{results_path}: cells[{index}]")) if isinstance(record, dict) else results_path
-        if not isinstance(record, dict) or not isinstance(record.get("cell_id"), str):
-            raise UserError(f"{where}: a cell record without a `cell_id`")
-        version = record.get("schema_version", SCHEMA_VERSION)
-        if isinstance(version, int) and version > SCHEMA_VERSION:
-            raise UserError(
-                f"{where}: cell {record['cell_id']} uses results schema version {version}; this "
-                f"harness reads up to {SCHEMA_VERSION}; upgrade the harness to read it"
-            )
-        if record.get("status") not in STATUS_ORDER:
-            raise UserError(f"{where}: cell {record['cell_id']} has unknown status {record.get('status')!r}")
-    if not isinstance(derived, dict):
-        raise UserError(f"{results_path}: `derived` must be an object keyed by cell id")
-    if derived.get("_error"):
-        # finalize records a failed derivation here rather than losing the run; say so.
-        run = {**run, "derived_error": str(derived["_error"])}
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run": run,
-        "cells": cells,
-        "derived": derived,
-        "run_dir": str(folder),
-    }
+        read = read_run(Path(run_dir))
+    except ResultsError as exc:
+        raise UserError(str(exc)) from None
+    return LoadedRun(read.results, read.folder, read.results_path)
 
 
 # ----------------------------------------------------------------------------- cell view
@@ -124,18 +89,22 @@ def _f(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _points(value: Any) -> float | None:
+def _points(value: float | None) -> float | None:
     """pycocotools' AP (0..1) as COCO points (0..100)."""
     v = _f(value)
     return None if v is None or v < 0 else v * 100.0  # pycocotools writes -1 for "no data"
 
 
+WEIGHTS_WORDS: dict[WeightsKind, str] = {"trained": "trained", "random": "random", "from_file": "from file"}
+
+
 @dataclass
 class CellView:
-    """One cell with the fields every output prints, extracted once."""
+    """One cell with the fields every output prints, taken once from its typed record."""
 
-    record: dict[str, Any]
-    derived: dict[str, Any]
+    record: CellRecord
+    derived: DerivedEntry
+    identity: CellIdentity
     cell_id: str
     model: str
     variant: str | None
@@ -151,6 +120,7 @@ class CellView:
     reason: str | None
     flags: list[str]
     random_weights: bool
+    weights_kind: WeightsKind
     is_reference: bool
     timer: str | None = None
     timed_region: str | None = None
@@ -163,6 +133,7 @@ class CellView:
     ci: tuple[float, float] | None = None
     throughput: float | None = None
     pause_ms: float | None = None
+    accuracy: Accuracy | None = None  # the cell's own accuracy pass, or its sibling scope's
     ap: float | None = None  # points
     ap50: float | None = None
     mask_ap: float | None = None
@@ -170,10 +141,16 @@ class CellView:
     accuracy_from: str | None = None  # the sibling cell whose accuracy pass this cell shares
     regressed: bool = False
     images: int | None = None
+    # Annotated dataset classes the model has no class for, and whether the AP counts them.
+    unpredictable: list[str] = field(default_factory=list)
+    annotated_classes: int | None = None
+    ap_over: str | None = None
 
     @property
-    def config_key(self) -> str:
-        return self.cell_id.rsplit("__", 1)[0]
+    def config_key(self) -> tuple[Any, ...]:
+        """The configuration (both scopes of one artifact), on one kind of hardware."""
+        slug = self.record.placement.gpu_slug if self.record.placement else None
+        return (*self.identity.configuration, slug)
 
     @property
     def config_label(self) -> str:
@@ -181,22 +158,26 @@ class CellView:
         return f"{self.runtime} · {self.precision} · b{self.batch} · {self.resolution}px"
 
     @property
-    def gpu(self) -> dict[str, Any] | None:
+    def weights_word(self) -> str:
+        return "random" if self.random_weights else WEIGHTS_WORDS[self.weights_kind]
+
+    @property
+    def gpu(self) -> GpuInfo | None:
         """The environment's entry for the GPU this cell ran on (capture lists only the GPUs
         used, each with its `cuda_index`), else the first entry; None for CPU cells."""
         if not self.device.startswith("cuda"):
             return None
         index = self.device.split(":", 1)[1] if ":" in self.device else "0"
-        gpus = [g for g in (self.record.get("environment") or {}).get("gpus") or [] if isinstance(g, dict)]
-        return next((g for g in gpus if str(g.get("cuda_index")) == index), gpus[0] if gpus else None)
+        gpus = self.record.environment.gpus
+        return next((g for g in gpus if str(g.cuda_index) == index), gpus[0] if gpus else None)
 
     @property
     def gpu_identity(self) -> tuple[str, str] | None:
         """(host, GPU UUID): what tells two physical GPUs apart, across hosts too."""
-        gpu = self.gpu or {}
-        if not gpu.get("uuid"):
+        gpu = self.gpu
+        if gpu is None or not gpu.uuid:
             return None
-        return (str((self.record.get("environment") or {}).get("hostname") or ""), str(gpu["uuid"]))
+        return (self.record.environment.hostname or "", gpu.uuid)
 
     @property
     def metric(self) -> float | None:
@@ -211,105 +192,117 @@ class CellView:
     def gate_passed(self) -> bool:
         return self.status != "accuracy_regression" and not self.regressed
 
+    @property
+    def unpredictable_note(self) -> str | None:
+        """The words that go wherever this cell's mAP is shown, when the model cannot predict
+        some of the classes the dataset annotates."""
+        if not self.unpredictable:
+            return None
+        n, names = len(self.unpredictable), ", ".join(self.unpredictable)
+        of = f" of {self.annotated_classes}" if self.annotated_classes else ""
+        counted = (
+            "they count as AP 0 in this mAP (COCO's standard)"
+            if self.ap_over == "annotated"
+            else "they are left out of this mAP (a schema 1 result), which makes it look higher"
+        )
+        return f"the model cannot predict {n}{of} annotated class{'es' if n > 1 else ''} ({names}): {counted}"
 
-def _regression_reason(derived: dict[str, Any]) -> str:
-    gate = derived.get("gate") or {}
-    drop, limit = _f(gate.get("drop")), _f(gate.get("max_map_drop"))
-    ref = derived.get("reference") or derived.get("reference_cell") or "its reference"
-    if drop is None or limit is None:
+
+def _regression_reason(derived: DerivedEntry) -> str:
+    gate = derived.gate
+    ref = derived.reference or "its reference"
+    if gate is None or gate.drop is None:
         return "failed its accuracy gate"
-    return f"AP fell {drop:.1f} points below {ref}, past the plan's max_map_drop of {limit:g}"
+    return f"AP fell {gate.drop:.1f} points below {ref}, past the plan's max_map_drop of {gate.max_map_drop:g}"
 
 
-def cell_view(record: dict[str, Any], derived: dict[str, Any]) -> CellView:
+def cell_view(record: CellRecord, derived: DerivedEntry | None) -> CellView:
     """`derived` is the run's derived entry for this cell (harness.accuracy.derive plus the
     effective `status` that finalize sets when an accuracy gate trips)."""
-    if not isinstance(derived, dict):
-        derived = {}
-    cell = record.get("cell") or {}
-    model = cell.get("model") or {}
-    runtime = cell.get("runtime") or {}
-    runtime_name = str(runtime.get("name", "?")) if isinstance(runtime, dict) else str(runtime)
-    runtime_key = str(runtime.get("label") or runtime_name) if isinstance(runtime, dict) else runtime_name
-    protocol = cell.get("protocol") or {}
+    derived = derived or DerivedEntry()
+    ident = record.identity
     view = CellView(
         record=record,
         derived=derived,
-        cell_id=record["cell_id"],
-        model=str(model.get("name", record["cell_id"].split("__")[0])),
-        variant=model.get("variant"),
-        source=str(model.get("source", "rfdetr")),
-        runtime=runtime_key,
-        runtime_name=runtime_name,
-        precision=str(cell.get("precision", "?")),
-        batch=int(cell.get("batch") or 1),
-        resolution=int(cell.get("resolution") or 0),
-        scope=str(cell.get("scope", "?")),
-        device=str(cell.get("device", "?")),
+        identity=ident,
+        cell_id=record.cell_id,
+        model=ident.model,
+        variant=ident.variant,
+        source=ident.source,
+        runtime=ident.runtime_key,
+        runtime_name=ident.runtime,
+        precision=ident.precision,
+        batch=ident.batch,
+        resolution=ident.resolution,
+        scope=ident.scope,
+        device=ident.device,
         # finalize derives the effective status (a tripped accuracy gate); take the worse of
         # the two so a hand-edited or half-derived file can't hide a failure.
-        status=worst_status([str(record.get("status")), str(derived.get("status") or "ok")]),
-        reason=record.get("reason"),
-        flags=list(record.get("flags") or []),
-        random_weights=bool(record.get("random_weights") or derived.get("random_weights")) or model.get("weights") == "random",
-        is_reference=bool(cell.get("is_reference")) or derived.get("role") == "reference",
-        pause_ms=_f(protocol.get("pause_ms")),
+        status=worst_status([record.status, derived.status or "ok"]),
+        reason=record.reason,
+        flags=list(record.flags),
+        random_weights=record.random_weights or bool(derived.random_weights) or ident.weights_kind == "random",
+        weights_kind=ident.weights_kind,
+        is_reference=ident.is_reference or derived.role == "reference",
+        pause_ms=ident.protocol.pause_ms,
     )
-    latency = record.get("latency")
-    if isinstance(latency, dict):
-        stats = latency.get("stats") or {}
-        view.timer = latency.get("timer")
-        view.timed_region = latency.get("timed_region")
-        view.samples = [float(s) for s in latency.get("samples_ms") or [] if _f(s) is not None]
-        view.median = _f(stats.get("p50"))
-        view.p90 = _f(stats.get("p90"))
-        view.p99 = _f(stats.get("p99"))
-        view.mean = _f(stats.get("mean"))
-        view.cov = _f(stats.get("cov"))
-        ci = stats.get("median_ci95")
-        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_f(x) is not None for x in ci):
-            view.ci = (float(ci[0]), float(ci[1]))
-        view.throughput = _f(latency.get("throughput_ips"))
-        view.scope = str(latency.get("scope", view.scope))
-    _fill_accuracy(view, record.get("accuracy"))
-    delta = (derived.get("map_delta") or {}).get("AP")
-    view.map_delta = _f(delta)
-    view.regressed = bool((derived.get("gate") or {}).get("regressed"))
-    if view.status == "accuracy_regression" and record.get("status") != "accuracy_regression":
+    latency = record.latency
+    if latency is not None:
+        stats = latency.stats
+        view.timer = latency.timer
+        view.timed_region = latency.timed_region
+        view.samples = [float(s) for s in latency.samples_ms if _f(s) is not None]
+        view.median = _f(stats.p50)
+        view.p90 = _f(stats.p90)
+        view.p99 = _f(stats.p99)
+        view.mean = _f(stats.mean)
+        view.cov = _f(stats.cov)
+        lo, hi = stats.median_ci95
+        if _f(lo) is not None and _f(hi) is not None:
+            view.ci = (float(lo), float(hi))
+        view.throughput = _f(latency.throughput_ips)
+        view.scope = latency.scope
+    _fill_accuracy(view, record.accuracy)
+    view.map_delta = _f(derived.map_delta.AP) if derived.map_delta is not None else None
+    view.regressed = bool(derived.gate and derived.gate.regressed)
+    if view.status == "accuracy_regression" and record.status != "accuracy_regression":
         # The gate tripped after the cell ran: its own record doesn't say why, derived does.
         why = _regression_reason(derived)
         view.reason = f"{why}; {view.reason}" if view.reason else why
     return view
 
 
-def _fill_accuracy(view: CellView, accuracy: Any) -> None:
-    if not isinstance(accuracy, dict):
+def _fill_accuracy(view: CellView, accuracy: Accuracy | None) -> None:
+    if accuracy is None:
         return
-    bbox = accuracy.get("bbox") or {}
-    view.ap = _points(bbox.get("AP"))
-    view.ap50 = _points(bbox.get("AP50"))
-    view.mask_ap = _points((accuracy.get("segm") or {}).get("AP"))
+    view.accuracy = accuracy
+    view.ap = _points(accuracy.bbox.AP)
+    view.ap50 = _points(accuracy.bbox.AP50)
+    view.mask_ap = _points(accuracy.segm.AP) if accuracy.segm is not None else None
     if view.metric is None:  # a keypoint model: its primary metric
-        primary = accuracy.get(str(accuracy.get("primary") or "bbox")) or {}
-        view.ap = _points(primary.get("AP")) if isinstance(primary, dict) else None
-    images = accuracy.get("images")
-    view.images = int(images) if isinstance(images, int) else None
+        primary = accuracy.primary_metrics
+        view.ap = _points(primary.AP) if primary is not None else None
+    view.images = accuracy.images
+    if accuracy.mapping is not None:
+        view.unpredictable = list(accuracy.mapping.unpredictable_classes)
+        view.annotated_classes = accuracy.mapping.annotated_classes
+        view.ap_over = accuracy.mapping.ap_over
 
 
-def cell_views(run: dict[str, Any]) -> list[CellView]:
+def cell_views(run: LoadedRun | ResultsFile) -> list[CellView]:
     """Views of every cell, with accuracy shared between a configuration's two scopes (the
     accuracy pass runs once per artifact; the other scope's record may leave it out) and
     mAP changes filled in from the reference cell when `derived` lacks them (rebuilt runs)."""
-    derived_all = run.get("derived") or {}
-    views = [cell_view(r, derived_all.get(r["cell_id"]) or {}) for r in run["cells"]]
-    by_config: dict[str, CellView] = {}
+    results = run.results if isinstance(run, LoadedRun) else run
+    views = [cell_view(r, results.derived.get(r.cell_id)) for r in results.cells]
+    by_config: dict[tuple[Any, ...], CellView] = {}
     for v in views:
         if v.metric is not None:
             by_config.setdefault(v.config_key, v)
     for v in views:
         donor = by_config.get(v.config_key)
         if v.metric is None and donor is not None and donor is not v:
-            _fill_accuracy(v, donor.record.get("accuracy"))
+            _fill_accuracy(v, donor.accuracy)
             v.accuracy_from = donor.cell_id
             if v.map_delta is None:
                 v.map_delta = donor.map_delta
@@ -422,9 +415,15 @@ class EnvDiff:
     values: dict[str, list[str]]  # shown value -> cell ids that had it
 
 
+def environment_json(record: CellRecord) -> dict[str, Any]:
+    """The record's environment as JSON values, as captured: the fields its capture wrote (a
+    field an older harness did not capture is left out, not shown as null)."""
+    return record.environment.model_dump(mode="json", exclude_unset=True)
+
+
 def environment_table(views: list[CellView]) -> tuple[list[tuple[str, str]], list[EnvDiff]]:
     """(fields equal in every cell that recorded an environment, fields that differ)."""
-    envs = {v.cell_id: flatten(v.record.get("environment") or {}) for v in views}
+    envs = {v.cell_id: flatten(environment_json(v.record)) for v in views if v.record.environment != Environment()}
     envs = {cid: env for cid, env in envs.items() if env}
     if not envs:
         return [], []
@@ -449,15 +448,3 @@ def environment_table(views: list[CellView]) -> tuple[list[tuple[str, str]], lis
             differing.append(EnvDiff(key, is_volatile(key), ordered))
     differing.sort(key=lambda d: d.volatile)
     return common, differing
-
-
-def env_lookup(env: dict[str, Any], patterns: list[str]) -> str | None:
-    """The first flattened environment value whose key matches one of the regexes, in the
-    order of the patterns (so callers list the most specific field first)."""
-    flat = flatten(env)
-    for pattern in patterns:
-        rx = re.compile(pattern, re.IGNORECASE)
-        for key, value in flat.items():
-            if value not in (None, "", []) and rx.search(key):
-                return show_value(value)
-    return None

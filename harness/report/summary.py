@@ -19,7 +19,7 @@ CSV_COLUMNS = [
     "resolution", "scope", "device", "gpu_name", "gpu_uuid", "host", "timer", "status", "reason", "flags", "random_weights",
     "is_reference", "samples", "median_ms", "p90_ms", "p99_ms", "mean_ms", "cov",
     "median_ci95_lo_ms", "median_ci95_hi_ms", "throughput_ips", "ap", "ap50", "mask_ap",
-    "map_delta_ap", "accuracy_images", "fingerprint",
+    "map_delta_ap", "accuracy_images", "fingerprint", "weights", "unpredictable_classes", "ap_over",
 ]
 
 
@@ -41,6 +41,9 @@ def _map(v: CellView) -> str:
     if v.metric is None:
         return "–"
     text = fmt.num(v.metric)
+    if v.unpredictable:
+        n = len(v.unpredictable)
+        text += f" (⚠ {n} class{'es' if n > 1 else ''} unpredictable)"
     return f"{text} (random weights)" if v.random_weights else text
 
 
@@ -50,9 +53,9 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
     lines = [f"# Benchmark report: {fmt.md(ctx['plan_name'])}", ""]
     counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in ctx["counts"])
     lines.append(
-        f"Run {fmt.md(ctx['run_id'])} · started {fmt.md(meta.get('started_at', '?'))}"
+        f"Run {fmt.md(ctx['run_id'])} · started {fmt.md(meta.started_at)}"
         + (f" · took {fmt.md(ctx['duration'])}" if ctx["duration"] else "")
-        + f" · harness {fmt.md(meta.get('harness_version', '?'))} · {len(views)} cells ({counts})"
+        + f" · harness {fmt.md(meta.harness_version)} · {len(views)} cells ({counts})"
     )
     if ctx["devices"]:
         lines.append("")
@@ -65,6 +68,9 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             f"> **Random weights** in {len(ctx['random_cells'])} of {len(views)} cells "
             f"({', '.join(fmt.md(n) for n in names)}): their latency is real, their mAP is meaningless.",
         ]
+    if ctx["unpredictable"]:
+        lines += ["", "> [!WARNING]", "> **Classes the model cannot predict**: the mAP is COCO's over every annotated class."]
+        lines += [f"> - {fmt.md(model)}: {fmt.md(note)}." for model, note in ctx["unpredictable"]]
     lines += ["", "## Verdicts", "", "Per model and scope, the fastest configuration that passed its accuracy gate.", ""]
     rows = []
     for verdict in ctx["verdicts"]:
@@ -77,7 +83,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             fmt.md(verdict.model) + (" (random weights)" if b.random_weights else ""),
             fmt.md(verdict.scope),
             fmt.md(b.config_label),
-            fmt.ms(b.median), fmt.ms(b.p99), fmt.num(b.throughput), delta, _status(b),
+            fmt.ms(b.median), fmt.ms(b.p99), fmt.rate(b.throughput), delta, _status(b),
         ])
     lines += _md_table(
         ["model", "scope", "fastest passing configuration", "median ms", "p99 ms", "img/s", "mAP change (pts)", "status"],
@@ -89,8 +95,8 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         [
             fmt.md(v.model), fmt.md(v.runtime), fmt.md(v.precision), str(v.batch), str(v.resolution),
             fmt.md(v.scope), fmt.md(v.timer or "–"), fmt.ms(v.median), fmt.ms(v.p90), fmt.ms(v.p99),
-            fmt.num(v.throughput), _map(v), "reference" if v.is_reference else fmt.signed(v.map_delta),
-            "random" if v.random_weights else "trained", _status(v),
+            fmt.rate(v.throughput), _map(v), "reference" if v.is_reference else fmt.signed(v.map_delta),
+            fmt.md(v.weights_word), _status(v),
         ]
         for v in views
     ]
@@ -180,7 +186,7 @@ def _throughput_markdown(groups: list[ThroughputGroup]) -> list[str]:
                     ratio = _speedup_text(r, r.speedup)
                 else:
                     ratio = fmt.md(r.note or "–")
-                numbers = [_flagged(fmt.num(v.throughput), v), _flagged(fmt.ms(v.median), v), ratio]
+                numbers = [_flagged(fmt.rate(v.throughput), v), _flagged(fmt.ms(v.median), v), ratio]
                 if g.has_cross:
                     numbers.append(_speedup_text(r, r.cross_speedup) if r.cross_speedup is not None else "–")
             rows.append([name, fmt.md(v.precision), str(v.batch), str(v.resolution), *numbers])
@@ -201,9 +207,9 @@ def results_csv(views: list[CellView]) -> str:
             fmt.csv_text(v.cell_id), fmt.csv_text(v.model), fmt.csv_text(v.variant or ""),
             fmt.csv_text(v.source), fmt.csv_text(v.runtime), fmt.csv_text(v.runtime_name),
             fmt.csv_text(v.precision), v.batch, v.resolution, fmt.csv_text(v.scope),
-            fmt.csv_text(v.device), fmt.csv_text(str((v.gpu or {}).get("name") or "")),
-            fmt.csv_text(str((v.gpu or {}).get("uuid") or "")),
-            fmt.csv_text(str((v.record.get("environment") or {}).get("hostname") or "")),
+            fmt.csv_text(v.device), fmt.csv_text((v.gpu.name or "") if v.gpu else ""),
+            fmt.csv_text((v.gpu.uuid or "") if v.gpu else ""),
+            fmt.csv_text(v.record.environment.hostname or ""),
             fmt.csv_text(v.timer or ""), v.status,
             fmt.csv_text(v.reason or ""), fmt.csv_text(";".join(v.flags)),
             str(v.random_weights).lower(), str(v.is_reference).lower(), len(v.samples),
@@ -211,6 +217,7 @@ def results_csv(views: list[CellView]) -> str:
             _cell(v.ci[0] if v.ci else None), _cell(v.ci[1] if v.ci else None),
             _cell(v.throughput), _cell(v.ap, 4), _cell(v.ap50, 4), _cell(v.mask_ap, 4),
             _cell(v.map_delta, 4), "" if v.images is None else v.images,
-            fmt.csv_text(v.record.get("fingerprint") or ""),
+            fmt.csv_text(v.record.fingerprint or ""),
+            v.weights_word, fmt.csv_text(";".join(v.unpredictable)), v.ap_over or "",
         ])
     return buffer.getvalue()

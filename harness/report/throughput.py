@@ -46,6 +46,7 @@ class ThroughputGroup:
     rows: list[ThroughputRow]
     references: list[CellView] = field(default_factory=list)  # this scope's reference cells
     note: str | None = None  # said once for the whole group (no reference in this scope)
+    neutral: bool = False  # the note is a plain fact, not a problem (a plan with one runtime)
 
     @property
     def has_cross(self) -> bool:
@@ -93,11 +94,17 @@ def throughput_groups(views: list[CellView]) -> list[ThroughputGroup]:
     for v in views:
         grouped.setdefault((v.model, v.scope), []).append(v)
 
+    # A plan that measures one runtime has nothing to compare it with: no reference is needed,
+    # and its absence is no problem to warn about.
+    runtimes = {v.runtime for v in views}
+    single_runtime = len(runtimes) == 1
     out: list[ThroughputGroup] = []
     for (model, scope), cells in grouped.items():
         refs = model_refs.get(model, [])
         scope_refs = [r for r in refs if r.scope == scope]
-        if not refs:
+        if not refs and single_runtime:
+            group_note = f"the plan measures one runtime ({next(iter(runtimes))}), so there is nothing to compare it with and no speed-up"
+        elif not refs:
             group_note = "no reference cell for this model, so no speed-up"
         elif not scope_refs:
             group_note = _missing_scope_note(scope, refs)
@@ -115,7 +122,9 @@ def throughput_groups(views: list[CellView]) -> list[ThroughputGroup]:
                 if row.speedup is None and v.measured:
                     row.note = f"the reference cell was not measured ({ref.status})"
             elif v.measured:
-                if group_note is not None:
+                if group_note is not None and single_runtime and not refs:
+                    row.note = "nothing to compare with"
+                elif group_note is not None:
                     row.note = "no reference in this scope" if refs else "no reference"
                 else:
                     row.note = f"no reference at batch {v.batch}, {v.resolution}px"
@@ -126,5 +135,5 @@ def throughput_groups(views: list[CellView]) -> list[ThroughputGroup]:
                     row.cross_reference = end_to_end
                     row.cross_speedup = _ratio(end_to_end, v)
             rows.append(row)
-        out.append(ThroughputGroup(model, scope, rows, scope_refs, group_note))
+        out.append(ThroughputGroup(model, scope, rows, scope_refs, group_note, neutral=single_runtime and not refs))
     return out

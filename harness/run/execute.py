@@ -13,9 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
+from harness.errors import UserError
 from harness.plan.cells import Cell
 from harness.plan.load import LoadedPlan, parse_plan
-from harness.run.record import SCHEMA_VERSION, worst_status
+from harness.results import (
+    CellRecord,
+    DerivedEntry,
+    ResultsError,
+    ResultsFile,
+    effective_status,
+    read_cell_files,
+    read_run_meta,
+)
 from harness.run.scheduler import run_cell_process
 from harness.run.store import RunStore, utc_now
 
@@ -159,36 +168,35 @@ def _run_cells(
             live.update(render())
 
 
-def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
+def finalize(store: RunStore, loaded: LoadedPlan) -> ResultsFile:
     """results.json from the cell files alone (plus derived comparisons), then the report."""
-    records = store.read_cells()
     from harness.run.placement import base_cell_id
 
+    try:
+        records = read_cell_files(store.cells_dir)
+        meta = read_run_meta(store.run_dir / "run.json")
+    except ResultsError as exc:
+        raise UserError(str(exc)) from None
     order = {c.cell_id: i for i, c in enumerate(loaded.cells)}
-    records.sort(key=lambda r: (order.get(base_cell_id(r["cell_id"]), len(order)), r["cell_id"]))
-    derived: dict[str, Any] = {}
+    records.sort(key=lambda r: (order.get(base_cell_id(r.cell_id), len(order)), r.cell_id))
+    derived: dict[str, DerivedEntry] = {}
+    derived_error = None
     try:
         from harness.accuracy.derive import derive_accuracy
 
         derived = derive_accuracy(records, store.run_dir)
     except Exception as exc:  # derived data must never lose measured data
-        derived = {"_error": f"deriving accuracy comparisons failed: {exc!r}"}
+        derived_error = f"deriving accuracy comparisons failed: {exc!r}"
     _draw_galleries(records, derived, store.run_dir, loaded)
     for record in records:
-        entry = derived.setdefault(record["cell_id"], {})
-        flags = list(record.get("flags", []))
-        if record["status"] in ("failed", "skipped"):
-            flags.append(record["status"])
-        if (entry.get("gate") or {}).get("regressed"):
-            flags.append("accuracy_regression")
-        entry["status"] = worst_status(flags) if flags else record["status"]
-    meta = store.meta()
-    results = {
-        "schema_version": SCHEMA_VERSION,
-        "run": {**meta, "finished_at": utc_now(), "harness_version_finalized": __version__},
-        "cells": records,
-        "derived": derived,
-    }
+        entry = derived.get(record.cell_id) or DerivedEntry()
+        derived[record.cell_id] = entry.model_copy(update={"status": effective_status(record, entry)})
+    results = ResultsFile(
+        run=meta.model_copy(update={"finished_at": utc_now(), "harness_version_finalized": __version__}),
+        cells=records,
+        derived=derived,
+        derived_error=derived_error,
+    )
     store.write_results(results)
     store.mark_finished()
     try:
@@ -200,7 +208,7 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
     return results
 
 
-def _draw_galleries(records: list[dict[str, Any]], derived: dict[str, Any], run_dir: Path, loaded: LoadedPlan) -> None:
+def _draw_galleries(records: list[CellRecord], derived: dict[str, DerivedEntry], run_dir: Path, loaded: LoadedPlan) -> None:
     """The disagreement gallery: for each compared cell, the images where it and its reference
     disagree most, drawn from the stored detection files."""
     n = loaded.plan.accuracy.gallery_images
@@ -209,27 +217,28 @@ def _draw_galleries(records: list[dict[str, Any]], derived: dict[str, Any], run_
     from harness.accuracy.datasets import dataset_for_cell
     from harness.accuracy.gallery import gallery_for_cell
 
-    by_id = {r["cell_id"]: r for r in records}
+    by_id = {r.cell_id: r for r in records}
     dataset: Any = None  # one plan, one dataset: read its annotations once
     for record in records:
-        entry = derived.get(record["cell_id"]) or {}
-        ref = by_id.get(entry.get("reference") or "")
-        if ref is None or not record.get("accuracy") or not ref.get("accuracy"):
+        entry = derived.get(record.cell_id)
+        ref = by_id.get(entry.reference or "") if entry is not None else None
+        if entry is None or ref is None or record.accuracy is None or ref.accuracy is None:
             continue
         try:
             if dataset is None:
-                dataset = dataset_for_cell(Cell.model_validate(record["cell"]))
-            entry["gallery"] = gallery_for_cell(record, ref, run_dir, dataset, n)
+                dataset = dataset_for_cell(Cell.model_validate(record.cell))
+            derived[record.cell_id] = entry.model_copy(update={"gallery": gallery_for_cell(record, ref, run_dir, dataset, n)})
         except Exception as exc:  # a drawing problem never loses results
-            entry["gallery_error"] = repr(exc)
+            derived[record.cell_id] = entry.model_copy(update={"gallery_error": repr(exc)})
 
 
-def effective_status(results: dict[str, Any], record: dict[str, Any]) -> str:
-    return (results.get("derived", {}).get(record["cell_id"]) or {}).get("status", record["status"])
+def effective_status_of(results: ResultsFile, record: CellRecord) -> str:
+    entry = results.derived.get(record.cell_id)
+    return entry.status if entry is not None and entry.status else effective_status(record, entry)
 
 
-def exit_status(results: dict[str, Any], loaded: LoadedPlan) -> int:
-    statuses = [effective_status(results, r) for r in results["cells"]]
+def exit_status(results: ResultsFile, loaded: LoadedPlan) -> int:
+    statuses = [effective_status_of(results, r) for r in results.cells]
     if "failed" in statuses:
         return 1
     if loaded.plan.accuracy.gate and "accuracy_regression" in statuses:
@@ -237,49 +246,8 @@ def exit_status(results: dict[str, Any], loaded: LoadedPlan) -> int:
     return 0
 
 
-def print_summary(results: dict[str, Any], console: Any, run_dir: Path | None = None) -> None:
-    """One row per cell, in short columns that fit a terminal; the reasons follow the table as
-    numbered notes, so a long provider error never squeezes the numbers."""
-    from rich.markup import escape
-    from rich.table import Table
+def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = None) -> None:
+    """The terminal summary of a finished run (harness.report.terminal)."""
+    from harness.report.terminal import print_summary as show
 
-    table = Table(title="summary", box=None, pad_edge=False)
-    for col in ("model", "runtime", "prec", "b", "res", "scope", "status", "p50 ms", "p99 ms", "img/s", "AP"):
-        # names may wrap; figures and statuses never do
-        names = col in ("model", "runtime")
-        numeric = col in ("b", "res", "p50 ms", "p99 ms", "img/s", "AP")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=not names, overflow="fold")
-    notes: list[str] = []
-    for record in results["cells"]:
-        cell = record.get("cell") or {}
-        lat = record.get("latency") or {}
-        stats = lat.get("stats") or {}
-        acc = ((record.get("accuracy") or {}).get("bbox") or {}).get("AP")
-        status = effective_status(results, record)
-        colour = {"ok": "green", "failed": "red"}.get(status, "yellow")
-        shown = f"[{colour}]{status}[/]"
-        if record.get("reason"):
-            notes.append(f"[{len(notes) + 1}] {record['cell_id']}: {record['reason']}")
-            shown += f" [{len(notes)}]"
-        runtime = cell.get("runtime") or {}
-        table.add_row(
-            escape(str((cell.get("model") or {}).get("name", record["cell_id"]))),
-            escape(str(runtime.get("label") or runtime.get("name", ""))),
-            str(cell.get("precision", "")),
-            str(cell.get("batch", "")),
-            str(cell.get("resolution", "")),
-            "e2e" if cell.get("scope") == "end_to_end" else str(cell.get("scope", "")),
-            shown,
-            f"{stats['p50']:.2f}" if stats else "-",
-            f"{stats['p99']:.2f}" if stats else "-",
-            f"{lat['throughput_ips']:.1f}" if lat else "-",
-            f"{acc:.3f}" if isinstance(acc, float) else "-",
-        )
-    console.print(table)
-    for note in notes:
-        console.print(escape(note), soft_wrap=True)
-    if any(r.get("random_weights") for r in results["cells"]):
-        console.print("[yellow]random weights[/] were used: latency is real, mAP is meaningless.")
-    if run_dir is not None:
-        report = run_dir / "report.html"
-        console.print(escape(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else "")), soft_wrap=True)
+    show(results, console, run_dir)

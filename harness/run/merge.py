@@ -29,9 +29,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.errors import UserError
+from harness.results import (
+    CellRecord,
+    Environment,
+    ResultsError,
+    RunMeta,
+    describe_validation,
+    load_cell_record,
+    read_cell_files,
+    read_run_meta,
+)
 from harness.run.placement import QUALIFIER, base_cell_id, hardware_name, hardware_slug, qualify
-from harness.run.record import CellRecord
-from harness.run.store import RUN_SUBDIRS, RunStore, dumps, write_new
+from harness.run.store import RUN_SUBDIRS, RunStore, write_new
 
 CELL_FILE_FOLDERS = tuple(sub for sub in RUN_SUBDIRS if sub != "cells")
 MERGED_PLAN_NAME = "merged"  # when the inputs ran plans of different names
@@ -41,8 +50,8 @@ MERGED_PLAN_NAME = "merged"  # when the inputs ran plans of different names
 class _Source:
     index: int
     store: RunStore
-    meta: dict[str, Any]
-    records: list[dict[str, Any]]
+    meta: RunMeta
+    records: list[dict[str, Any]]  # the cell records as JSON of the current schema (read through the model)
 
     @property
     def label(self) -> str:
@@ -61,10 +70,11 @@ def _open_sources(run_dirs: list[Path]) -> list[_Source]:
         seen[resolved] = Path(run_dir)
         store = RunStore.open(Path(run_dir))
         try:
-            records = store.read_cells()
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{run_dir}: a cell file cannot be read: {exc}") from None
-        sources.append(_Source(index, store, store.meta(), records))
+            records = [r.model_dump(mode="json") for r in read_cell_files(store.cells_dir)]
+            meta = read_run_meta(store.run_dir / "run.json")
+        except ResultsError as exc:
+            raise UserError(f"bench merge: {exc}") from None
+        sources.append(_Source(index, store, meta, records))
     return sources
 
 
@@ -150,13 +160,13 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
     qualify_ids = len(slugs) > 1 or already_qualified
 
     plan_texts = [s.store.plan_text() for s in sources]
-    plan_names = {str(s.meta.get("plan_name")) for s in sources}
+    plan_names = {s.meta.plan_name for s in sources}
     plan_name = plan_names.pop() if len(plan_names) == 1 else MERGED_PLAN_NAME
 
     # Order: the plans' cell order (first appearance across inputs), then the inputs' order.
     planned: dict[str, int] = {}
     for source in sources:
-        for cell_id in source.meta.get("cell_ids") or []:
+        for cell_id in source.meta.cell_ids:
             planned.setdefault(base_cell_id(cell_id), len(planned))
     entries: list[tuple[tuple[int, int, str], _Source, dict[str, Any], str]] = []
     for source in sources:
@@ -171,7 +181,7 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
     meta = {
         "plan_sha256": hashlib.sha256(plan_texts[0].encode("utf-8")).hexdigest(),
         "plan_file": f"merged: plan.yaml of {sources[0].label}",
-        "plan_dir": sources[0].meta.get("plan_dir", str(sources[0].store.run_dir)),
+        "plan_dir": sources[0].meta.plan_dir or str(sources[0].store.run_dir),
         "cell_ids": [new_id for _, _, _, new_id in entries],
         "backend": "merge",
         "plans_differ": len(set(plan_texts)) > 1,
@@ -179,24 +189,24 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
         "merged_from": [
             {
                 "run_dir": str(s.store.run_dir.resolve()),
-                "run_id": s.meta.get("run_id"),
-                "plan_name": s.meta.get("plan_name"),
-                "plan_sha256": s.meta.get("plan_sha256"),
-                "started_at": s.meta.get("started_at"),
-                "harness_version": s.meta.get("harness_version"),
+                "run_id": s.meta.run_id,
+                "plan_name": s.meta.plan_name,
+                "plan_sha256": s.meta.plan_sha256,
+                "started_at": s.meta.started_at,
+                "harness_version": s.meta.harness_version,
                 "cells": len(s.records),
                 "hardware": sorted({hardware_name(r) for r in s.records}),
-                "kept_as": f"sources/{s.index}-{s.meta.get('run_id', 'run')}",
+                "kept_as": f"sources/{s.index}-{s.meta.run_id}",
             }
             for s in sources
         ],
     }
     merged = RunStore.create(Path(out_base), plan_name, plan_texts[0], meta)
     for source in sources:
-        kept = merged.run_dir / "sources" / f"{source.index}-{source.meta.get('run_id', 'run')}"
+        kept = merged.run_dir / "sources" / f"{source.index}-{source.meta.run_id}"
         kept.mkdir(parents=True)
         write_new(kept / "plan.yaml", plan_texts[source.index].encode("utf-8"))
-        write_new(kept / "run.json", dumps(source.meta))
+        write_new(kept / "run.json", (source.store.run_dir / "run.json").read_bytes())  # as it was
 
     for _, source, record, new_id in entries:
         old_id = record["cell_id"]
@@ -212,7 +222,7 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
             "host": (record.get("environment") or {}).get("hostname"),
             **(record.get("placement") or {}),
             "hardware": name,
-            "source_run": source.meta.get("run_id"),
+            "source_run": source.meta.run_id,
             "source_dir": str(src_dir.resolve()),
             "measured_cell_id": old_id,
         }
@@ -226,10 +236,10 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
             "placement": placement,
         }
         try:
-            CellRecord.model_validate(new_record)
+            checked = CellRecord.model_validate(new_record)
         except ValidationError as exc:
-            raise UserError(f"{src_dir}/cells/{old_id}.json: not a valid cell record: {exc}") from None
-        merged.write_cell(new_record)
+            raise UserError(f"{src_dir}/cells/{old_id}.json: not a valid cell record: {describe_validation(exc)}") from None
+        merged.write_cell(checked.model_dump(mode="json"))
     return merged.run_dir
 
 
@@ -246,22 +256,22 @@ def cross_hardware_differences(records: list[dict[str, Any]]) -> dict[str, dict[
     """
     from harness.environment.fingerprint import comparability_fields, fingerprint_differences
 
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        if record.get("environment") and record.get("status") not in ("failed", "skipped"):
-            groups.setdefault(base_cell_id(record["cell_id"]), []).append(record)
+    groups: dict[str, list[tuple[dict[str, Any], CellRecord]]] = {}
+    for index, record in enumerate(records):
+        typed = load_cell_record(record, f"records[{index}]")
+        if typed.environment != Environment() and typed.status not in ("failed", "skipped"):
+            groups.setdefault(base_cell_id(typed.cell_id), []).append((record, typed))
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for group in groups.values():
-        if len({hardware_name(r) for r in group}) < 2:
+        if len({hardware_name(r) for r, _ in group}) < 2:
             continue
         flat: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        for record in group:
-            cell = record.get("cell") or {}
+        for record, typed in group:
             fields = comparability_fields(
-                record["environment"],
-                runtime=str((cell.get("runtime") or {}).get("name")),
-                precision=str(cell.get("precision")),
-                settings=record.get("settings") or {},
+                typed.environment.model_dump(mode="json"),
+                runtime=typed.identity.runtime,
+                precision=typed.identity.precision,
+                settings=typed.settings,
             )
             fields.pop("gpus", None)
             values = {key: pair[0] for key, pair in fingerprint_differences(fields, {}).items()}

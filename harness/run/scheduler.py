@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.plan.cells import Cell
-from harness.run.record import CellRecord, outcome_record
+from harness.results import CellRecord
+from harness.run.record import outcome_record
 from harness.run.store import RunStore, utc_now
 
 LOG_TAIL_LINES = 40

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness import __version__
 from harness.errors import UserError
-from harness.run.record import SCHEMA_VERSION
+from harness.results import ResultsError, ResultsFile, RunMeta, read_run_meta
 
 
 def utc_now() -> str:
@@ -85,15 +85,10 @@ class RunStore:
         for sub in RUN_SUBDIRS:
             (run_dir / sub).mkdir()
         write_new(run_dir / "plan.yaml", plan_text.encode("utf-8"))
-        run_meta = {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": run_id,
-            "plan_name": plan_name,
-            "started_at": utc_now(),
-            "harness_version": __version__,
-            **meta,
-        }
-        write_new(run_dir / "run.json", dumps(run_meta))
+        run_meta = RunMeta.model_validate(
+            {"run_id": run_id, "plan_name": plan_name, "started_at": utc_now(), "harness_version": __version__, **meta}
+        )
+        write_new(run_dir / "run.json", dumps(run_meta.model_dump(mode="json")))
         return store
 
     @classmethod
@@ -102,14 +97,11 @@ class RunStore:
             raise UserError(f"{run_dir}: no such run folder")
         if not (run_dir / "run.json").is_file() or not (run_dir / "plan.yaml").is_file():
             raise UserError(f"{run_dir}: not a run folder (expected run.json and plan.yaml in it)")
-        store = cls(run_dir)
-        meta = store.meta()
-        if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise UserError(
-                f"{run_dir}: written by a newer harness (schema {meta['schema_version']}, this one "
-                f"knows up to {SCHEMA_VERSION}); upgrade the harness to resume it"
-            )
-        return store
+        try:
+            read_run_meta(run_dir / "run.json")  # refuses a newer or damaged run.json
+        except ResultsError as exc:
+            raise UserError(str(exc)) from None
+        return cls(run_dir)
 
     def meta(self) -> dict[str, Any]:
         return json.loads((self.run_dir / "run.json").read_text("utf-8"))
@@ -139,9 +131,9 @@ class RunStore:
                 records.append(json.loads(path.read_text("utf-8")))
         return records
 
-    def write_results(self, results: dict[str, Any]) -> Path:
+    def write_results(self, results: ResultsFile) -> Path:
         path = self.run_dir / "results.json"
-        write_replace(path, dumps(results))
+        write_replace(path, dumps(results.model_dump(mode="json")))
         return path
 
     def mark_finished(self) -> None:

@@ -29,7 +29,8 @@ import numpy as np
 from harness.environment import nvml
 from harness.errors import CellSkipped, UserError
 from harness.plan.cells import Cell
-from harness.run.record import CellRecord, Status, outcome_record, worst_status
+from harness.results import CellRecord, Prepare, Status, worst_status
+from harness.run.record import cell_fields, outcome_record
 from harness.run.store import RunStore, dumps, utc_now, write_new
 
 FAULT_ENV = "BENCH_FAULT_INJECT"  # "<kind>@<cell_id>": tests of crash isolation (see _inject_fault)
@@ -122,7 +123,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
     from harness.runtimes.registry import runtime_class
 
     started_at = utc_now()
-    base: dict[str, Any] = {"cell_id": cell.cell_id, "cell": cell.model_dump(mode="json"), "started_at": started_at}
+    base: dict[str, Any] = {**cell_fields(cell), "started_at": started_at}
 
     def finish(status: str, **fields: Any) -> dict[str, Any]:
         record = CellRecord(status=status, finished_at=utc_now(), **base, **fields)  # type: ignore[arg-type]
@@ -282,7 +283,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, 
         reason="; ".join(reasons) or None,
         flags=flags,
         latency=latency,
-        prepare=prepare,
+        prepare=Prepare.from_runtime(prepare),
         settings=settings,
         accuracy=accuracy,
         monitor=monitor_data,

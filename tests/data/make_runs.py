@@ -10,7 +10,10 @@ the real producers: the environment is laid out as harness.environment.capture r
 fingerprint is harness.environment.fingerprint's, the monitor summary is
 harness.environment.monitor.summarize's, `derived` carries what harness.accuracy.derive and
 harness.run.execute.finalize write (role/reference, deltas, gate, gallery, effective status),
-and every record is validated against harness.run.record.CellRecord.
+and every record is validated against the results model (harness.results) after migration.
+
+The runs are written in results schema version 1 on purpose, and stay so: they are the fixtures
+of the migration to the current schema (a file of an older harness must read as a new one).
 
   gpu-demo       an H100 run of four RF-DETR models plus a hostile-named ONNX model
   t4-published   a run under RF-DETR's published conditions (T4, TensorRT 10.4, CUDA 12.4, FP16)
@@ -31,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.run.record import SCHEMA_VERSION, CellRecord, worst_status
+from harness.results import load_cell_record, load_results, load_run_meta, worst_status
+
+# The schema version these files are written in (see the module docstring): not the current one.
+SCHEMA_VERSION = 1
 
 HERE = Path(__file__).parent / "runs"
 HOSTILE = "<script>alert(1)</script>"
@@ -277,7 +283,7 @@ class RunBuilder:
             "environment": env, "fingerprint": fingerprint(env, runtime, precision, settings or {}),
             "log_tail": log_tail, "files": files,
         }
-        CellRecord.model_validate(record)
+        load_cell_record(record, cid)  # raises unless it migrates to a valid current record
         self.records.append(record)
         entry: dict[str, Any] = derived if derived is not None else (
             {"role": "reference", "random_weights": record["random_weights"]} if reference and accuracy is not None else {}
@@ -309,6 +315,7 @@ class RunBuilder:
             "started_at": self.started_at, "harness_version": "0.1.0", "plan_file": "plans/golden.yaml",
             "plan_dir": "/plans", "cell_ids": [r["cell_id"] for r in self.records],
         }
+        load_run_meta(run, "run.json")
         (self.folder / "plan.yaml").write_text(plan_text)
         (self.folder / "run.json").write_text(json.dumps(run, indent=1) + "\n")
         run["finished_at"] = self._iso(self.clock)
@@ -321,6 +328,7 @@ class RunBuilder:
         if with_results:
             run = {**run, "harness_version_finalized": "0.1.0"}
             results = {"schema_version": SCHEMA_VERSION, "run": run, "cells": self.records, "derived": self.derived}
+            load_results(results, "results.json")
             (self.folder / "results.json").write_text(json.dumps(results, separators=(",", ":")) + "\n")
 
 
