@@ -11,12 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_onnx_runtime import tiny_detector
 
 from harness.models.registry import default_source, source_names, source_plugin
 from harness.runtimes.plugin import RuntimePlugin, RuntimeSettings
 from harness.runtimes.registry import default_runtime, plugin, plugins, runtime_class, runtime_names
-
-from test_onnx_runtime import tiny_detector
 
 
 def test_every_plugin_describes_itself_and_points_at_its_implementation() -> None:

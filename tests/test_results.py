@@ -157,10 +157,11 @@ def test_the_report_loader_turns_results_errors_into_user_errors(tmp_path: Path)
 
 def test_the_producers_output_validates_through_the_model(tmp_path: Path) -> None:
     """What capture, the monitor and the accuracy pass return is what the record types say."""
+    from harness.accuracy.oracle import OraclePredictor
+
     from harness.accuracy.coco_names import coco80_class_names
     from harness.accuracy.datasets import open_dataset
     from harness.accuracy.evaluate import run_accuracy_pass
-    from harness.accuracy.oracle import OraclePredictor
     from harness.accuracy.sample import make_sample_dataset
     from harness.environment.capture import capture_environment
     from harness.environment.monitor import GpuMonitor

@@ -69,6 +69,9 @@ class SourcePlugin:
     resolution_problem: Callable[[Any, int], str | None] = _any_resolution
     # Whether a spec asks for random weights (stated in `bench validate` and the report).
     random_weights: Callable[[Any], bool] = lambda spec: False
+    # True when the weights are part of the model's file (an ONNX file): the harness cannot
+    # know whether they were trained, so results say "from file".
+    weights_in_file: bool = False
     # The source of a model that names none (exactly one plug-in says so).
     default: bool = False
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from harness.results import migrate
+import harness.results.migrate as migrate
 from harness.results.model import SCHEMA_VERSION, CellRecord, ResultsFile, RunMeta
 
 

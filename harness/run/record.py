@@ -24,18 +24,21 @@ from harness.run.store import utc_now
 
 
 def weights_kind(cell: Cell) -> WeightsKind:
-    """What the harness knows about the cell's weights before loading them: an ONNX file's are
-    whatever the file holds; `random` is random on purpose; anything else is a checkpoint."""
-    if cell.model.source == "onnx":
-        return "from_file"
-    return "random" if cell.model.weights == "random" else "trained"
+    """What the harness knows about the cell's weights before loading them: random on purpose
+    (the plan says so), whatever a model file holds (an ONNX file's), or a checkpoint."""
+    from harness.models.registry import source_plugin
+
+    source = source_plugin(cell.source)
+    if source.random_weights(cell.model):
+        return "random"
+    return "from_file" if source.weights_in_file else "trained"
 
 
 def identity_of(cell: Cell) -> CellIdentity:
     model, protocol, dataset = cell.model, cell.protocol, cell.dataset
     return CellIdentity(
         model=model.name,
-        source=model.source,
+        source=cell.source,
         variant=model.variant,
         weights=model.weights,
         weights_kind=weights_kind(cell),

@@ -37,5 +37,6 @@ PLUGINS = [
         check=_check,
         # The harness cannot tell trained weights from random ones in a file; the plan can say.
         random_weights=lambda spec: spec.weights == "random",
+        weights_in_file=True,
     )
 ]
