@@ -1,26 +1,34 @@
-"""A whole run: create or resume the run folder, run the cells one by one with a live view,
-derive comparisons, write results.json and the report, print the summary.
+"""A whole run: create or resume the run folder (locked while this process works in it),
+decide which units of work run (harness.run.scheduler), hand them to a launcher
+(harness.run.launch: local processes, GPU lanes, Ray) with a live view, derive comparisons,
+write results.json and the report, print the summary.
 
-Exit status: 0 when every cell ran (skipped cells included: they say why), 1 when a cell
-failed or the plan's accuracy gate tripped, 130 when interrupted (finished cells are kept and
+Exit status: 0 when every cell ran (skipped cells included: they say why) or a finished run
+had nothing left to do, 1 when a cell failed, the plan's accuracy gate tripped, a planned cell
+has no record, or the disk filled up; 2 for bad input (a plan whose cells share an id, a folder
+another process works in); 130 when interrupted (finished cells are kept and
 `bench run --resume RUN_FOLDER` picks up from there).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from harness import __version__
 from harness.plan.cells import Cell
 from harness.plan.load import LoadedPlan, parse_plan
+from harness.run.files import is_disk_full
+from harness.run.launch import Launcher, LocalLauncher, WorkUnit
 from harness.run.record import SCHEMA_VERSION, worst_status
-from harness.run.scheduler import run_cell_process
+from harness.run.scheduler import apply, check_unique_ids, describe, missing, plan_units, reconcile, run_units
 from harness.run.store import RunStore, utc_now
 
 
 def start_run(loaded: LoadedPlan, output: Path | None = None) -> RunStore:
+    """A new run folder for `loaded`, locked by the returned store. Cells that would share an
+    id are refused before the folder exists."""
+    check_unique_ids(plan_units(loaded.cells))
     base = output or Path(loaded.plan.output)
     if not base.is_absolute() and loaded.path is not None and output is None:
         base = Path.cwd() / base
@@ -45,6 +53,23 @@ def reopen_run(run_dir: Path) -> tuple[RunStore, LoadedPlan]:
     return store, loaded
 
 
+def choose_launcher(
+    loaded: LoadedPlan, gpus: list[int] | None = None, ray_address: str | None = None
+) -> tuple[Launcher, list[WorkUnit]]:
+    """The launcher the flags ask for, and the plan's units as that launcher runs them."""
+    if ray_address:
+        from harness.run.ray_backend import RayLauncher, fleet_units, plan_ray_options
+
+        options = plan_ray_options(loaded.plan)
+        types = options.pop("accelerator_types")
+        return RayLauncher(ray_address, **options), fleet_units(loaded.cells, types)
+    if gpus:
+        from harness.run.parallel import GpuLanesLauncher
+
+        return GpuLanesLauncher(gpus), plan_units(loaded.cells)
+    return LocalLauncher(), plan_units(loaded.cells)
+
+
 def execute(
     store: RunStore,
     loaded: LoadedPlan,
@@ -52,111 +77,70 @@ def execute(
     console: Any = None,
     gpus: list[int] | None = None,
     ray_address: str | None = None,
+    launcher: Launcher | None = None,
 ) -> int:
-    from rich.console import Console
+    """Run what the folder does not hold yet; see the module's exit statuses."""
     from rich.markup import escape
 
-    console = console or Console(stderr=True)
+    from harness.run.progress import make_console, make_view
+
+    console = console or make_console()
     folder = escape(str(store.run_dir))  # a path may hold "[...]", which rich would read as markup
-    done = store.finished_cell_ids()
-    cells = loaded.cells
-    todo = [c for c in cells if c.cell_id not in done]
-    if done:
-        console.print(f"[bold]resuming[/] {folder}: {len(done)} cell(s) already finished, {len(todo)} to go",
-                      soft_wrap=True)  # never break a path: it could not be copied
+    chosen, units = choose_launcher(loaded, gpus, ray_address)
+    launcher = launcher or chosen
+    check_unique_ids(units)
+    if store.lock is None:
+        store.acquire_lock(create=False)  # another process at work here: RunBusy, exit 2
+    if reconcile(units, store).nothing_to_do and store.is_finished():
+        store.release_lock()  # a finished run is left exactly as it is
+        console.print(f"nothing to do: {folder} is finished ({len(units)} cells)", soft_wrap=True)
+        return 0
+    store.acquire_lock()
+    store.announce()
+    state = reconcile(units, store)  # again, now that no other process can change the folder
+    if state.finished or state.retry or state.bad:
+        console.print(f"[bold]resuming[/] {folder}: {describe(state)}", soft_wrap=True)  # never break a path
     else:
-        console.print(f"[bold]run[/] {folder} ({len(cells)} cells)", soft_wrap=True)
-    interrupted = False
+        console.print(f"[bold]run[/] {folder} ({len(units)} cells)", soft_wrap=True)
+    apply(state, store, lambda text: console.print(f"[yellow]{escape(text)}[/]", soft_wrap=True))
+    interrupted, conflicts = False, []
     try:
-        _run_cells(todo, store, console, total=len(cells), already=len(done), loaded=loaded,
-                   gpus=gpus, ray_address=ray_address)
+        with make_view(console, len(units), len(state.finished)) as view:
+            outcome = run_units(launcher, state.todo, store, on_start=view.started, on_phase=view.phase,
+                                on_done=lambda unit, record, written: view.done(unit, record))
+        conflicts = outcome.conflicts
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted[/]: finished cells are kept; resume with "
                       f"`bench run --resume {folder}`", soft_wrap=True)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        console.print(f"[red]no space left on the device[/] (writing {escape(str(exc.filename))}): the run "
+                      f"stopped; finished cells are kept; free some space, then `bench run --resume {folder}`",
+                      soft_wrap=True)
+        store.release_lock()
+        return 1
     results = finalize(store, loaded)
     print_summary(results, console, store.run_dir)
-    if interrupted:
-        return 130
-    return exit_status(results, loaded)
+    code = 130 if interrupted else exit_status(results, loaded)
+    if _report_lost(store, units, conflicts, console, interrupted) and code == 0:
+        code = 1
+    store.release_lock()
+    return code
 
 
-def _run_cells(
-    todo: list[Cell],
-    store: RunStore,
-    console: Any,
-    *,
-    total: int,
-    already: int,
-    loaded: LoadedPlan,
-    gpus: list[int] | None = None,
-    ray_address: str | None = None,
-) -> None:
-    from rich.live import Live
-    from rich.table import Table
+def _report_lost(store: RunStore, units: list[WorkUnit], conflicts: list[Any], console: Any, interrupted: bool) -> bool:
+    """Say which planned cells have no record, and which records were kept aside; True if any."""
+    from rich.markup import escape
 
-    state: dict[str, Any] = {"cell": "", "phase": "", "since": time.monotonic(), "done": already}
-    statuses: list[tuple[str, str]] = []
-
-    def render() -> Table:
-        table = Table.grid(padding=(0, 1))
-        left = total - state["done"]
-        table.add_row(f"[bold]{state['done']}/{total}[/] cells done, {left} left")
-        if state["cell"]:
-            elapsed = time.monotonic() - state["since"]
-            table.add_row(f"now: [cyan]{state['cell']}[/]  phase: [magenta]{state['phase']}[/]  {elapsed:5.1f} s")
-        for cell_id, status in statuses[-5:]:
-            colour = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(status, "yellow")
-            table.add_row(f"  [{colour}]{status:>9}[/] {cell_id}")
-        return table
-
-    running: dict[str, tuple[str, float]] = {}  # parallel backends: cell id -> (phase, since)
-
-    def render_parallel() -> Table:
-        table = render()
-        for cell_id, (phase, since) in running.items():
-            table.add_row(f"now: [cyan]{cell_id}[/]  phase: [magenta]{phase}[/]  {time.monotonic() - since:5.1f} s")
-        return table
-
-    if gpus or ray_address:
-        with Live(render_parallel(), console=console, refresh_per_second=4, transient=False) as live:
-
-            def on_cell_phase(cell_id: str, phase: str) -> None:
-                running[cell_id] = (phase, running.get(cell_id, (phase, time.monotonic()))[1])
-                live.update(render_parallel())
-
-            def on_done(record: dict[str, Any]) -> None:  # already written to the run folder
-                running.pop(record["cell_id"], None)
-                state["done"] += 1
-                statuses.append((record["cell_id"], record["status"]))
-                live.update(render_parallel())
-
-            if ray_address:
-                from harness.run.ray_backend import plan_ray_options, run_cells_on_ray
-
-                run_cells_on_ray(todo, store, ray_address, on_done=on_done, on_phase=on_cell_phase,
-                                 **plan_ray_options(loaded.plan))
-            else:
-                from harness.run.parallel import run_cells_on_gpus
-
-                run_cells_on_gpus(todo, store, gpus or [], on_done, on_cell_phase)
-        return
-
-    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
-        for cell in todo:
-            state.update(cell=cell.cell_id, phase="starting", since=time.monotonic())
-            live.update(render())
-
-            def on_phase(name: str) -> None:
-                state["phase"] = name
-                live.update(render())
-
-            record = run_cell_process(cell, store, on_phase=on_phase)
-            store.write_cell(record)
-            state["done"] += 1
-            statuses.append((cell.cell_id, record["status"]))
-            state["cell"] = ""
-            live.update(render())
+    for written in conflicts:
+        console.print(f"[red]a second record for one cell id[/] was kept aside as "
+                      f"{escape(str(written.path.relative_to(store.run_dir)))}", soft_wrap=True)
+    lost = [] if interrupted else missing(units, store)
+    if lost:
+        console.print(f"[red]{len(lost)} planned cell(s) have no record[/]: {escape(', '.join(lost))}", soft_wrap=True)
+    return bool(conflicts or lost)
 
 
 def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
@@ -196,7 +180,7 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> dict[str, Any]:
 
         render_run(store.run_dir)
     except Exception as exc:  # a report problem never loses results
-        (store.run_dir / "report-error.txt").write_text(f"report rendering failed: {exc!r}\n")
+        store.write_replace("report-error.txt", f"report rendering failed: {exc!r}\n")
     return results
 
 
@@ -224,6 +208,11 @@ def _draw_galleries(records: list[dict[str, Any]], derived: dict[str, Any], run_
             entry["gallery_error"] = repr(exc)
 
 
+def _runtime_label(record: dict[str, Any]) -> str:
+    runtime = (record.get("cell") or {}).get("runtime") or {}
+    return str(runtime.get("label") or runtime.get("name", ""))
+
+
 def effective_status(results: dict[str, Any], record: dict[str, Any]) -> str:
     return (results.get("derived", {}).get(record["cell_id"]) or {}).get("status", record["status"])
 
@@ -237,47 +226,63 @@ def exit_status(results: dict[str, Any], loaded: LoadedPlan) -> int:
     return 0
 
 
+STATUS_WIDTH = len("regression [10]")
+SUMMARY_COLUMNS = ("cell", "prec", "b", "res", "scope", "status", "p50 ms", "p99 ms", "img/s", "AP")
+
+
+def _figure(value: float, decimals: int) -> str:
+    """A figure in at most about six characters: no decimals from 1000 on."""
+    return f"{value:.0f}" if value >= 1000 else f"{value:.{decimals}f}"
+
+
 def print_summary(results: dict[str, Any], console: Any, run_dir: Path | None = None) -> None:
-    """One row per cell, in short columns that fit a terminal; the reasons follow the table as
+    """One row per cell under a line per model, in short columns that fit 100 columns; names
+    and statuses wrap between words, never inside one; the reasons follow the table as
     numbered notes, so a long provider error never squeezes the numbers."""
     from rich.markup import escape
+    from rich.padding import Padding
     from rich.table import Table
 
-    table = Table(title="summary", box=None, pad_edge=False)
-    for col in ("model", "runtime", "prec", "b", "res", "scope", "status", "p50 ms", "p99 ms", "img/s", "AP"):
-        # names may wrap; figures and statuses never do
-        names = col in ("model", "runtime")
-        numeric = col in ("b", "res", "p50 ms", "p99 ms", "img/s", "AP")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=not names, overflow="fold")
-    notes: list[str] = []
+    rows: dict[str, list[dict[str, Any]]] = {}  # model name -> its records, in results order
     for record in results["cells"]:
-        cell = record.get("cell") or {}
-        lat = record.get("latency") or {}
-        stats = lat.get("stats") or {}
-        acc = ((record.get("accuracy") or {}).get("bbox") or {}).get("AP")
-        status = effective_status(results, record)
-        colour = {"ok": "green", "failed": "red"}.get(status, "yellow")
-        shown = f"[{colour}]{status}[/]"
-        if record.get("reason"):
-            notes.append(f"[{len(notes) + 1}] {record['cell_id']}: {record['reason']}")
-            shown += f" [{len(notes)}]"
-        runtime = cell.get("runtime") or {}
-        table.add_row(
-            escape(str((cell.get("model") or {}).get("name", record["cell_id"]))),
-            escape(str(runtime.get("label") or runtime.get("name", ""))),
-            str(cell.get("precision", "")),
-            str(cell.get("batch", "")),
-            str(cell.get("resolution", "")),
-            "e2e" if cell.get("scope") == "end_to_end" else str(cell.get("scope", "")),
-            shown,
-            f"{stats['p50']:.2f}" if stats else "-",
-            f"{stats['p99']:.2f}" if stats else "-",
-            f"{lat['throughput_ips']:.1f}" if lat else "-",
-            f"{acc:.3f}" if isinstance(acc, float) else "-",
-        )
+        rows.setdefault(str(((record.get("cell") or {}).get("model") or {}).get("name", record["cell_id"])), []).append(record)
+    table = Table(title="summary", box=None, pad_edge=False)
+    for col in SUMMARY_COLUMNS:
+        numeric = col in ("b", "res", "p50 ms", "p99 ms", "img/s", "AP")
+        # only the names and the status wrap (rich wraps between words); figures never do. A
+        # status takes at most the width of "regression [10]" ("accuracy regression" on two lines),
+        # so the names get the room.
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col not in ("cell", "status"),
+                         overflow="fold", max_width=STATUS_WIDTH if col == "status" else None)
+    notes: list[str] = []
+    for model, group in rows.items():
+        table.add_row(f"[bold]{escape(model)}[/]")
+        for record in group:
+            cell = record.get("cell") or {}
+            lat = record.get("latency") or {}
+            stats = lat.get("stats") or {}
+            acc = ((record.get("accuracy") or {}).get("bbox") or {}).get("AP")
+            status = effective_status(results, record)
+            colour = {"ok": "green", "failed": "red"}.get(status, "yellow")
+            shown = f"[{colour}]{status.replace('_', ' ')}[/]"
+            if record.get("reason"):
+                notes.append(f"[{len(notes) + 1}] {record['cell_id']}: {record['reason']}")
+                shown += escape(f" [{len(notes)}]")
+            table.add_row(
+                Padding(escape(_runtime_label(record)), (0, 0, 0, 2)),
+                str(cell.get("precision", "")),
+                str(cell.get("batch", "")),
+                str(cell.get("resolution", "")),
+                "e2e" if cell.get("scope") == "end_to_end" else str(cell.get("scope", "")),
+                shown,
+                _figure(stats["p50"], 2) if stats else "-",
+                _figure(stats["p99"], 2) if stats else "-",
+                _figure(lat["throughput_ips"], 1) if lat else "-",
+                f"{acc:.3f}" if isinstance(acc, float) else "-",
+            )
     console.print(table)
     for note in notes:
-        console.print(escape(note), soft_wrap=True)
+        console.print(escape(note))  # wrapped between words
     if any(r.get("random_weights") for r in results["cells"]):
         console.print("[yellow]random weights[/] were used: latency is real, mAP is meaningless.")
     if run_dir is not None:

@@ -230,6 +230,7 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
         except ValidationError as exc:
             raise UserError(f"{src_dir}/cells/{old_id}.json: not a valid cell record: {exc}") from None
         merged.write_cell(new_record)
+    merged.release_lock()
     return merged.run_dir
 
 

@@ -84,6 +84,9 @@ class CellRecord(Frozen):
     cell: dict[str, Any]  # the Cell as run (model, runtime, precision, batch, resolution, scope, device...)
     status: Status
     reason: str | None = None  # why skipped / failed / flagged, in words
+    # A failed cell's fault: "cell" (its own code or input) or "environmental" (out of time,
+    # killed from outside, a full disk, lost on a cluster; `bench run --resume` measures it again)
+    failure_kind: Literal["cell", "environmental"] | None = None
     flags: list[str] = Field(default_factory=list)  # unstable, throttled, launch_bound, random_weights
     started_at: str  # ISO 8601 UTC
     finished_at: str
