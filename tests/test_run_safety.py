@@ -306,3 +306,15 @@ def test_a_closed_pipe_is_no_traceback(tmp_path: Path, args: list[str]) -> None:
         os.close(write)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
     assert done.returncode == (0 if args == ["--help"] else 141)  # argparse itself ignores the closed pipe
+
+
+def test_the_in_process_launcher_runs_the_worker_steps_here(tmp_path: Path) -> None:
+    store, loaded = new_run(tmp_path, ("a", 96))
+    cell = loaded.cells[0]
+    phases: list[str] = []
+    outcome = run_units(InProcessLauncher(), [WorkUnit(cell=cell)], store, on_phase=lambda unit, name: phases.append(name))
+    record = outcome.records[cell.cell_id]
+    assert record["status"] == "failed" and "missing.pth" in record["reason"] and record["failure_kind"] == "cell"
+    assert phases[:2] == ["check", "prepare"]
+    assert json.loads(store.cell_path(cell.cell_id).read_text()) == record
+    assert store.log_path(cell.cell_id).is_file()

@@ -60,10 +60,11 @@ def _open_sources(run_dirs: list[Path]) -> list[_Source]:
             raise UserError(f"bench merge: {run_dir} is given twice (as {seen[resolved]})")
         seen[resolved] = Path(run_dir)
         store = RunStore.open(Path(run_dir))
-        try:
-            records = store.read_cells()
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{run_dir}: a cell file cannot be read: {exc}") from None
+        scan = store.scan_cells()
+        if scan.bad:
+            path, why = scan.bad[0]
+            raise UserError(f"{run_dir}: a cell file cannot be read: {path.name}: {why}")
+        records = list(scan.records.values())
         sources.append(_Source(index, store, store.meta(), records))
     return sources
 
