@@ -318,3 +318,19 @@ def test_the_in_process_launcher_runs_the_worker_steps_here(tmp_path: Path) -> N
     assert phases[:2] == ["check", "prepare"]
     assert json.loads(store.cell_path(cell.cell_id).read_text()) == record
     assert store.log_path(cell.cell_id).is_file()
+
+
+def test_a_planned_cell_the_plan_no_longer_expands_to_is_reported_missing(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from harness.run.execute import execute
+
+    text = plan_text(("a", 96))
+    loaded = parse_plan(text, "plan.yaml", tmp_path)
+    planned = [loaded.cells[0].cell_id, "ghost__torch__fp32__b1__r96__model"]  # run.json of an older harness
+    store = RunStore.create(tmp_path / "reports", "safety", text, {"cell_ids": planned, "plan_dir": str(tmp_path)})
+    out = io.StringIO()
+    launcher = InProcessLauncher(lambda unit, store, on_phase: a_record(unit.cell))
+    code = execute(store, loaded, console=Console(file=out, width=100), launcher=launcher)
+    assert code == 1  # its one cell is ok, but a planned cell is gone: never a silent exit 0
+    assert "1 planned cell(s) have no record" in out.getvalue() and "ghost__torch" in out.getvalue()

@@ -138,6 +138,11 @@ def _report_lost(store: RunStore, units: list[WorkUnit], conflicts: list[Any], c
         console.print(f"[red]a second record for one cell id[/] was kept aside as "
                       f"{escape(str(written.path.relative_to(store.run_dir)))}", soft_wrap=True)
     lost = [] if interrupted else missing(units, store)
+    if not interrupted:  # planned when the run began (run.json) but not by the plan as expanded now
+        from harness.run.placement import base_cell_id
+
+        known = {base_cell_id(k) for k in [*store.scan_cells().records, *(u.key for u in units)]}
+        lost += [i for i in store.meta().get("cell_ids") or [] if base_cell_id(i) not in known]
     if lost:
         console.print(f"[red]{len(lost)} planned cell(s) have no record[/]: {escape(', '.join(lost))}", soft_wrap=True)
     return bool(conflicts or lost)

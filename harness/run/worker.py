@@ -102,7 +102,8 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
         gpu_index = nvml.parse_cuda_index(device)
         conditions = wait_for_gpu_conditions(run, gpu_index)
         measured = measure_latency(run, runtime, dataset, gpu_index)
-        outputs = save_outputs(run, runtime, source, dataset, measured)
+        accuracy = accuracy_pass(run, runtime, source, dataset)
+        outputs = save_outputs(run, runtime, source, dataset, measured, accuracy)
     except CellEnded as end:
         return run.record(end.status, reason=end.reason, failure_kind="cell" if end.status == "failed" else None)
     if conditions:
@@ -271,24 +272,31 @@ def _time_end_to_end(runtime: Runtime, cell: Cell, dataset: Dataset | None, on_p
     return result, stage_samples, f"{result.timer_name} (stage boundaries synchronised)", stage_names
 
 
+def accuracy_pass(run: CellRun, runtime: Runtime, source: ModelSource, dataset: Dataset | None) -> dict[str, Any] | None:
+    """mAP on the same runtime object the latency pass timed; its detections beside the record."""
+    cell, run_dir = run.cell, run.run_dir
+    if not cell.run_accuracy or dataset is None:
+        return None
+    from harness.accuracy.evaluate import run_accuracy_pass
+
+    run.phase("accuracy")
+    return run_accuracy_pass(
+        runtime.predict, cell.batch, dataset, source.class_names, source.family,
+        run_dir / "detections" / f"{cell.cell_id}.json", evaluator=cell.accuracy.evaluator,
+        workers=cell.accuracy.loader_workers, log=run.log, random_weights=run.random_weights,
+    )
+
+
 def save_outputs(
-    run: CellRun, runtime: Runtime, source: ModelSource, dataset: Dataset | None, measured: Measured
+    run: CellRun, runtime: Runtime, source: ModelSource, dataset: Dataset | None, measured: Measured,
+    accuracy: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The files beside the record (a long monitor trace, detections, raw outputs) and the
-    accuracy pass on the same runtime object the latency pass timed."""
+    """The files beside the record (a long monitor trace, raw outputs for agreement checks),
+    and the record's fields that name them."""
     cell, run_dir = run.cell, run.run_dir
     saved: dict[str, Any] = {}
     monitor = _keep_trace_small(measured.monitor, run_dir, cell.cell_id, saved)
-    accuracy = None
-    if cell.run_accuracy and dataset is not None:
-        from harness.accuracy.evaluate import run_accuracy_pass
-
-        run.phase("accuracy")
-        accuracy = run_accuracy_pass(
-            runtime.predict, cell.batch, dataset, source.class_names, source.family,
-            run_dir / "detections" / f"{cell.cell_id}.json", evaluator=cell.accuracy.evaluator,
-            workers=cell.accuracy.loader_workers, log=run.log, random_weights=run.random_weights,
-        )
+    if accuracy is not None and dataset is not None:
         saved["detections"] = f"detections/{cell.cell_id}.json"
         if outputs_path := _save_raw_outputs(cell, runtime, source, dataset, run_dir):
             saved["outputs"] = outputs_path
