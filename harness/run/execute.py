@@ -21,7 +21,16 @@ from harness.plan.load import LoadedPlan, parse_plan
 from harness.run.files import is_disk_full
 from harness.run.launch import Launcher, LocalLauncher, WorkUnit
 from harness.run.record import SCHEMA_VERSION, worst_status
-from harness.run.scheduler import apply, check_unique_ids, describe, missing, plan_units, reconcile, run_units
+from harness.run.scheduler import (
+    Reconciled,
+    apply,
+    check_unique_ids,
+    describe,
+    missing,
+    plan_units,
+    reconcile,
+    run_units,
+)
 from harness.run.store import RunStore, utc_now
 
 
@@ -89,15 +98,10 @@ def execute(
     chosen, units = choose_launcher(loaded, gpus, ray_address)
     launcher = launcher or chosen
     check_unique_ids(units)
-    if store.lock is None:
-        store.acquire_lock(create=False)  # another process at work here: RunBusy, exit 2
-    if reconcile(units, store).nothing_to_do and store.is_finished():
-        store.release_lock()  # a finished run is left exactly as it is
+    state = _claim(store, units)
+    if state is None:
         console.print(f"nothing to do: {folder} is finished ({len(units)} cells)", soft_wrap=True)
         return 0
-    store.acquire_lock()
-    store.announce()
-    state = reconcile(units, store)  # again, now that no other process can change the folder
     if state.finished or state.retry or state.bad:
         console.print(f"[bold]resuming[/] {folder}: {describe(state)}", soft_wrap=True)  # never break a path
     else:
@@ -128,6 +132,19 @@ def execute(
         code = 1
     store.release_lock()
     return code
+
+
+def _claim(store: RunStore, units: list[WorkUnit]) -> Reconciled | None:
+    """Lock the folder (RunBusy, exit 2, when another process works in it) and reconcile it
+    with the planned units; None, with nothing touched, when a finished run has nothing to do."""
+    if store.lock is None:
+        store.acquire_lock(create=False)  # a folder without a lock file is not given one yet
+    if reconcile(units, store).nothing_to_do and store.is_finished():
+        store.release_lock()
+        return None
+    store.acquire_lock()
+    store.announce()
+    return reconcile(units, store)  # again, now that no other process can change the folder
 
 
 def _report_lost(store: RunStore, units: list[WorkUnit], conflicts: list[Any], console: Any, interrupted: bool) -> bool:
