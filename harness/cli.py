@@ -9,14 +9,16 @@
     bench compare A B            compare two runs cell by cell, with a significance test
     bench make-sample OUT        generate the COCO-format sample dataset
 
-Exit status: 0 success, 1 a cell failed / a gate tripped / a significant slowdown,
-2 bad input (the message names the file and field), 130 interrupted.
+Exit status: 0 success, 1 a cell failed / a gate tripped / a significant slowdown / the disk is
+full, 2 bad input (the message names the file and field), 130 interrupted, 141 the reader of
+the output went away (a closed pipe: `bench env --json | head`).
 Nothing heavy is imported here: `bench --help` must stay fast and never import torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -82,16 +84,41 @@ def _normalise(argv: list[str]) -> list[str]:
     return ["run", *argv]
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a command killed by a closed pipe exits with
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_normalise(list(sys.argv[1:] if argv is None else argv)))
     try:
+        args = _parser().parse_args(_normalise(list(sys.argv[1:] if argv is None else argv)))
         return _dispatch(args)
     except UserError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"bench: error: {exc}", 2)
     except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
+        return _fail("bench: interrupted", 130)
+    except BrokenPipeError:
+        return _reader_gone()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return _fail(f"bench: error: no space left on the device (writing {exc.filename}); "
+                     "free some space and run the command again", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    try:
+        print(message, file=sys.stderr)
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
+
+
+def _reader_gone() -> int:
+    """The output's reader went away: stop quietly (no traceback, nor one at exit's flush)."""
+    from harness.run.progress import mute
+
+    mute(sys.stdout)
+    mute(sys.stderr)
+    return EXIT_BROKEN_PIPE
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -159,8 +186,10 @@ def _merge(args: argparse.Namespace) -> int:
 
     run_dir = merge_runs([Path(d) for d in args.run_dirs], Path(args.output))
     store, loaded = reopen_run(run_dir)
+    store.acquire_lock()
     results = finalize(store, loaded)
     print_summary(results, Console(stderr=True), run_dir)
+    store.release_lock()
     return exit_status(results, loaded)
 
 

@@ -45,6 +45,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     (run,) = list((root / "reports" / "e2e").iterdir())
+    assert f"report:  {run / 'report.html'}\n" in done.stderr  # whole, never wrapped: copyable
     return run
 
 
@@ -127,13 +128,12 @@ def test_report_files_and_resume_of_a_finished_run(run_dir: Path) -> None:
         assert (run_dir / name).is_file(), name
     html = (run_dir / "report.html").read_text()
     assert "random weights" in html.lower()
-    before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "cells").glob("*.json")}
+    before = {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
     done = subprocess.run(
         [sys.executable, "-m", "harness", "run", "--resume", str(run_dir)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "4 cell(s) already finished, 0 to go" in done.stderr
-    assert f"report:  {run_dir / 'report.html'}\n" in done.stderr  # whole, never wrapped: copyable
-    after = {p.name: p.stat().st_mtime_ns for p in (run_dir / "cells").glob("*.json")}
-    assert before == after
+    assert "nothing to do" in done.stderr
+    after = {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+    assert before == after  # a finished run is left exactly as it was

@@ -55,15 +55,16 @@ def cell_records(run_dir: Path) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize(
-    ("fault", "reason"),
+    ("fault", "reason", "kind"),
     [
-        ("segfault", "SIGSEGV"),
-        ("abort", "SIGABRT"),
-        ("oom", "out-of-memory"),
-        ("raise", "RuntimeError: fault injected"),
+        ("segfault", "SIGSEGV", "cell"),
+        ("abort", "SIGABRT", "cell"),
+        ("oom", "out-of-memory", "environmental"),  # killed from outside: a resume measures it again
+        ("raise", "RuntimeError: fault injected", "cell"),
+        ("enospc", "No space left on device", "environmental"),
     ],
 )
-def test_a_crashing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path, fault: str, reason: str) -> None:
+def test_a_crashing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path, fault: str, reason: str, kind: str) -> None:
     plan = write_plan(tmp_path, res="160, 192")
     victim = "nano__torch__fp32__b1__r160__model"
     done = run_bench([str(plan)], tmp_path, env={"BENCH_FAULT_INJECT": f"{fault}@{victim}"})
@@ -71,6 +72,7 @@ def test_a_crashing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path, fault: 
     records = cell_records(only_run_dir(tmp_path))
     assert records[victim]["status"] == "failed"
     assert reason in records[victim]["reason"]
+    assert records[victim]["failure_kind"] == kind
     assert records[victim]["log_tail"]  # the tail of its log comes with it
     survivor = records["nano__torch__fp32__b1__r192__model"]  # ...but the next cell still ran
     assert survivor["status"] in ("ok", "unstable")
@@ -87,6 +89,7 @@ def test_a_hanging_cell_times_out(tmp_path: Path) -> None:
     assert done.returncode == 1
     record = cell_records(only_run_dir(tmp_path))[victim]
     assert record["status"] == "failed" and "timed out after 25 s" in record["reason"]
+    assert record["failure_kind"] == "environmental"
 
 
 def test_sigkill_mid_cell_then_resume(tmp_path: Path) -> None:
@@ -120,12 +123,14 @@ def test_sigkill_mid_cell_then_resume(tmp_path: Path) -> None:
 
     done = run_bench(["run", "--resume", str(run_dir)], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "1 cell(s) already finished, 2 to go" in done.stderr
+    assert "1 of 3 planned cell(s) finished, 2 to go" in done.stderr
     records = cell_records(run_dir)
     assert set(records) == {f"nano__torch__fp32__b1__r{r}__model" for r in (128, 160, 192)}
     assert first.read_bytes() == first_bytes and first.stat().st_mtime_ns == first_mtime  # not repeated
     results = json.loads((run_dir / "results.json").read_text())
     assert [c["cell_id"] for c in results["cells"]] == [f"nano__torch__fp32__b1__r{r}__model" for r in (128, 160, 192)]
 
+    finished = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     again = run_bench(["run", "--resume", str(run_dir)], tmp_path)
-    assert again.returncode == 0 and "3 cell(s) already finished, 0 to go" in again.stderr
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == finished

@@ -18,6 +18,7 @@ from harness.errors import UserError
 from harness.plan.cells import Cell
 from harness.plan.load import parse_plan
 from harness.run import parallel
+from harness.run.launch import WorkUnit
 from harness.run.parallel import parse_gpus, pin_cell, pinned_env, run_cells_on_gpus
 from harness.run.record import new_record
 from harness.run.store import RunStore, utc_now
@@ -135,7 +136,8 @@ class FakeRunner:
         self.lock = threading.Lock()
         self.runs: list[dict[str, Any]] = []
 
-    def __call__(self, cell: Cell, store: RunStore, on_phase: Any, env: dict[str, str]) -> dict[str, Any]:
+    def __call__(self, unit: WorkUnit, store: RunStore, on_phase: Any, env: dict[str, str]) -> dict[str, Any]:
+        cell = unit.cell
         start = time.monotonic()
         if on_phase:
             on_phase("measure")
@@ -247,18 +249,18 @@ def test_no_gpus_is_refused(tmp_path: Path) -> None:
 
 
 def test_default_runner_passes_the_pinning_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.run import scheduler
+    from harness.run import process
 
     seen: list[dict[str, Any]] = []
 
-    def fake_run_cell_process(cell: Cell, store: RunStore, on_phase: Any = None, **kwargs: Any) -> dict[str, Any]:
+    def fake_run_unit_process(unit: WorkUnit, store: RunStore, on_phase: Any = None, **kwargs: Any) -> dict[str, Any]:
         seen.append(kwargs)
         return {}
 
-    monkeypatch.setattr(scheduler, "run_cell_process", fake_run_cell_process)
+    monkeypatch.setattr(process, "run_unit_process", fake_run_unit_process)
     cells, store = cells_and_store(tmp_path)
-    parallel.default_runner(cells[0], store, None, {"CUDA_VISIBLE_DEVICES": "3"})
-    parallel.default_runner(cells[0], store, None, {})
+    parallel.default_runner(WorkUnit(cell=cells[0]), store, None, {"CUDA_VISIBLE_DEVICES": "3"})
+    parallel.default_runner(WorkUnit(cell=cells[0]), store, None, {})
     assert seen == [{"env": {"CUDA_VISIBLE_DEVICES": "3"}}, {}]
 
 
@@ -268,7 +270,8 @@ def test_interrupt_kills_the_running_workers_and_keeps_finished_cells(tmp_path: 
     quick, slow = gpu_cells[0], gpu_cells[1]
     children: list[subprocess.Popen[bytes]] = []
 
-    def runner(cell: Cell, store: RunStore, on_phase: Any, env: dict[str, str]) -> dict[str, Any]:
+    def runner(unit: WorkUnit, store: RunStore, on_phase: Any, env: dict[str, str]) -> dict[str, Any]:
+        cell = unit.cell
         if cell.cell_id != quick.cell_id:
             # looks like a worker to _stop_workers: `harness.run.worker <run_dir>` in its argv
             proc = subprocess.Popen(

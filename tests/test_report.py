@@ -154,10 +154,12 @@ def test_failed_write_keeps_the_previous_report(tmp_path: Path, monkeypatch: pyt
     target = tmp_path / "report.html"
     target.write_text("previous")
 
-    def broken_replace(src: str, dst: str) -> None:
+    def broken_replace(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(render_mod.os, "replace", broken_replace)
+    from harness import files  # write_atomic writes through harness.files
+
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError):
         render_mod.write_atomic(target, "new")
     assert target.read_text() == "previous"

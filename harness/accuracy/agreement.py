@@ -11,13 +11,13 @@ Two levels, because they fail differently:
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from harness import files
 
 if TYPE_CHECKING:
     from harness.models.detections import Detections
@@ -246,12 +246,8 @@ def save_outputs_npz(path: Path, outputs: Mapping[str, np.ndarray], image_ids: I
     arrays = {k: np.asarray(v) for k, v in outputs.items()}
     if image_ids is not None:
         arrays["__image_ids__"] = np.asarray(list(image_ids), dtype=np.int64)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with files.replacing(path) as buffer:
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
 
 
 def load_outputs_npz(path: Path) -> tuple[dict[str, np.ndarray], list[int] | None]:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from harness import files
 from harness.errors import UserError
 
 if TYPE_CHECKING:
@@ -109,13 +108,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a crash leaves either the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    files.write_replace(path, json.dumps(data, separators=(",", ":")))
 
 
 # -- evaluation ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness import files
 from harness.accuracy.agreement import detection_agreement
 from harness.accuracy.derive import cell_file
 
@@ -90,7 +91,8 @@ def draw_gallery(
         draw.rectangle([x, 5, x + 8, 13], fill=OTHER_COLOUR)
         draw.text((x + 12, 3), f"{other_label}   image {image_ids[i]}, disagreement {scores[i]:.2f}", fill=(0, 0, 0))
         path = out_dir / f"{prefix}-{k}.jpg"
-        canvas.save(path, format="JPEG", quality=quality)
+        with files.replacing(path) as buffer:
+            canvas.save(buffer, format="JPEG", quality=quality)
         paths.append(path)
     return paths
 

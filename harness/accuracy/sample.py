@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from harness import files
 from harness.accuracy.coco_names import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 # Bump when the drawing changes, so an old cached copy is not mistaken for the new one.
@@ -217,7 +218,7 @@ def _write_dataset(root: Path, n_images: int, seed: int) -> None:
         rng = np.random.default_rng([seed, 2, index])
         pixels, anns = _draw_image(rng, image_id, len(annotations) + 1)
         file_name = f"sample_{index:05d}.jpg"
-        (images_dir / file_name).write_bytes(_encode_jpeg(pixels))
+        files.write_new(images_dir / file_name, _encode_jpeg(pixels), root=root)
         images.append({"id": image_id, "file_name": file_name,
                        "height": int(pixels.shape[0]), "width": int(pixels.shape[1])})
         annotations.extend(anns)
@@ -233,7 +234,7 @@ def _write_dataset(root: Path, n_images: int, seed: int) -> None:
         "annotations": annotations,
         "categories": _categories(),
     }
-    (root / ANNOTATIONS_FILENAME).write_text(json.dumps(instances, sort_keys=True, indent=1) + "\n")
+    files.write_new(root / ANNOTATIONS_FILENAME, json.dumps(instances, sort_keys=True, indent=1) + "\n", root=root)
 
 
 def make_sample_dataset(out_dir: Path, n_images: int = 24, seed: int = 0) -> tuple[Path, Path]:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness import files
 from harness.environment.fingerprint import short_hash
 from harness.models.base import OnnxArtifact
 
@@ -204,7 +205,7 @@ def export_rfdetr_onnx(
             "dynamic_batch": artifact.dynamic_batch,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        files.write_new(staging / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
         try:
             os.rename(staging, folder)
         except OSError:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import statistics
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from harness import files
 from harness.environment import monitor
 from harness.environment.nvml import SLOWDOWN_REASONS  # constants only; imports no NVML
 from harness.report import charts, fmt
@@ -66,18 +65,8 @@ STATUS_WORDS = {
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Write via a temporary file in the same folder and rename, so a reader never sees a
-    half-written report and a crash leaves the previous one intact."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    half-written report and a crash leaves the previous one intact (never through a link)."""
+    return files.write_replace(path, data)
 
 
 def template_env() -> Any:

@@ -629,6 +629,10 @@ class CellRecord(Frozen):
     cell: FreeForm
     status: Status
     reason: str | None = None  # why skipped / failed / flagged, in words
+    # A failed cell's fault: "cell" (its own code or input) or "environmental" (out of time,
+    # killed from outside, a full disk, lost on a cluster: `bench run --resume` measures it
+    # again). None for other statuses, and for failures recorded before schema 2.
+    failure_kind: Literal["cell", "environmental"] | None = None
     flags: list[str] = Field(default_factory=list)  # unstable, throttled, launch_bound, random_weights
     started_at: str  # ISO 8601 UTC
     finished_at: str

@@ -1,19 +1,23 @@
-"""A whole run: create or resume the run folder, run the cells one by one with a live view,
-derive comparisons, write results.json and the report, print the summary.
+"""A whole run: create or resume the run folder (locked while this process works in it),
+decide which units of work run (harness.run.scheduler), hand them to a launcher
+(harness.run.launch: local processes, GPU lanes, Ray) with a live view, derive comparisons,
+write results.json and the report, print the summary.
 
-Exit status: 0 when every cell ran (skipped cells included: they say why), 1 when a cell
-failed or the plan's accuracy gate tripped, 130 when interrupted (finished cells are kept and
+Exit status: 0 when every cell ran (skipped cells included: they say why) or a finished run
+had nothing left to do, 1 when a cell failed, the plan's accuracy gate tripped, a planned cell
+has no record, or the disk filled up; 2 for bad input (a plan whose cells share an id, a folder
+another process works in); 130 when interrupted (finished cells are kept and
 `bench run --resume RUN_FOLDER` picks up from there).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from harness import __version__
 from harness.errors import UserError
+from harness.files import is_disk_full
 from harness.plan.cells import Cell
 from harness.plan.load import LoadedPlan, parse_plan
 from harness.results import (
@@ -25,11 +29,24 @@ from harness.results import (
     read_cell_files,
     read_run_meta,
 )
-from harness.run.scheduler import run_cell_process
+from harness.run.launch import Launcher, LocalLauncher, WorkUnit
+from harness.run.scheduler import (
+    Reconciled,
+    apply,
+    check_unique_ids,
+    describe,
+    missing,
+    plan_units,
+    reconcile,
+    run_units,
+)
 from harness.run.store import RunStore, utc_now
 
 
 def start_run(loaded: LoadedPlan, output: Path | None = None) -> RunStore:
+    """A new run folder for `loaded`, locked by the returned store. Cells that would share an
+    id are refused before the folder exists."""
+    check_unique_ids(plan_units(loaded.cells))
     base = output or Path(loaded.plan.output)
     if not base.is_absolute() and loaded.path is not None and output is None:
         base = Path.cwd() / base
@@ -54,6 +71,23 @@ def reopen_run(run_dir: Path) -> tuple[RunStore, LoadedPlan]:
     return store, loaded
 
 
+def choose_launcher(
+    loaded: LoadedPlan, gpus: list[int] | None = None, ray_address: str | None = None
+) -> tuple[Launcher, list[WorkUnit]]:
+    """The launcher the flags ask for, and the plan's units as that launcher runs them."""
+    if ray_address:
+        from harness.run.ray_backend import RayLauncher, fleet_units, plan_ray_options
+
+        options = plan_ray_options(loaded.plan)
+        types = options.pop("accelerator_types")
+        return RayLauncher(ray_address, **options), fleet_units(loaded.cells, types)
+    if gpus:
+        from harness.run.parallel import GpuLanesLauncher
+
+        return GpuLanesLauncher(gpus), plan_units(loaded.cells)
+    return LocalLauncher(), plan_units(loaded.cells)
+
+
 def execute(
     store: RunStore,
     loaded: LoadedPlan,
@@ -61,111 +95,83 @@ def execute(
     console: Any = None,
     gpus: list[int] | None = None,
     ray_address: str | None = None,
+    launcher: Launcher | None = None,
 ) -> int:
-    from rich.console import Console
+    """Run what the folder does not hold yet; see the module's exit statuses."""
     from rich.markup import escape
 
-    console = console or Console(stderr=True)
+    from harness.run.progress import make_console, make_view
+
+    console = console or make_console()
     folder = escape(str(store.run_dir))  # a path may hold "[...]", which rich would read as markup
-    done = store.finished_cell_ids()
-    cells = loaded.cells
-    todo = [c for c in cells if c.cell_id not in done]
-    if done:
-        console.print(f"[bold]resuming[/] {folder}: {len(done)} cell(s) already finished, {len(todo)} to go",
-                      soft_wrap=True)  # never break a path: it could not be copied
+    chosen, units = choose_launcher(loaded, gpus, ray_address)
+    launcher = launcher or chosen
+    check_unique_ids(units)
+    state = _claim(store, units)
+    if state is None:
+        console.print(f"nothing to do: {folder} is finished ({len(units)} cells)", soft_wrap=True)
+        return 0
+    if state.finished or state.retry or state.bad:
+        console.print(f"[bold]resuming[/] {folder}: {describe(state)}", soft_wrap=True)  # never break a path
     else:
-        console.print(f"[bold]run[/] {folder} ({len(cells)} cells)", soft_wrap=True)
-    interrupted = False
+        console.print(f"[bold]run[/] {folder} ({len(units)} cells)", soft_wrap=True)
+    apply(state, store, lambda text: console.print(f"[yellow]{escape(text)}[/]", soft_wrap=True))
+    interrupted, conflicts = False, []
     try:
-        _run_cells(todo, store, console, total=len(cells), already=len(done), loaded=loaded,
-                   gpus=gpus, ray_address=ray_address)
+        with make_view(console, len(units), len(state.finished)) as view:
+            outcome = run_units(launcher, state.todo, store, on_start=view.started, on_phase=view.phase,
+                                on_done=lambda unit, record, written: view.done(unit, record))
+        conflicts = outcome.conflicts
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted[/]: finished cells are kept; resume with "
                       f"`bench run --resume {folder}`", soft_wrap=True)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        console.print(f"[red]no space left on the device[/] (writing {escape(str(exc.filename))}): the run "
+                      f"stopped; finished cells are kept; free some space, then `bench run --resume {folder}`",
+                      soft_wrap=True)
+        store.release_lock()
+        return 1
     results = finalize(store, loaded)
     print_summary(results, console, store.run_dir)
-    if interrupted:
-        return 130
-    return exit_status(results, loaded)
+    code = 130 if interrupted else exit_status(results, loaded)
+    if _report_lost(store, units, conflicts, console, interrupted) and code == 0:
+        code = 1
+    store.release_lock()
+    return code
 
 
-def _run_cells(
-    todo: list[Cell],
-    store: RunStore,
-    console: Any,
-    *,
-    total: int,
-    already: int,
-    loaded: LoadedPlan,
-    gpus: list[int] | None = None,
-    ray_address: str | None = None,
-) -> None:
-    from rich.live import Live
-    from rich.table import Table
+def _claim(store: RunStore, units: list[WorkUnit]) -> Reconciled | None:
+    """Lock the folder (RunBusy, exit 2, when another process works in it) and reconcile it
+    with the planned units; None, with nothing touched, when a finished run has nothing to do."""
+    if store.lock is None:
+        store.acquire_lock(create=False)  # a folder without a lock file is not given one yet
+    if reconcile(units, store).nothing_to_do and store.is_finished():
+        store.release_lock()
+        return None
+    store.acquire_lock()
+    store.announce()
+    return reconcile(units, store)  # again, now that no other process can change the folder
 
-    state: dict[str, Any] = {"cell": "", "phase": "", "since": time.monotonic(), "done": already}
-    statuses: list[tuple[str, str]] = []
 
-    def render() -> Table:
-        table = Table.grid(padding=(0, 1))
-        left = total - state["done"]
-        table.add_row(f"[bold]{state['done']}/{total}[/] cells done, {left} left")
-        if state["cell"]:
-            elapsed = time.monotonic() - state["since"]
-            table.add_row(f"now: [cyan]{state['cell']}[/]  phase: [magenta]{state['phase']}[/]  {elapsed:5.1f} s")
-        for cell_id, status in statuses[-5:]:
-            colour = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(status, "yellow")
-            table.add_row(f"  [{colour}]{status:>9}[/] {cell_id}")
-        return table
+def _report_lost(store: RunStore, units: list[WorkUnit], conflicts: list[Any], console: Any, interrupted: bool) -> bool:
+    """Say which planned cells have no record, and which records were kept aside; True if any."""
+    from rich.markup import escape
 
-    running: dict[str, tuple[str, float]] = {}  # parallel backends: cell id -> (phase, since)
+    for written in conflicts:
+        console.print(f"[red]a second record for one cell id[/] was kept aside as "
+                      f"{escape(str(written.path.relative_to(store.run_dir)))}", soft_wrap=True)
+    lost = [] if interrupted else missing(units, store)
+    if not interrupted:  # planned when the run began (run.json) but not by the plan as expanded now
+        from harness.run.placement import base_cell_id
 
-    def render_parallel() -> Table:
-        table = render()
-        for cell_id, (phase, since) in running.items():
-            table.add_row(f"now: [cyan]{cell_id}[/]  phase: [magenta]{phase}[/]  {time.monotonic() - since:5.1f} s")
-        return table
-
-    if gpus or ray_address:
-        with Live(render_parallel(), console=console, refresh_per_second=4, transient=False) as live:
-
-            def on_cell_phase(cell_id: str, phase: str) -> None:
-                running[cell_id] = (phase, running.get(cell_id, (phase, time.monotonic()))[1])
-                live.update(render_parallel())
-
-            def on_done(record: dict[str, Any]) -> None:  # already written to the run folder
-                running.pop(record["cell_id"], None)
-                state["done"] += 1
-                statuses.append((record["cell_id"], record["status"]))
-                live.update(render_parallel())
-
-            if ray_address:
-                from harness.run.ray_backend import plan_ray_options, run_cells_on_ray
-
-                run_cells_on_ray(todo, store, ray_address, on_done=on_done, on_phase=on_cell_phase,
-                                 **plan_ray_options(loaded.plan))
-            else:
-                from harness.run.parallel import run_cells_on_gpus
-
-                run_cells_on_gpus(todo, store, gpus or [], on_done, on_cell_phase)
-        return
-
-    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
-        for cell in todo:
-            state.update(cell=cell.cell_id, phase="starting", since=time.monotonic())
-            live.update(render())
-
-            def on_phase(name: str) -> None:
-                state["phase"] = name
-                live.update(render())
-
-            record = run_cell_process(cell, store, on_phase=on_phase)
-            store.write_cell(record)
-            state["done"] += 1
-            statuses.append((cell.cell_id, record["status"]))
-            state["cell"] = ""
-            live.update(render())
+        known = {base_cell_id(k) for k in [*store.scan_cells().records, *(u.key for u in units)]}
+        lost += [i for i in store.meta().get("cell_ids") or [] if base_cell_id(i) not in known]
+    if lost:
+        console.print(f"[red]{len(lost)} planned cell(s) have no record[/]: {escape(', '.join(lost))}", soft_wrap=True)
+    return bool(conflicts or lost)
 
 
 def finalize(store: RunStore, loaded: LoadedPlan) -> ResultsFile:
@@ -204,7 +210,7 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> ResultsFile:
 
         render_run(store.run_dir)
     except Exception as exc:  # a report problem never loses results
-        (store.run_dir / "report-error.txt").write_text(f"report rendering failed: {exc!r}\n")
+        store.write_replace("report-error.txt", f"report rendering failed: {exc!r}\n")
     return results
 
 

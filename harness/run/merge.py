@@ -36,7 +36,6 @@ from harness.results import (
     RunMeta,
     describe_validation,
     load_cell_record,
-    read_cell_files,
     read_run_meta,
 )
 from harness.run.placement import QUALIFIER, base_cell_id, hardware_name, hardware_slug, qualify
@@ -69,12 +68,15 @@ def _open_sources(run_dirs: list[Path]) -> list[_Source]:
             raise UserError(f"bench merge: {run_dir} is given twice (as {seen[resolved]})")
         seen[resolved] = Path(run_dir)
         store = RunStore.open(Path(run_dir))
+        scan = store.scan_cells()
+        if scan.bad:
+            path, why = scan.bad[0]
+            raise UserError(f"bench merge: {path}: a cell file cannot be read: {why}")
         try:
-            records = [r.model_dump(mode="json") for r in read_cell_files(store.cells_dir)]
             meta = read_run_meta(store.run_dir / "run.json")
         except ResultsError as exc:
             raise UserError(f"bench merge: {exc}") from None
-        sources.append(_Source(index, store, meta, records))
+        sources.append(_Source(index, store, meta, list(scan.records.values())))
     return sources
 
 
@@ -240,6 +242,7 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
         except ValidationError as exc:
             raise UserError(f"{src_dir}/cells/{old_id}.json: not a valid cell record: {describe_validation(exc)}") from None
         merged.write_cell(checked.model_dump(mode="json"))
+    merged.release_lock()
     return merged.run_dir
 
 

@@ -22,14 +22,15 @@ launches, pre- and post-processing). `cpu_alongside=True` opts into running one 
 time beside the GPU lanes, for when the host has cores to spare and the CPU numbers matter
 less than the wall time.
 
-Records are written here, in the calling thread, as each cell ends (RunStore.write_cell: atomic,
-never overwriting), then handed to `on_done` for the live view; the worker threads only wait
-on their processes. Ctrl-C kills the running workers (they are this process's children) and
-writes nothing for them, so `bench run --resume` measures them again.
+`GpuLanesLauncher` is a launcher (harness.run.launch): records are handed back, in the calling
+thread, as each unit ends, and written above it (harness.run.scheduler); the worker threads
+only wait on their processes. Ctrl-C kills the running workers (they are this process's
+children) and hands back nothing for them, so `bench run --resume` measures them again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -37,12 +38,13 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from harness.errors import UserError
 from harness.plan.cells import Cell
+from harness.run.launch import Events, WorkUnit
 from harness.run.placement import host_name, with_placement
 from harness.run.record import outcome_record
 from harness.run.store import RunStore, utc_now
@@ -50,13 +52,13 @@ from harness.run.store import RunStore, utc_now
 BACKEND = "local-gpus"
 
 
-class CellRunner(Protocol):
-    """Runs one cell in its own process and returns its record (never raises for the cell's
+class UnitRunner(Protocol):
+    """Runs one unit in its own process and returns its record (never raises for the cell's
     own failures). `env` holds variables to add to the worker's environment."""
 
     def __call__(
         self,
-        cell: Cell,
+        unit: WorkUnit,
         store: RunStore,
         on_phase: Callable[[str], None] | None,
         env: dict[str, str],
@@ -188,14 +190,14 @@ def pin_cell(cell: Cell, gpu: int) -> tuple[Cell, dict[str, str], dict[str, Any]
 
 
 def default_runner(
-    cell: Cell, store: RunStore, on_phase: Callable[[str], None] | None, env: dict[str, str]
+    unit: WorkUnit, store: RunStore, on_phase: Callable[[str], None] | None, env: dict[str, str]
 ) -> dict[str, Any]:
-    """scheduler.run_cell_process, with `env` added to the worker's environment when given."""
-    from harness.run import scheduler
+    """process.run_unit_process, with `env` added to the worker's environment when given."""
+    from harness.run import process
 
     if not env:
-        return scheduler.run_cell_process(cell, store, on_phase=on_phase)
-    return scheduler.run_cell_process(cell, store, on_phase=on_phase, env=env)
+        return process.run_unit_process(unit, store, on_phase=on_phase)
+    return process.run_unit_process(unit, store, on_phase=on_phase, env=env)
 
 
 # -- the lanes -------------------------------------------------------------------------------
@@ -207,6 +209,96 @@ class _Lane:
     gpu: int | None
 
 
+class GpuLanesLauncher:
+    """One lane per GPU, one unit per lane at a time; CPU units after the GPU units, one at a
+    time with nothing else measuring (or beside the GPU lanes with `cpu_alongside`).
+
+    Units start in the order given, except that a CPU unit waits while GPUs measure and GPU
+    units behind it go ahead. Each unit's worker is pinned to its lane's GPU (`pin_cell`) and
+    its record carries the placement. The worker threads only wait on their processes; every
+    event is handed on in the calling thread. On an interrupt (or a failing callback) the
+    running workers are killed and get no record; units that ended before are handed on first.
+    """
+
+    name = BACKEND
+
+    def __init__(self, gpus: list[int], *, cpu_alongside: bool = False, runner: UnitRunner | None = None):
+        if not gpus:
+            raise UserError("--gpus: no GPU given")
+        if len(set(gpus)) != len(gpus):
+            raise UserError(f"--gpus: a GPU is given twice ({gpus})")
+        self.gpus = list(gpus)
+        self.cpu_alongside = cpu_alongside
+        self.runner: UnitRunner = runner or default_runner
+
+    def run(self, units: Sequence[WorkUnit], store: RunStore, events: Events) -> None:
+        gpu_queue = deque(u for u in units if uses_gpu(u.cell))
+        cpu_queue = deque(u for u in units if not uses_gpu(u.cell))
+        free_gpus = deque(self.gpus)
+        cpu_busy = False
+        inbox: queue.Queue[tuple[str, WorkUnit, Any]] = queue.Queue()
+        running: dict[str, tuple[threading.Thread, _Lane, WorkUnit]] = {}
+
+        def start(unit: WorkUnit, lane: _Lane) -> None:
+            if lane.gpu is not None:
+                pinned, env, placement = pin_cell(unit.cell, lane.gpu)
+                run_as = unit.model_copy(update={"cell": pinned})
+            else:
+                run_as, env, placement = unit, {}, {"backend": BACKEND, "host": host_name(), "gpu": None}
+
+            def work() -> None:
+                started_at = utc_now()
+                try:
+                    record = self.runner(run_as, store, lambda phase: inbox.put(("phase", unit, phase)), env)
+                except BaseException as exc:  # noqa: BLE001 -- a harness bug must not stop the other lanes
+                    record = outcome_record(
+                        unit.cell, "failed", f"the harness could not run the cell: {type(exc).__name__}: {exc}",
+                        started_at, failure_kind="environmental",
+                    )
+                inbox.put(("done", unit, with_placement(record, placement)))
+
+            thread = threading.Thread(target=work, name=f"bench-{lane.name}", daemon=True)
+            running[unit.key] = (thread, lane, unit)
+            events.started(unit)
+            thread.start()
+
+        try:
+            while gpu_queue or cpu_queue or running:
+                while free_gpus and gpu_queue and (self.cpu_alongside or not cpu_busy):
+                    gpu = free_gpus.popleft()
+                    start(gpu_queue.popleft(), _Lane(f"gpu{gpu}", gpu))
+                gpus_idle = not gpu_queue and len(free_gpus) == len(self.gpus)
+                if cpu_queue and not cpu_busy and (self.cpu_alongside or gpus_idle):
+                    cpu_busy = True
+                    start(cpu_queue.popleft(), _Lane("cpu", None))
+                kind, unit, payload = inbox.get()
+                if kind == "phase":
+                    if unit.key in running:
+                        events.phase(unit, payload)
+                    continue
+                thread, lane, _ = running.pop(unit.key)
+                thread.join()
+                if lane.gpu is None:
+                    cpu_busy = False
+                else:
+                    free_gpus.append(lane.gpu)
+                events.done(unit, payload)
+        except BaseException:
+            # Units that ended before the interrupt keep their records; the rest are killed and
+            # get none (a resume runs them again).
+            with contextlib.suppress(BaseException):
+                while True:
+                    try:
+                        kind, unit, payload = inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if kind == "done" and unit.key in running:
+                        running.pop(unit.key)
+                        events.done(unit, payload)
+            _stop_workers(store, [thread for thread, _, _ in running.values()])
+            raise
+
+
 def run_cells_on_gpus(
     cells: list[Cell],
     store: RunStore,
@@ -215,88 +307,21 @@ def run_cells_on_gpus(
     on_phase: Callable[[str, str], None] | None = None,
     *,
     cpu_alongside: bool = False,
-    runner: CellRunner | None = None,
+    runner: UnitRunner | None = None,
 ) -> None:
-    """Run `cells`, GPU cells in parallel (one lane per GPU in `gpus`), CPU cells after them
-    one at a time (or beside them with `cpu_alongside`).
+    """Run the cells `store` does not hold yet through GpuLanesLauncher (GPU cells in parallel,
+    one lane per GPU in `gpus`; CPU cells after them one at a time, or beside them with
+    `cpu_alongside`).
 
-    Each record is written with store.write_cell as its cell ends and then passed to
-    `on_done(record)` (don't write it again). `on_phase(cell_id, phase)` reports "starting" and
-    the worker's phases. Both are called in this thread. Cells already finished in `store` are
-    skipped. Returns when every cell has a record; re-raises KeyboardInterrupt after killing
-    the running workers (their cells get no record, so a resume runs them again).
+    Each record is written into `store` as its cell ends and then passed to `on_done(record)`
+    (don't write it again). `on_phase(cell_id, phase)` reports "starting" and the worker's
+    phases. Both are called in this thread. Re-raises KeyboardInterrupt after killing the
+    running workers (their cells get no record, so a resume runs them again).
     """
-    if not gpus:
-        raise UserError("--gpus: no GPU given")
-    if len(set(gpus)) != len(gpus):
-        raise UserError(f"--gpus: a GPU is given twice ({gpus})")
-    run = runner or default_runner
-    done = store.finished_cell_ids()
-    todo = [c for c in cells if c.cell_id not in done]
-    gpu_queue = deque(c for c in todo if uses_gpu(c))
-    cpu_queue = deque(c for c in todo if not uses_gpu(c))
-    free_gpus = deque(gpus)
-    cpu_busy = False
-    events: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
-    running: dict[str, tuple[threading.Thread, _Lane]] = {}
+    from harness.run.scheduler import plan_units, resume_and_run
 
-    def start(cell: Cell, lane: _Lane) -> None:
-        if lane.gpu is not None:
-            run_as, env, placement = pin_cell(cell, lane.gpu)
-        else:
-            run_as, env, placement = cell, {}, {"backend": BACKEND, "host": host_name(), "gpu": None}
-
-        def work() -> None:
-            started_at = utc_now()
-            try:
-                record = run(run_as, store, lambda phase: events.put(("phase", cell.cell_id, phase)), env)
-            except BaseException as exc:  # noqa: BLE001 -- a harness bug must not stop the other lanes
-                record = outcome_record(
-                    cell, "failed", f"the harness could not run the cell: {type(exc).__name__}: {exc}", started_at
-                )
-            events.put(("done", cell.cell_id, with_placement(record, placement)))
-
-        thread = threading.Thread(target=work, name=f"bench-{lane.name}", daemon=True)
-        running[cell.cell_id] = (thread, lane)
-        if on_phase is not None:
-            on_phase(cell.cell_id, "starting")
-        thread.start()
-
-    try:
-        while gpu_queue or cpu_queue or running:
-            while free_gpus and gpu_queue and (cpu_alongside or not cpu_busy):
-                gpu = free_gpus.popleft()
-                start(gpu_queue.popleft(), _Lane(f"gpu{gpu}", gpu))
-            gpus_idle = not gpu_queue and len(free_gpus) == len(gpus)
-            if cpu_queue and not cpu_busy and (cpu_alongside or gpus_idle):
-                cpu_busy = True
-                start(cpu_queue.popleft(), _Lane("cpu", None))
-            kind, cell_id, payload = events.get()
-            if kind == "phase":
-                if on_phase is not None and cell_id in running:
-                    on_phase(cell_id, payload)
-                continue
-            thread, lane = running.pop(cell_id)
-            thread.join()
-            if lane.gpu is None:
-                cpu_busy = False
-            else:
-                free_gpus.append(lane.gpu)
-            store.write_cell(payload)
-            on_done(payload)
-    except BaseException:
-        # Cells that ended before the interrupt keep their records; the rest are killed and
-        # get none (a resume runs them again).
-        while True:
-            try:
-                kind, cell_id, payload = events.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "done" and cell_id in running:
-                running.pop(cell_id)
-                store.write_cell(payload)
-        _stop_workers(store, [thread for thread, _ in running.values()])
-        raise
+    launcher = GpuLanesLauncher(gpus, cpu_alongside=cpu_alongside, runner=runner)
+    resume_and_run(launcher, plan_units(cells), store, on_done, on_phase)
 
 
 def worker_pids(store: RunStore) -> list[int]:

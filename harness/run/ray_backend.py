@@ -1,13 +1,15 @@
-"""A plan across machines through Ray: each cell is a Ray task, results stream back as cells end.
+"""A plan across machines through Ray: each unit of work is a Ray task, records stream back as
+tasks end (`RayLauncher`, a launcher of harness.run.launch).
 
     bench PLAN.yaml --ray ray://head:10001      (Ray Client, e.g. a KubeRay head service)
     bench PLAN.yaml --ray auto                  (on a node of a running cluster)
 
 The harness grows no scheduler of its own: Ray places the tasks, retries those whose worker or
 node died, and the autoscaler (KubeRay's) adds nodes. Each task runs the SAME worker as a local
-run (`python -m harness.run.worker`, through scheduler.run_cell_process) in a temporary run
+run (`python -m harness.run.worker`, through process.run_unit_process) in a temporary run
 folder on its node, and returns the record plus the cell's files (log, detections, raw
-outputs) to the driver, which writes them into the run folder as each task ends. So a lost
+outputs) to the driver, which writes the files into the run folder as each task ends and hands
+the record back (harness.run.scheduler writes it). So a lost
 worker or node loses only the cell it was running: Ray retries it (`max_retries`), and when the
 retries are spent the cell is recorded as failed with Ray's reason; nothing finished is lost.
 
@@ -15,7 +17,8 @@ What a task asks Ray for:
   - a GPU cell: num_gpus=1 (Ray then sets CUDA_VISIBLE_DEVICES to that one GPU, and the cell's
     device becomes cuda:0) and one CPU; with `accelerator_types`, the matching
     `accelerator_type` (ray.util.accelerators names: T4, L4, A10G, A100, H100...), and the cell
-    runs once per type, its id qualified as `<cell_id>@<type slug>`;
+    runs once per type, its id qualified as `<cell_id>@<type slug>` (`fleet_units`: the
+    expansion happens before the launcher, which only reads `unit.gpu_type`);
   - a CPU cell: by default every CPU of the largest node (`cpu_task_cpus=None`), so nothing else
     measures on that node meanwhile, the same rule as a local run's (see harness.run.parallel).
 
@@ -43,10 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.files import UnsafePath, write_new
 from harness.plan.cells import Cell
-from harness.run.placement import hardware_slug, host_name, qualify, with_placement
+from harness.run.launch import Events, WorkUnit
+from harness.run.placement import QUALIFIER, hardware_slug, host_name, qualify, with_placement
 from harness.run.record import outcome_record
-from harness.run.store import RUN_SUBDIRS, RunStore, dumps, utc_now, write_new, write_replace
+from harness.run.store import RUN_SUBDIRS, RunStore, dumps, utc_now
 
 BACKEND = "ray"
 # The most of a cell's log that comes back (the tail; rfdetr's export chatter can be long).
@@ -97,16 +102,25 @@ def normalise_accelerator_types(types: Mapping[str, str] | Sequence[str] | None)
     return out
 
 
-def fleet_cell_ids(cells: list[Cell], accelerator_types: Mapping[str, str] | Sequence[str] | None) -> list[str]:
-    """The record ids a Ray run of `cells` produces, in order (GPU cells once per type)."""
+def fleet_units(cells: Sequence[Cell], accelerator_types: Mapping[str, str] | Sequence[str] | None) -> list[WorkUnit]:
+    """The units a Ray run of `cells` runs, in order: with GPU types, every GPU cell once per
+    type, its id qualified `<cell_id>@<type slug>`, the type in `unit.gpu_type`."""
     types = normalise_accelerator_types(accelerator_types)
-    ids: list[str] = []
+    units: list[WorkUnit] = []
     for cell in cells:
         if types and _wants_gpu(cell, cluster_has_gpus=True):
-            ids += [qualify(cell.cell_id, slug) for slug in types]
+            units += [
+                WorkUnit(cell=cell.model_copy(update={"cell_id": qualify(cell.cell_id, slug)}), gpu_type=accelerator)
+                for slug, accelerator in types.items()
+            ]
         else:
-            ids.append(cell.cell_id)
-    return ids
+            units.append(WorkUnit(cell=cell))
+    return units
+
+
+def fleet_cell_ids(cells: list[Cell], accelerator_types: Mapping[str, str] | Sequence[str] | None) -> list[str]:
+    """The record ids a Ray run of `cells` produces, in order (GPU cells once per type)."""
+    return [unit.key for unit in fleet_units(cells, accelerator_types)]
 
 
 def _wants_gpu(cell: Cell, *, cluster_has_gpus: bool) -> bool:
@@ -175,17 +189,17 @@ def _collect_files(work: Path) -> dict[str, bytes]:
 
 
 def run_cell_on_node(
-    cell_json: str, run_id: str, placement: dict[str, Any], plan_sha256: str | None = None
+    unit_json: str, run_id: str, placement: dict[str, Any], plan_sha256: str | None = None
 ) -> dict[str, Any]:
-    """The body of a Ray task: run one cell in a worker process on this node and return
+    """The body of a Ray task: run one unit in a worker process on this node and return
     {"record", "files", "placement"}. Never raises for the cell's own failures. `plan_sha256`
     is the run's: the worker records it from its run folder's run.json, as in a local run."""
     import ray
 
     import harness
-    from harness.run.scheduler import run_cell_process
+    from harness.run.process import run_unit_process
 
-    cell = Cell.model_validate_json(cell_json)
+    unit = WorkUnit.model_validate_json(unit_json)
     context = ray.get_runtime_context()
     placement = {
         **placement,
@@ -196,12 +210,12 @@ def run_cell_on_node(
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "harness_version": harness.__version__,
     }
-    work = _node_workdir(run_id, cell.cell_id)
+    work = _node_workdir(run_id, unit.key)
     shutil.rmtree(work, ignore_errors=True)  # what a crashed earlier attempt here left
     for sub in RUN_SUBDIRS:
         (work / sub).mkdir(parents=True, exist_ok=True)
-    write_new(work / "run.json", dumps({"run_id": run_id, "plan_sha256": plan_sha256}))
-    run_as, local_plan_dir = _localize(cell)
+    write_new(work / "run.json", dumps({"run_id": run_id, "plan_sha256": plan_sha256}), root=work)
+    run_as, local_plan_dir = _localize(unit.cell)
     if local_plan_dir:
         placement["plan_dir_on_node"] = local_plan_dir
     injected = _ray_injected_env()
@@ -210,7 +224,7 @@ def run_cell_on_node(
     try:
         for name in injected:  # the worker inherits os.environ; Ray restores its own after the task
             os.environ.pop(name, None)
-        record = run_cell_process(run_as, RunStore(work))
+        record = run_unit_process(unit.model_copy(update={"cell": run_as}), RunStore(work))
         files = _collect_files(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -245,11 +259,11 @@ def _ray_injected_env() -> dict[str, str]:
 
 @dataclass
 class _Submitted:
-    cell: Cell  # as the worker runs it and the record shows it (qualified id when typed)
+    planned: WorkUnit  # as the launcher was given it
+    unit: WorkUnit  # as the worker runs it and the record shows it (device cuda:0 on a GPU)
     placement: dict[str, Any]
     resources: dict[str, float]  # what the task needs from a node, for the checks and messages
     submitted_at: str
-    accelerator_type: str | None = None
     missing_since: float | None = None  # when the cluster was first seen lacking `resources`
 
 
@@ -312,26 +326,128 @@ def _describe_ray_error(exc: BaseException, attempts: int) -> str:
 
 
 def _lost_record(sub: _Submitted, reason: str) -> dict[str, Any]:
-    record = outcome_record(sub.cell, "failed", reason, sub.submitted_at)
+    record = outcome_record(sub.unit.cell, "failed", reason, sub.submitted_at, failure_kind="environmental")
     return with_placement(record, {**sub.placement, "ray_resources": sub.resources})
 
 
 def _store_result(store: RunStore, result: dict[str, Any]) -> dict[str, Any]:
-    """Write a task's files into the run folder; return its record with its placement."""
+    """Write a task's files into the run folder; return its record with its placement. Only
+    `<subfolder>/<file>` names are taken (never cells/, never a name that leaves the folder);
+    a log adds to an earlier attempt's log (a resumed run), a file left by an attempt that got
+    no record is replaced."""
     for rel, data in result.get("files", {}).items():
-        path = store.run_dir / rel
-        if path.resolve().parent.parent != store.run_dir.resolve() or rel.startswith("cells/"):
-            continue  # only <run>/<subfolder>/<file>
-        path.parent.mkdir(exist_ok=True)
-        if rel.startswith("logs/") and path.exists():
-            with path.open("ab") as handle:  # an earlier attempt's log (a resumed run) stays
-                handle.write(data)
-        else:
+        parts = Path(rel).parts
+        if len(parts) != 2 or parts[0] == "cells" or any(p.startswith(".") for p in parts):
+            continue
+        try:
+            if parts[0] == "logs":
+                with store.open_append(rel) as handle:
+                    handle.write(data)
+                continue
             try:
-                write_new(path, data)
-            except FileExistsError:  # left by an attempt that never got a record: replace it
-                write_replace(path, data)
+                store.write_new(rel, data)
+            except FileExistsError:
+                store.write_replace(rel, data)
+        except UnsafePath:
+            continue  # a link planted in the run folder: never written through
     return with_placement(result["record"], result.get("placement", {}))
+
+
+class RayLauncher:
+    """Each unit a Ray task on the cluster at `address` ("ray://host:10001", "auto",
+    "host:port", or "local" for a throwaway local cluster); records come back as tasks end.
+
+    A unit with a `gpu_type` asks Ray for that accelerator type. A task whose worker or node
+    dies is retried up to `max_retries` times, then handed back as failed (environmental) with
+    Ray's reason. A unit asking for a resource the cluster does not have (no GPU, no H100)
+    fails at once, or after `wait_for_resources_s` when an autoscaler may add it. Ctrl-C
+    cancels the outstanding tasks and re-raises.
+    """
+
+    name = BACKEND
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        max_retries: int = 1,
+        cpu_task_cpus: float | None = None,
+        wait_for_resources_s: float = 0.0,
+        runtime_env: dict[str, Any] | None = None,
+        poll_s: float = 1.0,
+    ):
+        self.address = address
+        self.max_retries = max_retries
+        self.cpu_task_cpus = cpu_task_cpus
+        self.wait_for_resources_s = wait_for_resources_s
+        self.runtime_env = runtime_env
+        self.poll_s = poll_s
+
+    def run(self, units: Sequence[WorkUnit], store: RunStore, events: Events) -> None:
+        import ray
+
+        connected_here = _connect(self.address, self.runtime_env)
+        pending: dict[Any, _Submitted] = {}
+        try:
+            cluster = ray.cluster_resources()
+            has_gpus = cluster.get("GPU", 0) > 0 or any(u.gpu_type for u in units)
+            # A node with no CPUs yet (an autoscaling group at zero) still gets a request to scale for.
+            whole_node = max([*_node_cpus(), 1.0])
+            task = ray.remote(run_cell_on_node)
+            run_id = store.run_dir.name
+            plan_sha256 = store.meta().get("plan_sha256")
+            for unit in units:
+                sub = _submission(unit, has_gpus, self.cpu_task_cpus or whole_node, self.address)
+                options: dict[str, Any] = {
+                    "num_cpus": sub.resources.get("CPU", 1),
+                    "num_gpus": sub.resources.get("GPU", 0),
+                    "max_retries": self.max_retries,
+                    "retry_exceptions": False,  # the task never raises for a cell's own failure
+                    "name": f"bench:{unit.key}",
+                }
+                if unit.gpu_type:
+                    options["accelerator_type"] = unit.gpu_type
+                ref = task.options(**options).remote(sub.unit.model_dump_json(), run_id, sub.placement, plan_sha256)
+                pending[ref] = sub
+                events.started(unit)
+                events.phase(unit, "queued")
+            self._collect(pending, store, events)
+        except BaseException:
+            for ref in pending:  # stop measuring on the cluster: the cells rerun on resume
+                with contextlib.suppress(Exception):  # already finished or gone
+                    ray.cancel(ref, force=True)
+            raise
+        finally:
+            if connected_here:
+                ray.shutdown()
+
+    def _collect(self, pending: dict[Any, _Submitted], store: RunStore, events: Events) -> None:
+        import ray
+
+        last_check = 0.0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
+            for ref in ready:
+                sub = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 -- worker, node or task lost: any RayError
+                    record = _lost_record(sub, _describe_ray_error(exc, self.max_retries + 1))
+                else:
+                    record = _store_result(store, result)
+                events.done(sub.planned, record)
+            if pending and time.monotonic() - last_check > 5.0:
+                last_check = time.monotonic()
+                try:
+                    total = ray.cluster_resources()
+                except Exception:  # noqa: BLE001 -- a failed look-up is no reason to give a cell up
+                    total = None
+                for ref, sub in list(pending.items()):
+                    reason = _unschedulable(sub, self.wait_for_resources_s, self.address, total) if total else None
+                    if reason:
+                        ray.cancel(ref, force=True)
+                        pending.pop(ref)
+                        events.done(sub.planned, _lost_record(sub, reason))
 
 
 def run_cells_on_ray(
@@ -348,112 +464,34 @@ def run_cells_on_ray(
     runtime_env: dict[str, Any] | None = None,
     poll_s: float = 1.0,
 ) -> None:
-    """Run `cells` as Ray tasks on the cluster at `address` ("ray://host:10001", "auto",
-    "host:port", or "local" for a throwaway local cluster).
+    """Run the cells `store` does not hold yet as Ray tasks (RayLauncher), GPU cells once per
+    type of `accelerator_types` ({label: type} or [type, ...]), ids `<cell_id>@<slug>`.
 
-    Each record is written with store.write_cell as its task ends, then passed to
-    `on_done(record)` (don't write it again). `on_phase(cell_id, "queued")` tells the live view
-    what was submitted. `accelerator_types` ({label: type} or [type, ...]) runs every GPU cell
-    once per GPU type, ids `<cell_id>@<slug>`. A task whose worker or node dies is retried up to
-    `max_retries` times, then recorded as failed with Ray's reason. A cell asking for a resource
-    the cluster does not have (no GPU, no H100) fails at once, or after `wait_for_resources_s`
-    when an autoscaler may add it. Cells already finished in `store` are skipped (resume).
-    Ctrl-C cancels the outstanding tasks and re-raises.
+    Each record is written into `store` as its task ends, then passed to `on_done(record)`
+    (don't write it again). `on_phase(cell_id, "queued")` tells the live view what was
+    submitted.
     """
-    import ray
+    from harness.run.scheduler import resume_and_run
 
-    types = normalise_accelerator_types(accelerator_types)
-    connected_here = _connect(address, runtime_env)
-    pending: dict[Any, _Submitted] = {}
-    try:
-        cluster = ray.cluster_resources()
-        has_gpus = cluster.get("GPU", 0) > 0 or bool(types)
-        # A node with no CPUs yet (an autoscaling group at zero) still gets a request to scale for.
-        whole_node = max([*_node_cpus(), 1.0])
-        task = ray.remote(run_cell_on_node)
-        run_id = store.run_dir.name
-        plan_sha256 = store.meta().get("plan_sha256")
-        finished = store.finished_cell_ids()
-        for cell in cells:
-            for sub in _submissions(cell, types, has_gpus, cpu_task_cpus or whole_node, address):
-                if sub.cell.cell_id in finished:
-                    continue
-                options: dict[str, Any] = {
-                    "num_cpus": sub.resources.get("CPU", 1),
-                    "num_gpus": sub.resources.get("GPU", 0),
-                    "max_retries": max_retries,
-                    "retry_exceptions": False,  # the task never raises for a cell's own failure
-                    "name": f"bench:{sub.cell.cell_id}",
-                }
-                if sub.accelerator_type:
-                    options["accelerator_type"] = sub.accelerator_type
-                ref = task.options(**options).remote(sub.cell.model_dump_json(), run_id, sub.placement, plan_sha256)
-                pending[ref] = sub
-                if on_phase is not None:
-                    on_phase(sub.cell.cell_id, "queued")
-        last_check = 0.0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
-            for ref in ready:
-                sub = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 -- worker, node or task lost: any RayError
-                    record = _lost_record(sub, _describe_ray_error(exc, max_retries + 1))
-                else:
-                    record = _store_result(store, result)
-                store.write_cell(record)
-                on_done(record)
-            if pending and time.monotonic() - last_check > 5.0:
-                last_check = time.monotonic()
-                try:
-                    total = ray.cluster_resources()
-                except Exception:  # noqa: BLE001 -- a failed look-up is no reason to give a cell up
-                    total = None
-                for ref, sub in list(pending.items()):
-                    reason = _unschedulable(sub, wait_for_resources_s, address, total) if total else None
-                    if reason:
-                        ray.cancel(ref, force=True)
-                        pending.pop(ref)
-                        record = _lost_record(sub, reason)
-                        store.write_cell(record)
-                        on_done(record)
-    except BaseException:
-        for ref in pending:  # stop measuring on the cluster: the cells rerun on resume
-            with contextlib.suppress(Exception):  # already finished or gone
-                ray.cancel(ref, force=True)
-        raise
-    finally:
-        if connected_here:
-            ray.shutdown()
+    launcher = RayLauncher(address, max_retries=max_retries, cpu_task_cpus=cpu_task_cpus,
+                           wait_for_resources_s=wait_for_resources_s, runtime_env=runtime_env, poll_s=poll_s)
+    resume_and_run(launcher, fleet_units(cells, accelerator_types), store, on_done, on_phase)
 
 
-def _submissions(
-    cell: Cell, types: dict[str, str], has_gpus: bool, cpu_cpus: float, address: str
-) -> list[_Submitted]:
+def _submission(unit: WorkUnit, has_gpus: bool, cpu_cpus: float, address: str) -> _Submitted:
+    """The unit as its task runs it (device cuda:0 on the GPU Ray assigns), and what it asks for."""
+    cell = unit.cell
     now = utc_now()
     base = {"backend": BACKEND, "ray_address": address, "device_asked": cell.device}
     if not _wants_gpu(cell, cluster_has_gpus=has_gpus):
-        run_as = cell.model_copy(update={"device": "cpu"}) if cell.device == "auto" else cell
-        return [_Submitted(run_as, {**base, "gpu": None}, {"CPU": cpu_cpus}, now)]
+        run_as = unit.with_cell(device="cpu") if cell.device == "auto" else unit
+        return _Submitted(unit, run_as, {**base, "gpu": None}, {"CPU": cpu_cpus}, now)
     resources = {"CPU": 1.0, "GPU": 1.0}
-    if not types:
-        run_as = cell.model_copy(update={"device": "cuda:0"})
-        return [_Submitted(run_as, dict(base), resources, now)]
-    subs = []
-    for slug, accelerator in types.items():
-        qualified = qualify(cell.cell_id, slug)
-        run_as = cell.model_copy(update={"device": "cuda:0", "cell_id": qualified})
-        subs.append(
-            _Submitted(
-                run_as,
-                {**base, "accelerator_type": accelerator, "gpu_slug": slug},
-                {**resources, f"accelerator_type:{accelerator}": 0.001},
-                now,
-                accelerator_type=accelerator,
-            )
-        )
-    return subs
+    placement = dict(base)
+    if unit.gpu_type:
+        placement.update(accelerator_type=unit.gpu_type, gpu_slug=cell.cell_id.rpartition(QUALIFIER)[2])
+        resources[f"accelerator_type:{unit.gpu_type}"] = 0.001
+    return _Submitted(unit, unit.with_cell(device="cuda:0"), placement, resources, now)
 
 
 def _unschedulable(sub: _Submitted, wait_s: float, address: str, total: dict[str, float]) -> str | None:

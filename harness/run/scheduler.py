@@ -1,139 +1,165 @@
-"""Which cell next, in which process, and what happens when one dies.
+"""Which units of work run, in what order, and what becomes of their records: decided here,
+above every launcher (harness.run.launch).
 
-Each cell runs in a fresh `python -m harness.run.worker` process (pyperf's and
-optimum-benchmark's practice: no state, allocator or JIT cache leaks from one measurement into
-the next). The scheduler waits with the cell's timeout and records a crash (signal), an
-out-of-memory kill, a hang or a missing result as `failed` with the reason and the log's tail;
-the next cell runs regardless. Finished cells are skipped on `--resume`.
+- `plan_units`: the plan's cells as units, in plan order (a Ray run with GPU types expands its
+  GPU cells per type before this, see harness.run.ray_backend.fleet_units).
+- `reconcile`: what a run folder already holds for those units (resume). A unit whose record
+  is readable is finished, unless it failed for an environmental reason (out of time, killed
+  from outside, a full disk): then it runs again and its earlier record is kept aside. A cell
+  file that cannot be read is moved aside and its unit runs again. Nothing is ever deleted.
+- `run_units`: feed units to a launcher and write each record as it comes back. A record whose
+  id already has one never replaces it (the store keeps it aside and the outcome says so).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from harness.errors import UserError
 from harness.plan.cells import Cell
-from harness.results import CellRecord
-from harness.run.record import outcome_record
-from harness.run.store import RunStore, utc_now
+from harness.run.launch import Events, Launcher, Record, WorkUnit
+from harness.run.store import BAD_FOLDER, RETRIED_FOLDER, CellWritten, RunStore
 
-LOG_TAIL_LINES = 40
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 16384))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+Say = Callable[[str], None]
 
 
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        sig = -returncode
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        if sig == signal.SIGKILL:
-            return f"the worker was killed by {name} (most often the kernel's out-of-memory killer)"
-        if sig == signal.SIGSEGV:
-            return f"the worker crashed with {name} (segmentation fault in native code)"
-        if sig == signal.SIGABRT:
-            return f"the worker aborted ({name}), typically a failed assertion in native code"
-        return f"the worker died from {name}"
-    return f"the worker exited with status {returncode} without writing a result"
+def plan_units(cells: Sequence[Cell]) -> list[WorkUnit]:
+    return [WorkUnit(cell=cell) for cell in cells]
 
 
-def run_cell_process(
-    cell: Cell,
-    store: RunStore,
-    on_phase: Callable[[str], None] | None = None,
-    poll_s: float = 0.2,
-    env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Run one cell in a child process and return its record (always; never raises for the
-    cell's own failures)."""
-    run_dir = store.run_dir
-    cell_json = run_dir / "logs" / f".{cell.cell_id}.cell.json"
-    cell_json.write_text(cell.model_dump_json(), "utf-8")
-    result_tmp = run_dir / "cells" / f".{cell.cell_id}.result.json"
-    result_tmp.unlink(missing_ok=True)
-    log_path = store.log_path(cell.cell_id)
-    phase_path = run_dir / "logs" / f"{cell.cell_id}.phase"
-    started_at = utc_now()
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    with log_path.open("ab") as log:
-        log.write(f"--- {started_at} cell {cell.cell_id}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.run.worker", str(run_dir), str(cell_json), str(result_tmp)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env,
-            start_new_session=True,  # its own process group: a timeout kills its children too
+def check_unique_ids(units: Sequence[WorkUnit]) -> None:
+    """Two planned units that would write one record file are refused before anything runs
+    (model names that differ only in punctuation slug to one cell id)."""
+    seen: dict[str, WorkUnit] = {}
+    clashes: list[str] = []
+    for unit in units:
+        first = seen.setdefault(unit.key, unit)
+        if first is not unit:
+            clashes.append(
+                f"  {unit.key}: model `{first.cell.model.name}` and model `{unit.cell.model.name}`"
+            )
+    if clashes:
+        raise UserError(
+            "two planned cells would share one id, so one result would be lost; rename a model:\n"
+            + "\n".join(clashes)
         )
-        deadline = time.monotonic() + cell.timeout_s
-        last_phase = ""
-        timed_out = False
-        while True:
-            try:
-                returncode = proc.wait(timeout=poll_s)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            except BaseException:  # Ctrl-C: the worker has its own session, take it down too
-                _kill_group(proc)
-                proc.wait()
-                raise
-            if on_phase is not None:
-                try:
-                    phase = phase_path.read_text().split(" ", 1)[0]
-                except OSError:
-                    phase = ""
-                if phase and phase != last_phase:
-                    last_phase = phase
-                    on_phase(phase)
-            if time.monotonic() > deadline:
-                timed_out = True
-                _kill_group(proc)
-                returncode = proc.wait()
-                break
-    cell_json.unlink(missing_ok=True)
-    if not timed_out and returncode == 0 and result_tmp.is_file():
-        try:
-            record = json.loads(result_tmp.read_text("utf-8"))
-            record["log_tail"] = log_tail(log_path) if record.get("status") == "failed" else None
-            record.setdefault("files", {})["log"] = f"logs/{cell.cell_id}.log"
-            CellRecord.model_validate(record)
-            result_tmp.unlink(missing_ok=True)
-            return record
-        except (ValueError, OSError) as exc:
-            reason = f"the worker's result could not be read: {exc}"
-    elif timed_out:
-        reason = f"timed out after {cell.timeout_s:g} s (cell_timeout_s); the worker was killed"
-    else:
-        reason = describe_exit(returncode)
-    result_tmp.unlink(missing_ok=True)
-    return outcome_record(
-        cell, "failed", reason, started_at, log_tail=log_tail(log_path), files={"log": f"logs/{cell.cell_id}.log"}
+
+
+def is_environmental_failure(record: Record) -> bool:
+    return record.get("status") == "failed" and record.get("failure_kind") == "environmental"
+
+
+@dataclass
+class Reconciled:
+    """What a run folder holds for the planned units, read without changing anything."""
+
+    planned: list[WorkUnit]
+    finished: list[str] = field(default_factory=list)  # keys with a record that stands
+    todo: list[WorkUnit] = field(default_factory=list)  # in plan order
+    retry: list[tuple[WorkUnit, Path, str]] = field(default_factory=list)  # (unit, record file, its reason)
+    bad: list[tuple[Path, str]] = field(default_factory=list)  # unreadable cell files, why
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.todo and not self.bad
+
+
+def reconcile(units: Sequence[WorkUnit], store: RunStore) -> Reconciled:
+    scan = store.scan_cells()
+    state = Reconciled(planned=list(units), bad=list(scan.bad))
+    for unit in units:
+        record = scan.records.get(unit.key)
+        if record is None:
+            state.todo.append(unit)
+        elif is_environmental_failure(record):
+            state.retry.append((unit, store.cell_path(unit.key), str(record.get("reason"))))
+            state.todo.append(unit)
+        else:
+            state.finished.append(unit.key)
+    return state
+
+
+def apply(state: Reconciled, store: RunStore, say: Say) -> None:
+    """Move aside what `reconcile` found in the way (never deleting it), saying so."""
+    for path, why in state.bad:
+        moved = store.move_aside(path, BAD_FOLDER, why, "unreadable_cell_file_moved_aside")
+        say(f"{path.relative_to(store.run_dir)} cannot be read ({why}): moved to "
+            f"{moved.relative_to(store.run_dir)}; its cell runs again")
+    for unit, path, reason in state.retry:
+        moved = store.move_aside(path, RETRIED_FOLDER, reason, "environmental_failure_retried")
+        say(f"{unit.key} failed for a reason outside the cell ({reason}); measuring it again "
+            f"(the earlier record is kept as {moved.relative_to(store.run_dir)})")
+
+
+@dataclass
+class Outcome:
+    """What came of the units a `run_units` call ran."""
+
+    records: dict[str, Record] = field(default_factory=dict)  # by unit key
+    conflicts: list[CellWritten] = field(default_factory=list)  # records kept aside (an id already had one)
+
+
+def run_units(
+    launcher: Launcher,
+    units: Sequence[WorkUnit],
+    store: RunStore,
+    *,
+    on_start: Callable[[WorkUnit], None] | None = None,
+    on_phase: Callable[[WorkUnit, str], None] | None = None,
+    on_done: Callable[[WorkUnit, Record, CellWritten], None] | None = None,
+) -> Outcome:
+    """Run `units` through `launcher`; each record is written as it comes back, then passed to
+    `on_done`. KeyboardInterrupt propagates after the launcher stopped its running units."""
+    outcome = Outcome()
+
+    def done(unit: WorkUnit, record: Record) -> None:
+        written = store.write_cell(record)
+        outcome.records[unit.key] = record
+        if written.conflict:
+            outcome.conflicts.append(written)
+        if on_done is not None:
+            on_done(unit, record, written)
+
+    events = Events(done=done)
+    if on_start is not None:
+        events.started = on_start
+    if on_phase is not None:
+        events.phase = on_phase
+    launcher.run(list(units), store, events)
+    return outcome
+
+
+def resume_and_run(
+    launcher: Launcher,
+    units: Sequence[WorkUnit],
+    store: RunStore,
+    on_done: Callable[[Record], None],
+    on_phase: Callable[[str, str], None] | None = None,
+    say: Say | None = None,
+) -> Outcome:
+    """The units the folder does not hold yet, through `launcher` (the backends' own entry
+    points, `run_cells_on_gpus` and `run_cells_on_ray`, are this)."""
+    state = reconcile(units, store)
+    apply(state, store, say or (lambda text: None))
+    return run_units(
+        launcher, state.todo, store,
+        on_start=(lambda u: on_phase(u.key, "starting")) if on_phase else None,
+        on_phase=(lambda u, name: on_phase(u.key, name)) if on_phase else None,
+        on_done=lambda unit, record, written: on_done(record),
     )
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def describe(state: Reconciled) -> str:
+    """One line: how far the planned units are."""
+    total = len(state.planned)
+    retry = f", {len(state.retry)} of them again after an environmental failure" if state.retry else ""
+    return f"{len(state.finished)} of {total} planned cell(s) finished, {len(state.todo)} to go{retry}"
+
+
+def missing(units: Sequence[WorkUnit], store: RunStore) -> list[str]:
+    """Planned units with no readable record in the folder."""
+    have = store.scan_cells().records
+    return [u.key for u in units if u.key not in have]
+

@@ -1,15 +1,17 @@
-"""One cell, in its own fresh process.
+"""One unit of work (one run of one cell), in its own fresh process.
 
-    python -m harness.run.worker RUN_DIR CELL_JSON RESULT_TMP
+    python -m harness.run.worker RUN_DIR UNIT_JSON RESULT_TMP
 
-The parent (harness.run.scheduler) starts this with stdout and stderr going to the cell's log,
+The parent (harness.run.process) starts this with stdout and stderr going to the cell's log,
 waits with a timeout, and turns a crash, an out-of-memory kill or a hang into a `failed` record
 itself. Here, everything the cell can say for itself: skipped (with the runtime's reason),
-failed (with the exception), or measured. The record goes to RESULT_TMP; the parent moves it
-into the run folder, so a worker can never overwrite a finished result.
+failed (with the exception, and whether the cell or its environment was at fault), or
+measured. The record goes to RESULT_TMP; the parent hands it on to be written into the run
+folder, so a worker can never overwrite a finished result.
 
-The phase (`prepare`, `warmup`, `measure`, `accuracy`) is written to logs/<cell>.phase for the
-parent's live view.
+`run_cell` is the cell's life as a list of named steps; each step is a function below. The
+phase (`check`, `prepare`, `wait_gpu`, `warmup`, `measure`, `accuracy`) is written to
+logs/<unit>.phase for the parent's live view.
 """
 
 from __future__ import annotations
@@ -21,19 +23,421 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
 
+from harness import files
 from harness.environment import nvml
 from harness.errors import CellSkipped, UserError
 from harness.plan.cells import Cell
-from harness.results import CellRecord, Prepare, Status, worst_status
+from harness.results import CellRecord, Environment, Latency, Prepare, Status, worst_status
 from harness.run.record import cell_fields, outcome_record
-from harness.run.store import RunStore, dumps, utc_now, write_new
+from harness.run.store import RunStore, dumps, utc_now
+from harness.run.unit import WorkUnit
+
+if TYPE_CHECKING:
+    from harness.accuracy.datasets import Dataset
+    from harness.measure.protocol import MeasureResult
+    from harness.models.base import ModelSource
+    from harness.runtimes.base import Runtime, Stage
 
 FAULT_ENV = "BENCH_FAULT_INJECT"  # "<kind>@<cell_id>": tests of crash isolation (see _inject_fault)
+MAX_TRACE_ROWS_IN_RECORD = 2000
+Record = dict[str, Any]
+OnPhase = Callable[[str], None]
+
+
+class CellEnded(Exception):
+    """A step found that the cell ends here, unmeasured: skipped or failed, with the reason."""
+
+    def __init__(self, status: Status, reason: str):
+        super().__init__(reason)
+        self.status: Status = status
+        self.reason = reason
+
+
+@dataclass
+class CellRun:
+    """What the steps of one cell share."""
+
+    cell: Cell
+    run_dir: Path
+    log: TextIO
+    phase: OnPhase
+    started_at: str = field(default_factory=utc_now)
+    environment: dict[str, Any] = field(default_factory=dict)
+    random_weights: bool = False
+
+    def record(self, status: Status, **fields: Any) -> Record:
+        if isinstance(fields.get("prepare"), dict):
+            fields["prepare"] = Prepare.from_runtime(fields["prepare"])
+        return CellRecord(
+            **cell_fields(self.cell), started_at=self.started_at, finished_at=utc_now(), status=status,
+            random_weights=self.random_weights, environment=Environment.model_validate(self.environment), **fields,
+        ).model_dump(mode="json")
+
+
+@dataclass
+class Measured:
+    latency: Latency
+    monitor: dict[str, Any]
+
+
+# -- the cell, step by step --------------------------------------------------------------------
+
+
+def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
+    """Measure one cell and return its record; a step that ends the cell early gives a
+    skipped or failed record. Exceptions other than CellEnded are the caller's (`run_unit`)."""
+    run = CellRun(cell, run_dir, log, phase)
+    try:
+        runtime_cls = check_availability(run)
+        device = capture_environment(run)
+        source, runtime = build_source_and_runtime(run, runtime_cls)
+        prepare = prepare_runtime(run, runtime, source)
+        settings = runtime.settings()
+        dataset = load_accuracy_dataset(run, source)
+        gpu_index = nvml.parse_cuda_index(device)
+        conditions = wait_for_gpu_conditions(run, gpu_index)
+        measured = measure_latency(run, runtime, dataset, gpu_index)
+        accuracy = accuracy_pass(run, runtime, source, dataset)
+        outputs = save_outputs(run, runtime, source, dataset, measured, accuracy)
+    except CellEnded as end:
+        return run.record(end.status, reason=end.reason, failure_kind="cell" if end.status == "failed" else None)
+    if conditions:
+        prepare["gpu_conditions"] = conditions
+    runtime.close()
+    return build_record(run, measured, prepare=prepare, settings=settings, **outputs)
+
+
+def check_availability(run: CellRun) -> type[Runtime]:
+    """The cell's runtime class, or the cell is skipped with the runtime's reason."""
+    from harness.runtimes.registry import runtime_class
+
+    run.phase("check")
+    runtime_cls = runtime_class(run.cell.runtime.name)
+    if reason := runtime_cls.unavailable_reason(run.cell):
+        run.environment = _capture(run, "cpu" if run.cell.device == "auto" else run.cell.device)
+        raise CellEnded("skipped", reason)
+    return runtime_cls
+
+
+def capture_environment(run: CellRun) -> str:
+    """Resolve the device the cell runs on and record the environment there; returns the device."""
+    device = run.cell.device
+    if device == "auto":
+        from harness.runtimes.pytorch.runtime import resolve_device
+
+        device = resolve_device(device)
+    run.environment = _capture(run, device)
+    return device
+
+
+def _capture(run: CellRun, device: str) -> dict[str, Any]:
+    from harness.environment.capture import capture_environment as capture
+
+    try:
+        return capture([device], plan_sha256=_plan_sha256(run.run_dir))
+    except Exception as exc:  # the environment never takes a measurement down
+        run.log.write(f"environment capture failed: {exc!r}\n")
+        return {"error": repr(exc)}
+
+
+def _plan_sha256(run_dir: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        return RunStore(run_dir).meta().get("plan_sha256")
+    return None
+
+
+def build_source_and_runtime(run: CellRun, runtime_cls: type[Runtime]) -> tuple[ModelSource, Runtime]:
+    from harness.errors import WeightsUnavailable
+    from harness.models.registry import source_class
+
+    run.phase("prepare")
+    try:
+        source = source_class(run.cell.source)(run.cell, run.log)
+    except WeightsUnavailable as exc:
+        raise CellEnded("failed", str(exc)) from None
+    run.random_weights = source.random_weights
+    return source, runtime_cls(run.cell, source, run.log)
+
+
+def prepare_runtime(run: CellRun, runtime: Runtime, source: ModelSource) -> dict[str, Any]:
+    """Export, build or compile (timed by the runtime itself); the prepare facts."""
+    from harness.errors import WeightsUnavailable
+
+    try:
+        prepare = runtime.prepare()
+    except CellSkipped as exc:
+        raise CellEnded("skipped", str(exc)) from None
+    except WeightsUnavailable as exc:
+        raise CellEnded("failed", str(exc)) from None
+    source.load_metadata()
+    _inject_fault(run.cell.cell_id)
+    return prepare
+
+
+def load_accuracy_dataset(run: CellRun, source: ModelSource) -> Dataset | None:
+    """The accuracy dataset, decoded outside any timed region; a dataset whose classes the
+    model doesn't know is an error before anything is timed."""
+    cell = run.cell
+    if cell.dataset is None:
+        return None
+    from harness.accuracy.categories import check_mapping
+    from harness.accuracy.datasets import load_dataset
+
+    dataset = load_dataset(cell.dataset, Path(cell.plan_dir), cell.resolve_path(cell.artifacts_dir) / "datasets")
+    mapping_check = check_mapping(source.class_names, dataset.categories, dataset.annotated_category_ids)
+    if mapping_check.warning:
+        run.log.write(f"class mapping: {mapping_check.warning}\n")
+    return dataset
+
+
+def wait_for_gpu_conditions(run: CellRun, gpu_index: int | None) -> dict[str, Any] | None:
+    """The plan's GPU conditions (cool-down, idle) before timing; what happened, or None on a CPU."""
+    if gpu_index is None:
+        return None
+    from harness.environment.conditions import wait_for_gpu
+
+    run.phase("wait_gpu")
+    return wait_for_gpu(gpu_index, run.cell.gpu, run.log)
+
+
+def measure_latency(run: CellRun, runtime: Runtime, dataset: Dataset | None, gpu_index: int | None) -> Measured:
+    """The timed pass under the GPU monitor (harness.measure does the timing), as a Latency."""
+    from harness.environment.monitor import GpuMonitor
+    from harness.measure.stats import build_latency
+
+    cell = run.cell
+    monitor = GpuMonitor(gpu_index if cell.gpu.monitor else None, cell.gpu.monitor_interval_ms)
+
+    def on_phase(name: str) -> None:
+        monitor.phase(name)
+        run.phase(name)
+
+    monitor.start()
+    try:
+        if cell.scope == "model":
+            result, stage_samples, timer_name, stage_names = _time_model_scope(runtime, cell, on_phase)
+        else:
+            result, stage_samples, timer_name, stage_names = _time_end_to_end(runtime, cell, dataset, on_phase)
+    finally:
+        monitor_data = monitor.stop()
+    sustained = cell.protocol.sustained
+    latency = build_latency(
+        result,
+        scope=cell.scope,
+        timer_name=timer_name,
+        timed_region=_timed_region(cell, stage_names),
+        batch=cell.batch,
+        stage_samples=stage_samples,
+        window_s=sustained.window_s if sustained else None,
+        monitor_trace=monitor_data.get("trace") if monitor_data else None,
+        asynchronous_call=runtime.asynchronous_call,
+    )
+    return Measured(latency, monitor_data)
+
+
+_Timed = tuple["MeasureResult", dict[str, list[float]] | None, str, list[str]]
+
+
+def _time_model_scope(runtime: Runtime, cell: Cell, on_phase: OnPhase) -> _Timed:
+    from harness.measure.protocol import measure
+    from harness.measure.timers import make_timer
+
+    stream = runtime.timer_stream()
+    inputs = runtime.model_input()
+    runtime.synchronize()
+    timer = make_timer(stream)
+    result = measure(lambda: runtime.run_model(inputs), cell.protocol, timer, on_phase=on_phase)
+    return result, None, timer.name, []
+
+
+def _time_end_to_end(runtime: Runtime, cell: Cell, dataset: Dataset | None, on_phase: OnPhase) -> _Timed:
+    from harness.measure.protocol import measure_stages
+
+    stream = runtime.timer_stream()
+    images: list[Any] = list(_sample_images(cell, dataset))
+    stages = runtime.stages()
+    stage_names = [s.name for s in stages]
+    if cell.time_decode and dataset is not None:
+        stages, images = _with_decode_stage(stages, dataset, cell.batch)
+    result, stage_samples = measure_stages(
+        stages, lambda: images, cell.protocol, stream, runtime.synchronize, on_phase=on_phase
+    )
+    if cell.time_decode:
+        stage_names = ["decode", *stage_names]
+    return result, stage_samples, f"{result.timer_name} (stage boundaries synchronised)", stage_names
+
+
+def accuracy_pass(run: CellRun, runtime: Runtime, source: ModelSource, dataset: Dataset | None) -> dict[str, Any] | None:
+    """mAP on the same runtime object the latency pass timed; its detections beside the record."""
+    cell, run_dir = run.cell, run.run_dir
+    if not cell.run_accuracy or dataset is None:
+        return None
+    from harness.accuracy.evaluate import run_accuracy_pass
+
+    run.phase("accuracy")
+    return run_accuracy_pass(
+        runtime.predict, cell.batch, dataset, source.class_names, source.family,
+        run_dir / "detections" / f"{cell.cell_id}.json", evaluator=cell.accuracy.evaluator,
+        workers=cell.accuracy.loader_workers, log=run.log, random_weights=run.random_weights,
+    )
+
+
+def save_outputs(
+    run: CellRun, runtime: Runtime, source: ModelSource, dataset: Dataset | None, measured: Measured,
+    accuracy: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The files beside the record (a long monitor trace, raw outputs for agreement checks),
+    and the record's fields that name them."""
+    cell, run_dir = run.cell, run.run_dir
+    saved: dict[str, Any] = {}
+    monitor = _keep_trace_small(measured.monitor, run_dir, cell.cell_id, saved)
+    if accuracy is not None and dataset is not None:
+        saved["detections"] = f"detections/{cell.cell_id}.json"
+        if outputs_path := _save_raw_outputs(cell, runtime, source, dataset, run_dir):
+            saved["outputs"] = outputs_path
+    return {"monitor": monitor, "accuracy": accuracy, "files": saved}
+
+
+def build_record(run: CellRun, measured: Measured, **fields: Any) -> Record:
+    """The measured cell's record: its status is its most severe flag."""
+    latency = measured.latency
+    flags: list[str] = []
+    if latency.unstable_reasons:
+        flags.append("unstable")
+    if latency.launch_bound:
+        flags.append("launch_bound")
+    summary = (measured.monitor or {}).get("summary") or {}
+    if summary.get("throttled"):
+        flags.append("throttled")
+    if run.random_weights:
+        flags.append("random_weights")
+    reasons = list(latency.unstable_reasons)
+    if summary.get("throttled"):
+        reasons.append(f"throttled: {summary.get('throttled_why')}")
+    fingerprint = None
+    with contextlib.suppress(Exception):
+        from harness.environment.fingerprint import fingerprint as make_fingerprint
+
+        fingerprint = make_fingerprint(run.environment, runtime=run.cell.runtime.name,
+                                       precision=run.cell.precision, settings=fields["settings"])
+    return run.record(cast(Status, worst_status(flags)), reason="; ".join(reasons) or None, flags=flags,
+                      latency=latency, fingerprint=fingerprint, **fields)
+
+
+# -- helpers of the steps ----------------------------------------------------------------------
+
+
+def _timed_region(cell: Cell, stage_names: list[str]) -> str:
+    if cell.scope == "model":
+        return (
+            "model forward only: input already on the device in the runtime's dtype, outputs left "
+            "on the device (no preprocessing, copies or postprocessing)"
+        )
+    decode = "JPEG decode, " if cell.time_decode else ""
+    return f"end to end: {decode}" + " -> ".join(stage_names) + " (images already decoded in memory)" * (not cell.time_decode)
+
+
+def _batch_paths(dataset: Dataset, batch: int) -> list[Path]:
+    """The dataset's first `batch` image files, the last repeated when the dataset is smaller."""
+    paths = [dataset.image_path(i) for i in dataset.image_ids[:batch]]
+    return paths + [paths[-1]] * (batch - len(paths))
+
+
+def _sample_images(cell: Cell, dataset: Dataset | None) -> list[np.ndarray]:
+    """The batch the end-to-end scope feeds: the dataset's first images, else a fixed synthetic
+    640x480 image. Decoded once, outside the timed region."""
+    if dataset is not None:
+        from harness.accuracy.loader import decode_image
+
+        return [decode_image(path) for path in _batch_paths(dataset, cell.batch)]
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    return [image] * cell.batch
+
+
+def _with_decode_stage(stages: list[Stage], dataset: Dataset, batch: int) -> tuple[list[Stage], list[Path]]:
+    """Put JPEG decoding inside the end-to-end timed region when the plan asks for it."""
+    from harness.accuracy.loader import decode_image
+    from harness.runtimes.base import Stage
+
+    def decode(files: list[Path]) -> list[np.ndarray]:
+        return [decode_image(path) for path in files]
+
+    return [Stage("decode", decode), *stages], _batch_paths(dataset, batch)
+
+
+def _keep_trace_small(monitor_data: dict[str, Any], run_dir: Path, cell_id: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """A long sustained run samples NVML tens of thousands of times: the full trace goes to
+    its own file, the record keeps an evenly thinned copy for the report's charts."""
+    trace = (monitor_data or {}).get("trace") or []
+    if len(trace) <= MAX_TRACE_ROWS_IN_RECORD:
+        return monitor_data
+    rel = f"monitor/{cell_id}.json"
+    files.write_new(run_dir / rel, dumps(trace), root=run_dir)
+    saved["monitor_trace"] = rel
+    step = len(trace) / MAX_TRACE_ROWS_IN_RECORD
+    thinned = [trace[int(i * step)] for i in range(MAX_TRACE_ROWS_IN_RECORD)]
+    return {**monitor_data, "trace": thinned, "trace_thinned_from": len(trace)}
+
+
+def _save_raw_outputs(cell: Cell, runtime: Runtime, source: ModelSource, dataset: Dataset, run_dir: Path) -> str | None:
+    """Raw outputs on the first agreement images, for tensor-level agreement with the reference."""
+    from harness.accuracy.agreement import collect_raw_outputs, save_outputs_npz
+    from harness.accuracy.loader import decode_image
+
+    ids = list(dataset.image_ids[: cell.accuracy.agreement_images])
+    if not ids:
+        return None
+    inputs, _ = source.preprocess([decode_image(dataset.image_path(i)) for i in ids], cell.resolution)
+    rel = f"outputs/{cell.cell_id}.npz"
+    save_outputs_npz(run_dir / rel, collect_raw_outputs(runtime.raw_outputs, inputs, cell.batch), ids)
+    return rel
+
+
+# -- the process around it ---------------------------------------------------------------------
+
+
+def failure_kind(exc: BaseException) -> str:
+    """`environmental` when the machine, not the cell, was at fault (a full disk, a run folder
+    that refuses the write): a resume measures such a cell again. Otherwise `cell`."""
+    return "environmental" if files.is_disk_full(exc) or isinstance(exc, files.UnsafePath) else "cell"
+
+
+def run_unit(unit: WorkUnit, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
+    """The unit's record, whatever happens to the cell (an exception becomes a failed record)."""
+    cell = unit.cell
+    files.confine(run_dir)
+    files.confine(cell.resolve_path(cell.artifacts_dir))
+    started_at = utc_now()
+    try:
+        return run_cell(cell, run_dir, log, phase)
+    except CellSkipped as exc:
+        return outcome_record(cell, "skipped", str(exc), started_at)
+    except UserError as exc:
+        return outcome_record(cell, "failed", str(exc), started_at, failure_kind=failure_kind(exc))
+    except Exception as exc:
+        traceback.print_exc(file=log)
+        return outcome_record(cell, "failed", f"{type(exc).__name__}: {exc}", started_at,
+                              failure_kind=failure_kind(exc))
+
+
+class Phase:
+    """Writes the current phase to logs/<unit>.phase for the parent's live view."""
+
+    def __init__(self, run_dir: Path, key: str):
+        self.run_dir = run_dir
+        self.path = run_dir / "logs" / f"{key}.phase"
+
+    def __call__(self, name: str) -> None:
+        with contextlib.suppress(OSError):  # the live view is no reason to stop a measurement
+            files.write_replace(self.path, f"{name} {time.time():.3f}\n", root=self.run_dir, durable=False)
 
 
 def _die_with_parent() -> None:
@@ -62,297 +466,20 @@ def _inject_fault(cell_id: str) -> None:
         raise RuntimeError("fault injected by BENCH_FAULT_INJECT")
     elif kind == "oom":
         os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+    elif kind == "enospc":
+        import errno
 
-
-class Phase:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, name: str) -> None:
-        with contextlib.suppress(OSError):
-            self.path.write_text(f"{name} {time.time():.3f}\n")
-
-
-def _timed_region(cell: Cell, stage_names: list[str]) -> str:
-    if cell.scope == "model":
-        return (
-            "model forward only: input already on the device in the runtime's dtype, outputs left "
-            "on the device (no preprocessing, copies or postprocessing)"
-        )
-    decode = "JPEG decode, " if cell.time_decode else ""
-    return f"end to end: {decode}" + " -> ".join(stage_names) + " (images already decoded in memory)" * (not cell.time_decode)
-
-
-def _batch_paths(dataset: Any, batch: int) -> list[Path]:
-    """The dataset's first `batch` image files, the last repeated when the dataset is smaller."""
-    paths = [dataset.image_path(i) for i in dataset.image_ids[:batch]]
-    return paths + [paths[-1]] * (batch - len(paths))
-
-
-def _sample_images(cell: Cell, dataset: Any) -> list[np.ndarray]:
-    """The batch the end-to-end scope feeds: the dataset's first images, else a fixed synthetic
-    640x480 image. Decoded once, outside the timed region."""
-    if dataset is not None:
-        from harness.accuracy.loader import decode_image
-
-        return [decode_image(path) for path in _batch_paths(dataset, cell.batch)]
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    return [image] * cell.batch
-
-
-def _plan_sha256(run_dir: Path) -> str | None:
-    with contextlib.suppress(OSError, ValueError):
-        return RunStore(run_dir).meta().get("plan_sha256")
-    return None
-
-
-def _capture_env(device: str, log: TextIO, run_dir: Path) -> dict[str, Any]:
-    try:
-        from harness.environment.capture import capture_environment
-
-        return capture_environment([device], plan_sha256=_plan_sha256(run_dir))
-    except Exception as exc:  # the environment never takes a measurement down
-        log.write(f"environment capture failed: {exc!r}\n")
-        return {"error": repr(exc)}
-
-
-def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: Phase) -> dict[str, Any]:
-    from harness.models.registry import source_class
-    from harness.runtimes.pytorch.runtime import resolve_device
-    from harness.runtimes.registry import runtime_class
-
-    started_at = utc_now()
-    base: dict[str, Any] = {**cell_fields(cell), "started_at": started_at}
-
-    def finish(status: str, **fields: Any) -> dict[str, Any]:
-        record = CellRecord(status=status, finished_at=utc_now(), **base, **fields)  # type: ignore[arg-type]
-        return record.model_dump(mode="json")
-
-    runtime_cls = runtime_class(cell.runtime.name)
-    phase("check")
-    if reason := runtime_cls.unavailable_reason(cell):
-        env = _capture_env("cpu" if cell.device == "auto" else cell.device, log, run_dir)
-        return finish("skipped", reason=reason, environment=env)
-
-    device = cell.device
-    if device == "auto":
-        device = resolve_device(device)
-    env = _capture_env(device, log, run_dir)
-
-    phase("prepare")
-    from harness.errors import WeightsUnavailable
-
-    try:
-        source = source_class(cell.source)(cell, log)
-    except WeightsUnavailable as exc:
-        return finish("failed", reason=str(exc), environment=env)
-    random_weights = source.random_weights
-    base["random_weights"] = random_weights
-    runtime = runtime_cls(cell, source, log)
-    try:
-        prepare = runtime.prepare()
-    except CellSkipped as exc:
-        return finish("skipped", reason=str(exc), environment=env)
-    except WeightsUnavailable as exc:
-        return finish("failed", reason=str(exc), environment=env)
-    source.load_metadata()
-    _inject_fault(cell.cell_id)
-
-    settings = runtime.settings()
-    fingerprint = None
-    with contextlib.suppress(Exception):
-        from harness.environment.fingerprint import fingerprint as make_fingerprint
-
-        fingerprint = make_fingerprint(env, runtime=cell.runtime.name, precision=cell.precision, settings=settings)
-
-    # Accuracy data first (decoded outside any timed region); the same runtime object serves
-    # the latency pass and the accuracy pass.
-    dataset = None
-    if cell.dataset is not None:
-        from harness.accuracy.categories import check_mapping
-        from harness.accuracy.datasets import load_dataset
-
-        dataset = load_dataset(cell.dataset, Path(cell.plan_dir), cell.resolve_path(cell.artifacts_dir) / "datasets")
-        # A dataset whose classes the model doesn't know is an error before anything is timed.
-        mapping_check = check_mapping(source.class_names, dataset.categories, dataset.annotated_category_ids)
-        if mapping_check.warning:
-            log.write(f"class mapping: {mapping_check.warning}\n")
-
-    gpu_index = nvml.parse_cuda_index(device)
-    conditions = None
-    if gpu_index is not None:
-        from harness.environment.conditions import wait_for_gpu
-
-        phase("wait_gpu")
-        conditions = wait_for_gpu(gpu_index, cell.gpu, log)
-
-    from harness.environment.monitor import GpuMonitor
-    from harness.measure.protocol import measure, measure_stages
-    from harness.measure.stats import build_latency
-    from harness.measure.timers import make_timer
-
-    monitor = GpuMonitor(gpu_index if cell.gpu.monitor else None, cell.gpu.monitor_interval_ms)
-
-    def on_phase(name: str) -> None:
-        monitor.phase(name)
-        phase(name)
-
-    monitor.start()
-    try:
-        stream = runtime.timer_stream()
-        if cell.scope == "model":
-            inputs = runtime.model_input()
-            runtime.synchronize()
-            timer = make_timer(stream)
-            result = measure(lambda: runtime.run_model(inputs), cell.protocol, timer, on_phase=on_phase)
-            stage_samples = None
-            timer_name = timer.name
-            stage_names: list[str] = []
-        else:
-            images: list[Any] = list(_sample_images(cell, dataset))
-            stages = runtime.stages()
-            stage_names = [s.name for s in stages]
-            if cell.time_decode and dataset is not None:
-                stages, images = _with_decode_stage(stages, dataset, cell.batch)
-            result, stage_samples = measure_stages(
-                stages, lambda: images, cell.protocol, stream, runtime.synchronize, on_phase=on_phase
-            )
-            timer_name = f"{result.timer_name} (stage boundaries synchronised)"
-            if cell.time_decode:
-                stage_names = ["decode", *stage_names]
-    finally:
-        monitor_data = monitor.stop()
-    sustained = cell.protocol.sustained
-    latency = build_latency(
-        result,
-        scope=cell.scope,
-        timer_name=timer_name,
-        timed_region=_timed_region(cell, stage_names),
-        batch=cell.batch,
-        stage_samples=stage_samples,
-        window_s=sustained.window_s if sustained else None,
-        monitor_trace=monitor_data.get("trace") if monitor_data else None,
-        asynchronous_call=runtime.asynchronous_call,
-    )
-
-    flags: list[str] = []
-    if latency.unstable_reasons:
-        flags.append("unstable")
-    if latency.launch_bound:
-        flags.append("launch_bound")
-    summary = (monitor_data or {}).get("summary") or {}
-    if summary.get("throttled"):
-        flags.append("throttled")
-    if random_weights:
-        flags.append("random_weights")
-    reasons = list(latency.unstable_reasons)
-    if summary.get("throttled"):
-        reasons.append(f"throttled: {summary.get('throttled_why')}")
-
-    accuracy = None
-    files: dict[str, Any] = {}
-    monitor_data = _keep_trace_small(monitor_data, run_dir, cell.cell_id, files)
-    if cell.run_accuracy and dataset is not None:
-        phase("accuracy")
-        from harness.accuracy.evaluate import run_accuracy_pass
-
-        det_path = run_dir / "detections" / f"{cell.cell_id}.json"
-        accuracy = run_accuracy_pass(
-            runtime.predict,
-            cell.batch,
-            dataset,
-            source.class_names,
-            source.family,
-            det_path,
-            evaluator=cell.accuracy.evaluator,
-            workers=cell.accuracy.loader_workers,
-            log=log,
-            random_weights=random_weights,
-        )
-        files["detections"] = f"detections/{cell.cell_id}.json"
-        outputs_path = _save_raw_outputs(cell, runtime, source, dataset, run_dir)
-        if outputs_path:
-            files["outputs"] = outputs_path
-    if conditions:
-        prepare["gpu_conditions"] = conditions
-    runtime.close()
-    status = worst_status(flags)
-    return finish(
-        status,
-        reason="; ".join(reasons) or None,
-        flags=flags,
-        latency=latency,
-        prepare=Prepare.from_runtime(prepare),
-        settings=settings,
-        accuracy=accuracy,
-        monitor=monitor_data,
-        environment=env,
-        fingerprint=fingerprint,
-        files=files,
-    )
-
-
-MAX_TRACE_ROWS_IN_RECORD = 2000
-
-
-def _keep_trace_small(monitor_data: dict[str, Any], run_dir: Path, cell_id: str, files: dict[str, Any]) -> dict[str, Any]:
-    """A long sustained run samples NVML tens of thousands of times: the full trace goes to
-    its own file, the record keeps an evenly thinned copy for the report's charts."""
-    trace = (monitor_data or {}).get("trace") or []
-    if len(trace) <= MAX_TRACE_ROWS_IN_RECORD:
-        return monitor_data
-    (run_dir / "monitor").mkdir(exist_ok=True)
-    rel = f"monitor/{cell_id}.json"
-    write_new(run_dir / rel, dumps(trace))
-    files["monitor_trace"] = rel
-    step = len(trace) / MAX_TRACE_ROWS_IN_RECORD
-    thinned = [trace[int(i * step)] for i in range(MAX_TRACE_ROWS_IN_RECORD)]
-    return {**monitor_data, "trace": thinned, "trace_thinned_from": len(trace)}
-
-
-def _with_decode_stage(stages: list[Any], dataset: Any, batch: int) -> tuple[list[Any], list[Path]]:
-    """Put JPEG decoding inside the end-to-end timed region when the plan asks for it."""
-    from harness.accuracy.loader import decode_image
-    from harness.runtimes.base import Stage
-
-    def decode(files: list[Path]) -> list[np.ndarray]:
-        return [decode_image(path) for path in files]
-
-    return [Stage("decode", decode), *stages], _batch_paths(dataset, batch)
-
-
-def _save_raw_outputs(cell: Cell, runtime: Any, source: Any, dataset: Any, run_dir: Path) -> str | None:
-    """Raw outputs on the first agreement images, for tensor-level agreement with the reference."""
-    from harness.accuracy.agreement import collect_raw_outputs, save_outputs_npz
-    from harness.accuracy.loader import decode_image
-
-    ids = list(dataset.image_ids[: cell.accuracy.agreement_images])
-    if not ids:
-        return None
-    inputs, _ = source.preprocess([decode_image(dataset.image_path(i)) for i in ids], cell.resolution)
-    rel = f"outputs/{cell.cell_id}.npz"
-    save_outputs_npz(run_dir / rel, collect_raw_outputs(runtime.raw_outputs, inputs, cell.batch), ids)
-    return rel
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "fault injected by BENCH_FAULT_INJECT")
 
 
 def main(argv: list[str]) -> int:
     _die_with_parent()
-    run_dir, cell_json, result_tmp = Path(argv[0]), Path(argv[1]), Path(argv[2])
-    cell = Cell.model_validate_json(cell_json.read_text("utf-8"))
-    phase = Phase(run_dir / "logs" / f"{cell.cell_id}.phase")
-    log = sys.stdout
-    started_at = utc_now()
-    try:
-        record = run_cell(cell, run_dir, log, phase)
-    except (CellSkipped, UserError) as exc:
-        status: Status = "skipped" if isinstance(exc, CellSkipped) else "failed"
-        record = outcome_record(cell, status, str(exc), started_at)
-    except Exception as exc:
-        traceback.print_exc()
-        record = outcome_record(cell, "failed", f"{type(exc).__name__}: {exc}", started_at)
+    run_dir, unit_json, result_tmp = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    unit = WorkUnit.model_validate_json(unit_json.read_text("utf-8"))
+    phase = Phase(run_dir, unit.key)
+    record = run_unit(unit, run_dir, sys.stdout, phase)
     sys.stdout.flush()
-    result_tmp.write_bytes(dumps(record))
+    files.write_replace(result_tmp, dumps(record), root=run_dir)
     phase("done")
     return 0
 

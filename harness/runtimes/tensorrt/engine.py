@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness import files
 from harness.accuracy.datasets import default_cache_root, selection_rank
 from harness.errors import UserError
 from harness.models.export import file_sha256
@@ -422,16 +421,7 @@ def pad_batch(batch: np.ndarray, target: int) -> tuple[np.ndarray, int]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write-then-rename in the same folder, so a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_replace(path, data)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
