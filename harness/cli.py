@@ -169,11 +169,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.plan:
             raise UserError("give either a plan or --resume RUN_DIR, not both")
-        store, loaded = reopen_run(Path(args.resume))
+        store, loaded = reopen_run(Path(args.resume), check_paths=not args.ray)
     else:
         from harness.plan.load import load_plan
 
-        loaded = load_plan(args.plan)
+        # On a Ray cluster the plan's files (datasets, ONNX files, checkpoints) are where the
+        # cells run, a shared volume this machine may not mount: the nodes check them.
+        loaded = load_plan(args.plan, check_paths=not args.ray)
         store = start_run(loaded, Path(args.output) if args.output else None)
     return execute(store, loaded, gpus=gpus, ray_address=args.ray)
 

@@ -96,9 +96,11 @@ def test_pause_and_sustained_windows(run_dir: Path) -> None:
         assert all(w["end_s"] - w["start_s"] == pytest.approx(0.5) for w in windows)
         assert sum(w["stats"]["count"] for w in windows) == latency["stats"]["count"]
         n = latency["stats"]["count"]
-        # the 20 ms pause sits between samples, outside them, yet inside the wall-clock duration
+        # the 20 ms pause sits between samples, outside them, yet inside the wall-clock duration:
+        # the samples and the pauses between them fit in the phase's wall time (a median above
+        # the mean is no contradiction on a loaded machine, so the sum is what is checked)
         assert latency["measure_s"] >= (n - 1) * 0.020
-        assert latency["stats"]["p50"] < latency["measure_s"] * 1000 / n
+        assert sum(latency["samples_ms"]) + (n - 1) * 20.0 <= latency["measure_s"] * 1000 + 1e-6
 
 
 def test_accuracy_deltas_and_agreement_against_the_reference(run_dir: Path) -> None:

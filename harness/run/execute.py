@@ -64,10 +64,13 @@ def start_run(loaded: LoadedPlan, output: Path | None = None) -> RunStore:
     )
 
 
-def reopen_run(run_dir: Path) -> tuple[RunStore, LoadedPlan]:
+def reopen_run(run_dir: Path, *, check_paths: bool = True) -> tuple[RunStore, LoadedPlan]:
+    """The run folder and its plan as stored; `check_paths=False` when the files the plan names
+    live where the cells run (a Ray cluster's shared volume), not here."""
     store = RunStore.open(run_dir)
     meta = store.meta()
-    loaded = parse_plan(store.plan_text(), str(run_dir / "plan.yaml"), Path(meta.get("plan_dir", run_dir)))
+    loaded = parse_plan(store.plan_text(), str(run_dir / "plan.yaml"), Path(meta.get("plan_dir", run_dir)),
+                        check_paths=check_paths)
     return store, loaded
 
 
