@@ -22,7 +22,7 @@ ARG FLAVOUR=gpu
 # Python of the base image that lockfiles/gpu.txt was resolved for.
 ARG LOCK_PYTHON=3.12
 # sha256 of lockfiles/gpu.txt, written by scripts/lock.py and re-checked during the build.
-ARG LOCKFILE_SHA256=2470a6bc3c23649da8c9cafbd57e5c4f003ddaf618f2620c20fd0d4ac523075b
+ARG LOCKFILE_SHA256=77651c6d28ce660aca0e6c8c20f6cb90ea2c621a6185fbdfcd36170580f022ed
 # TensorRT's Python bindings live in the base image's site-packages: the venv must see them.
 ARG VENV_SYSTEM_SITE_PACKAGES=1
 

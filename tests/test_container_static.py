@@ -354,6 +354,203 @@ def test_lock_regenerate_rewrites_the_dockerfile_stamp(tmp_path: Path) -> None:
     assert arg_defaults(dockerfile)["LOCKFILE_SHA256"] == sha256_file(root / "lockfiles/cpu.txt")
 
 
+# A hermetic index for the lock's own logic: PEP 691 JSON pages with upload times, served on the
+# loopback, so that the tests can make an index's past change under a committed lock.
+
+
+def _wheel(name: str, version: str) -> bytes:
+    """A minimal pure-Python wheel (what uv needs to read a version's metadata)."""
+    import base64
+    import io
+    import zipfile
+
+    dist = f"{name.replace('-', '_')}-{version}.dist-info"
+    files = {
+        f"{name.replace('-', '_')}/__init__.py": b"",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = ""
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{path},sha256={digest},{len(data)}\n"
+    files[f"{dist}/RECORD"] = (record + f"{dist}/RECORD,,\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, data in files.items():
+            # A fixed time stamp: the same release must give the same bytes (and hash) twice.
+            archive.writestr(zipfile.ZipInfo(path, date_time=(2026, 1, 1, 0, 0, 0)), data)
+    return buffer.getvalue()
+
+
+class FakeIndex:
+    """name -> {filename: (bytes, upload time, yanked)}; change it while a test runs."""
+
+    def __init__(self) -> None:
+        self.projects: dict[str, dict[str, tuple[bytes, str, bool]]] = {}
+        index = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:  # noqa: N802 (http.server's names)
+                self.answer(with_body=False)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.answer(with_body=True)
+
+            def answer(self, *, with_body: bool) -> None:
+                parts = [p for p in self.path.split("/") if p]
+                if len(parts) == 2 and parts[0] == "simple" and parts[1] in index.projects:
+                    files = index.projects[parts[1]]
+                    body = json.dumps({
+                        "meta": {"api-version": "1.1"}, "name": parts[1],
+                        "versions": sorted({f.split("-")[1] for f in files}),
+                        "files": [{"filename": f, "url": f"/files/{f}",
+                                   "hashes": {"sha256": hashlib.sha256(data).hexdigest()},
+                                   "upload-time": uploaded, "yanked": yanked, "size": len(data)}
+                                  for f, (data, uploaded, yanked) in files.items()],
+                    }).encode()
+                    kind = "application/vnd.pypi.simple.v1+json"
+                elif len(parts) == 2 and parts[0] == "files":
+                    found = [d for files in index.projects.values() for f, (d, _, _) in files.items() if f == parts[1]]
+                    if not found:
+                        self.send_error(404)
+                        return
+                    body, kind = found[0], "application/octet-stream"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def publish(self, name: str, version: str, uploaded: str, *, yanked: bool = False) -> None:
+        filename = f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+        self.projects.setdefault(name, {})[filename] = (_wheel(name, version), uploaded, yanked)
+
+    def withdraw(self, name: str, version: str) -> None:
+        del self.projects[name][f"{name.replace('-', '_')}-{version}-py3-none-any.whl"]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_index() -> object:
+    index = FakeIndex()
+    yield index
+    index.close()
+
+
+def fake_lock_tree(tmp_path: Path, index_url: str) -> Path:
+    """A project whose CPU lock resolves two packages from `index_url`, cut off on 2026-06-01."""
+    root = tmp_path / "project"
+    (root / "lockfiles").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "fake-project"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["alpha"]\n[project.optional-dependencies]\ntorch = ["beta"]\nonnx = []\n',
+        encoding="utf-8")
+    (root / "lockfiles/cpu.in").write_text("", encoding="utf-8")
+    (root / "lockfiles/constraints.txt").write_text("", encoding="utf-8")
+    (root / "lockfiles/resolution-date").write_text("2026-06-01T00:00:00Z\n", encoding="utf-8")
+    (root / "lockfiles/index-url").write_text(index_url + "\n", encoding="utf-8")
+    shutil.copy(ROOT / "lockfiles/tools.txt", root / "lockfiles/tools.txt")  # the uv pin
+    (root / "Dockerfile.cpu").write_text("ARG LOCKFILE_SHA256=0\n", encoding="utf-8")
+    return root
+
+
+def fake_lock(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    tool("uv")
+    environment = dict(os.environ if env is None else env, UV_CACHE_DIR=str(root.parent / "uv-cache"))
+    return run(sys.executable, str(SCRIPTS / "lock.py"), "--flavour", "cpu", "--root", str(root), *args,
+               env=environment, timeout=120)
+
+
+def test_lock_check_stays_green_when_the_index_later_offers_a_backdated_release(
+        tmp_path: Path, fake_index: FakeIndex) -> None:
+    fake_index.publish("alpha", "1.0", "2026-01-01T00:00:00Z")
+    fake_index.publish("beta", "2.0", "2026-01-01T00:00:00Z")
+    root = fake_lock_tree(tmp_path, fake_index.url)
+    made = fake_lock(root)
+    assert made.returncode == 0, made.stderr
+    lock_text = (root / "lockfiles/cpu.txt").read_text()
+    assert "alpha==1.0" in lock_text and "beta==2.0" in lock_text
+    assert f"index {fake_index.url}, files uploaded before 2026-06-01T00:00:00Z" in lock_text
+    # A release appears that carries an upload time before the cut-off (un-yanked, restored, a
+    # mirror catching up): a resolution from nothing would now take it, a kept lock must not.
+    fake_index.publish("alpha", "1.1", "2026-02-01T00:00:00Z")
+    checked = fake_lock(root, "--check")
+    assert checked.returncode == 0, checked.stderr
+    assert "would choose: alpha 1.0 -> 1.1" in checked.stdout
+    assert fake_lock(root).returncode == 0
+    assert (root / "lockfiles/cpu.txt").read_text() == lock_text, "regenerating keeps a valid lock"
+    # A release uploaded after the cut-off stays invisible either way.
+    fake_index.publish("beta", "3.0", "2026-07-01T00:00:00Z")
+    assert "beta" not in fake_lock(root, "--check").stdout
+
+
+def test_lock_check_catches_hand_edits_and_a_locked_release_that_is_gone(
+        tmp_path: Path, fake_index: FakeIndex) -> None:
+    fake_index.publish("alpha", "1.0", "2026-01-01T00:00:00Z")
+    fake_index.publish("alpha", "1.1", "2026-02-01T00:00:00Z")
+    fake_index.publish("beta", "2.0", "2026-01-01T00:00:00Z")
+    root = fake_lock_tree(tmp_path, fake_index.url)
+    assert fake_lock(root).returncode == 0
+    lock = root / "lockfiles/cpu.txt"
+    good = lock.read_text()
+    # A hash edited by hand: the check reads every hash from the index again.
+    alpha_hash = re.search(r"alpha==1\.1 \\\n\s+--hash=sha256:(\w+)", good).group(1)
+    lock.write_text(good.replace(alpha_hash, "0" * 64))
+    checked = fake_lock(root, "--check")
+    assert checked.returncode == 1 and "lockfiles/cpu.txt is stale" in checked.stderr and alpha_hash in checked.stderr
+    # A yanked release stays installable where it is pinned exactly (PEP 592): the lock is kept,
+    # and the check says what a resolution from nothing would take instead.
+    lock.write_text(good)
+    fake_index.publish("alpha", "1.1", "2026-02-01T00:00:00Z", yanked=True)
+    checked = fake_lock(root, "--check")
+    assert checked.returncode == 0, checked.stderr
+    assert "would choose: alpha 1.1 -> 1.0" in checked.stdout
+    # A locked release that is gone from the index: the lock no longer resolves as committed.
+    fake_index.withdraw("alpha", "1.1")
+    checked = fake_lock(root, "--check")
+    assert checked.returncode == 1 and "-alpha==1.1" in checked.stderr and "+alpha==1.0" in checked.stderr
+
+
+def test_lock_ignores_ambient_uv_settings_and_refuses_another_uv(tmp_path: Path, fake_index: FakeIndex) -> None:
+    fake_index.publish("alpha", "1.0", "2026-01-01T00:00:00Z")
+    fake_index.publish("beta", "2.0", "2026-01-01T00:00:00Z")
+    root = fake_lock_tree(tmp_path, fake_index.url)
+    assert fake_lock(root).returncode == 0
+    # A uv.toml in the project and UV_* variables of the caller name other indexes and settings:
+    # none of them may take part (the index is lockfiles/index-url, recorded with the lock).
+    (root / "uv.toml").write_text('index-url = "http://127.0.0.1:9/simple"\nprerelease = "allow"\n')
+    env = dict(os.environ, UV_INDEX_URL="http://127.0.0.1:9/simple", UV_EXTRA_INDEX_URL="http://127.0.0.1:9/x",
+               UV_EXCLUDE_NEWER="2020-01-01T00:00:00Z", UV_RESOLUTION="lowest")
+    checked = fake_lock(root, "--check", env=env)
+    assert checked.returncode == 0, checked.stderr
+    # The resolver is an input too: the uv of lockfiles/tools.txt, or a clear refusal (exit 2).
+    tools = root / "lockfiles/tools.txt"
+    tools.write_text(re.sub(r"^uv==\S+", "uv==0.0.1", tools.read_text(), flags=re.MULTILINE))
+    refused = fake_lock(root, "--check")
+    assert refused.returncode == 2 and "the locks are made with uv 0.0.1" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    (root / "lockfiles/index-url").write_text("not a url\n")
+    shutil.copy(ROOT / "lockfiles/tools.txt", tools)
+    refused = fake_lock(root, "--check")
+    assert refused.returncode == 2 and "lockfiles/index-url" in refused.stderr and "Traceback" not in refused.stderr
+
+
 # ---------------------------------------------------------------- compose
 
 
