@@ -117,10 +117,11 @@ readme_line="$(sed -n 's/^    \(.*scripts\/build-image\.sh cpu .*docker compose 
                | sed 's/  \+# .*$//')"
 [ "$(grep -c . <<<"$readme_line")" = 1 ] || fail "README.md has no single CPU start line: $readme_line"
 echo "README.md's CPU line: $readme_line"
+before="$(find "$clone/reports" -name report.html | sort)"  # the committed examples
 # shellcheck disable=SC2016  # expanded by the user's own shell, on purpose
 runuser -u "$CI_USER" -- env -i HOME="$home" PATH="$PATH" USER="$CI_USER" LANG=C.UTF-8 \
     BENCH_CPU_BASE_IMAGE="$BASE_IMAGE" bash -c 'cd "$HOME/detbench" && '"$readme_line"
-report="$(find "$clone/reports" -name report.html | head -1)"
+report="$(comm -13 <(echo "$before") <(find "$clone/reports" -name report.html | sort) | head -1)"
 [ -n "$report" ] || fail "no report.html under $clone/reports/"
 run_dir="$(dirname "$report")"
 for file in results.json summary.md results.csv run.json plan.yaml; do
