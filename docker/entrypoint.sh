@@ -85,12 +85,16 @@ esac
 
 plan="$(plan_argument "$@")"
 if [ -n "$plan" ] && [ ! -e "$plan" ]; then
+    here="$(pwd)"
     case "$plan" in
-        /work/*|/opt/*) hint="" ;;
-        /*) hint=" An absolute path of the host does not exist in the container: give the plan's path
-relative to the project folder, which is mounted at $(pwd)." ;;
-        *) hint=" Only the project folder (where compose.yaml is) is mounted, at $(pwd); the plan must
-be inside it, named relative to it." ;;
+        /work/*|/opt/*)
+            hint="" ;;
+        /*)
+            hint=" An absolute path of the host does not exist in the container: name the plan"
+            hint="$hint relative to the project folder, which is mounted at $here." ;;
+        *)
+            hint=" Only the project folder (where compose.yaml is) is mounted, at $here: the plan"
+            hint="$hint must be inside it, named relative to it." ;;
     esac
     explain "no plan file $plan in the container.$hint"
 fi
