@@ -1,8 +1,8 @@
-# detbench-harness, GPU flavour: NVIDIA's TensorRT image (CUDA 13) + the locked Python packages
-# (PyPI's CUDA-13 torch, onnxruntime-gpu 1.31, rfdetr) + the harness.
+# detbench-harness, GPU flavour: NVIDIA's TensorRT image (CUDA 13.0, TensorRT 10.14) + the locked
+# Python packages (PyPI's CUDA-13 torch, onnxruntime-gpu 1.31, rfdetr) + the harness.
 #
 #   docker compose build bench            (or: docker build -t detbench-harness:gpu .)
-#   docker compose run --rm bench         the bundled quickstart plan
+#   docker compose run --rm bench         the GPU quickstart (plans/quickstart-gpu.yaml)
 #   docker compose run --rm bench plans/x.yaml
 #
 # The CPU flavour is Dockerfile.cpu. Both files share everything below the "shared" line
@@ -12,7 +12,7 @@
 # Pinned base image. UNVERIFIED DIGEST: no registry is reachable where this file was written,
 # so the default names the tag only; scripts/pin-base-image.sh gpu resolves the digest on a
 # machine that can pull and rewrites this line and BASE_IMAGE_DIGEST (docker/GPU_IMAGE.md).
-ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
+ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.11-py3
 FROM ${BASE_IMAGE}
 
 ARG BASE_IMAGE
@@ -21,10 +21,15 @@ ARG BASE_IMAGE_DIGEST=""
 ARG FLAVOUR=gpu
 # Python of the base image that lockfiles/gpu.txt was resolved for.
 ARG LOCK_PYTHON=3.12
+# The TensorRT release the lock's onnxruntime-gpu TensorRT execution provider is built for, and
+# that native TensorRT uses: the build stops (check-base.sh) on a base image with another.
+ARG BASE_TENSORRT=10.14
 # sha256 of lockfiles/gpu.txt, written by scripts/lock.py and re-checked during the build.
-ARG LOCKFILE_SHA256=2470a6bc3c23649da8c9cafbd57e5c4f003ddaf618f2620c20fd0d4ac523075b
+ARG LOCKFILE_SHA256=77651c6d28ce660aca0e6c8c20f6cb90ea2c621a6185fbdfcd36170580f022ed
 # TensorRT's Python bindings live in the base image's site-packages: the venv must see them.
 ARG VENV_SYSTEM_SITE_PACKAGES=1
+# `docker compose run --rm bench` with no plan: the quickstart on the GPU, not bench's CPU one.
+ARG DEFAULT_PLAN=/opt/bench/plans/quickstart-gpu.yaml
 
 # ---- shared: everything below is identical in Dockerfile and Dockerfile.cpu ----
 ARG BENCH_UID=1000
@@ -33,7 +38,7 @@ ARG BENCH_GID=1000
 # Optional extra CA certificates (corporate proxies): docker/extra-ca-certs/README.md.
 COPY docker/extra-ca-certs/ /usr/local/share/ca-certificates/bench-extra/
 COPY docker/check-base.sh docker/install-ca-certs.sh docker/install-locked.sh /opt/bench/docker/
-RUN /opt/bench/docker/check-base.sh "${BASE_IMAGE}" "${BASE_IMAGE_DIGEST}" \
+RUN /opt/bench/docker/check-base.sh "${BASE_IMAGE}" "${BASE_IMAGE_DIGEST}" "${BASE_TENSORRT}" \
     && /opt/bench/docker/install-ca-certs.sh /usr/local/share/ca-certificates/bench-extra
 
 # Dependencies: exactly the lock, hashes required, no resolution, wheels only. This layer
@@ -44,7 +49,8 @@ RUN /opt/bench/docker/install-locked.sh /opt/bench/lockfiles/${FLAVOUR}.txt \
 
 # The harness itself: no dependencies (all in the lock), no index, no build isolation (its
 # build requirements setuptools and wheel are in the lock as well).
-COPY docker/add-user.sh /opt/bench/docker/
+COPY docker/add-user.sh docker/entrypoint.sh /opt/bench/docker/
+COPY plans/quickstart-gpu.yaml /opt/bench/plans/
 COPY pyproject.toml README.md /opt/bench/src/
 COPY harness/ /opt/bench/src/harness/
 RUN /opt/bench/pip install --no-deps --no-index --no-build-isolation --no-cache-dir \
@@ -69,6 +75,7 @@ ENV BENCH_IMAGE_NAME=${IMAGE_NAME} \
     BENCH_LOCKFILE_SHA256=${LOCKFILE_SHA256} \
     BENCH_GIT_COMMIT=${GIT_COMMIT} \
     BENCH_GIT_DIRTY=${GIT_DIRTY} \
+    BENCH_DEFAULT_PLAN=${DEFAULT_PLAN} \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:${PATH} \
     HOME=/home/bench \
@@ -87,9 +94,11 @@ LABEL org.opencontainers.image.title="${IMAGE_NAME}" \
       io.detbench.lockfile.sha256="${LOCKFILE_SHA256}"
 
 USER ${BENCH_UID}:${BENCH_GID}
-# Relative paths of a plan resolve here: compose mounts plans/, datasets/, weights/,
-# artifacts/ and reports/ under /work, so `bench plans/x.yaml` writes /work/reports/...
+# compose mounts the project folder here (read-only) and reports/, artifacts/, weights/ over it
+# (read-write), so a plan anywhere in the project and the paths in it resolve as they do natively.
 WORKDIR /work
-ENTRYPOINT ["bench"]
-# No arguments: `bench` runs the quickstart plan bundled in the package.
+# `bench "$@"`, after checking that the folders a run writes are writable and that the plan is
+# there, with an explanation instead of a traceback when not (docker/entrypoint.sh).
+ENTRYPOINT ["/opt/bench/docker/entrypoint.sh"]
+# No arguments: the flavour's default plan (DEFAULT_PLAN), else bench's bundled quickstart.
 CMD []

@@ -7,8 +7,9 @@
 #
 # `docker compose build bench` works too; it stamps the base digest only when the Dockerfile
 # pins one, and the commit as "unknown". This script resolves the base image's digest (pulling
-# the base first unless --no-pull; a local image with no registry digest is stamped with its
-# image id), reads the commit from git, and passes both to compose as build arguments.
+# the base first unless --no-pull, falling back to a local copy when the pull fails; a local
+# image with no registry digest is stamped with its image id), reads the commit from git, and
+# passes both to compose as build arguments.
 # Environment: BENCH_GPU_BASE_IMAGE / BENCH_CPU_BASE_IMAGE to build on another base.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,8 +40,12 @@ case "$base" in
         digest="sha256:${base##*@sha256:}"
         ;;
     *)
-        if [ "$pull" = 1 ]; then
-            docker pull "$base"
+        if [ "$pull" = 1 ] && ! docker pull "$base"; then
+            # Offline, or a base that exists only here (CI's debootstrap image): build on the
+            # local copy, which the stamp below names by its digest or id.
+            docker image inspect "$base" >/dev/null 2>&1 \
+                || { echo "build-image: cannot pull $base and there is no local copy" >&2; exit 1; }
+            echo "build-image: could not pull $base; building on the local copy" >&2
         fi
         repo_digest="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$base" \
                        | grep -m1 '@sha256:' || true)"
@@ -53,7 +58,7 @@ case "$base" in
         ;;
 esac
 
-context=(harness pyproject.toml README.md lockfiles docker Dockerfile Dockerfile.cpu)
+context=(harness pyproject.toml README.md lockfiles docker plans/quickstart-gpu.yaml Dockerfile Dockerfile.cpu)
 if commit="$(git rev-parse HEAD 2>/dev/null)"; then
     if [ -n "$(git status --porcelain -- "${context[@]}")" ]; then dirty=true; else dirty=false; fi
 else

@@ -134,3 +134,75 @@ def test_compose_run_without_a_plan_runs_the_quickstart_into_host_reports(
     assert container["lockfile_sha256"] == hashlib.sha256((ROOT / "lockfiles/cpu.txt").read_bytes()).hexdigest()
     for path in [run_dir, *run_dir.rglob("*")]:
         assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+
+
+def compose_in(project: Path, *args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`docker compose run` with `project` as the project folder (what `.` mounts), this
+    checkout's compose.yaml and the image already built."""
+    return docker("compose", "-f", str(ROOT / "compose.yaml"), "--project-directory", str(project),
+                  "run", "--rm", *args, env=env, timeout=timeout)
+
+
+def project_dir(tmp_path: Path, uid: int, gid: int) -> tuple[Path, dict[str, str]]:
+    """A project folder as a fresh clone has it: the mounted folders present, owned by the user."""
+    project = tmp_path / "project"
+    for name in ("reports", "artifacts", "weights", "datasets"):
+        (project / name).mkdir(parents=True)
+    for path in [project, *project.iterdir()]:
+        os.chown(path, uid, gid)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_") or k in ("BENCH_IMAGE_NAME", "BENCH_CPU_TAG")}
+    return project, dict(env, UID=str(uid), GID=str(gid))
+
+
+ROOT_PLAN = """
+name: rootplan
+device: cpu
+models:
+  - {name: nano, variant: nano, weights: random, resolutions: [128]}
+runtimes: [torch]
+precisions: [fp32]
+scopes: [model]
+protocol: {warmup_iterations: 1, warmup_seconds: 0, min_iterations: 3, min_seconds: 0, max_seconds: 30}
+dataset: {images: data/sample/images, annotations: data/sample/instances.json}
+accuracy: {agreement_images: 2, gallery_images: 1}
+"""
+
+
+@pytest.mark.slow
+def test_compose_run_takes_a_plan_from_the_project_root_with_relative_paths(
+        image: str, compose_available: None, tmp_path: Path) -> None:
+    """`docker compose run --rm bench-cpu plan.yaml` with plan.yaml beside compose.yaml, naming
+    a dataset relative to itself, as `bench plan.yaml` would natively."""
+    from harness.accuracy.sample import make_sample_dataset
+
+    uid, gid = invoking_ids()
+    project, env = project_dir(tmp_path, uid, gid)
+    (project / "plan.yaml").write_text(ROOT_PLAN)
+    make_sample_dataset(project / "data" / "sample", n_images=2)
+    done = compose_in(project, "bench-cpu", "plan.yaml", env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (results_file,) = (project / "reports").glob("rootplan/*/results.json")
+    (cell,) = json.loads(results_file.read_text())["cells"]
+    # measured (a loaded machine may call the timing unstable; that is a verdict, not a failure)
+    assert cell["status"] in ("ok", "unstable"), cell.get("reason")
+    assert cell["accuracy"] is not None, "the dataset named relative to the plan was not read"
+    for path in [results_file.parent, *results_file.parent.rglob("*")]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+
+
+def test_compose_run_explains_a_reports_folder_it_cannot_write(
+        image: str, compose_available: None, tmp_path: Path) -> None:
+    """Without exported UID/GID compose runs the container as 1000:1000; a reports/ of another
+    user must give that advice and exit 2, not a PermissionError from deep inside the run."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to hand the folder to another user")
+    project, env = project_dir(tmp_path, 1000, 1000)
+    os.chown(project / "reports", 4343, 4343)
+    env.pop("UID"), env.pop("GID")
+    done = compose_in(project, "bench-cpu", "plans/quickstart.yaml", env=env)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "belongs to 4343:4343 but the container runs as 1000:1000" in done.stderr
+    assert "export UID GID=$(id -g)" in done.stderr and "Traceback" not in done.stderr
+    os.chown(project / "reports", 1000, 1000)
+    missing = compose_in(project, "bench-cpu", "/home/someone/plan.yaml", env=env)
+    assert missing.returncode == 2 and "absolute path of the host" in missing.stderr

@@ -118,8 +118,13 @@ def test_sigkill_mid_cell_then_resume(tmp_path: Path) -> None:
     assert not (run_dir / "cells" / "nano__torch__fp32__b1__r160__model.json").exists()
     time.sleep(1)
     # the orphaned worker died with its parent (no measurement goes on unattended)
-    ps = subprocess.run(["pgrep", "-f", f"harness.run.worker {run_dir}"], capture_output=True, text=True)
-    assert ps.stdout.strip() == ""
+    import psutil
+
+    workers = []
+    for process in psutil.process_iter(["cmdline"]):
+        if f"harness.run.worker {run_dir}" in " ".join(process.info["cmdline"] or []):
+            workers.append(process.pid)
+    assert workers == []
 
     done = run_bench(["run", "--resume", str(run_dir)], tmp_path)
     assert done.returncode == 0, done.stderr

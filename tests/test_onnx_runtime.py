@@ -80,6 +80,9 @@ def make_cell(tmp_path: Path, runtime: str, **model: Any) -> Cell:
             ],
             "runtimes": [runtime],
             "batch_sizes": [2],
+            # Not the default (artifacts/ of the working directory): the checkout may be read-only
+            # (the images' test services mount it so) and must not collect test output.
+            "artifacts": str(tmp_path / "artifacts"),
         }
     )
     (cell,) = [c for c in expand(plan, tmp_path) if c.scope == "model"]
