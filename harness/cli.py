@@ -6,7 +6,7 @@
     bench validate PLAN.yaml     check a plan and list its cells without running anything
     bench env [--json]           the environment a result would be recorded with
     bench report RUN_DIR         (re)render report.html, summary.md, results.csv from results
-    bench compare A B            compare two runs cell by cell, with a significance test
+    bench compare A B            compare two runs cell by cell, process medians against process medians
     bench make-sample OUT        generate the COCO-format sample dataset
 
 Exit status: 0 success, 1 a cell failed / a gate tripped / a significant slowdown / the disk is
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("b", help="candidate run")
     compare.add_argument("--threshold", type=float, default=5.0, metavar="PCT",
                          help="fail (exit 1) when a cell is significantly slower by more than PCT percent (default 5)")
-    compare.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+    compare.add_argument("--alpha", type=float, default=0.01, help="1 - the level of the change intervals (default 0.01: 99%% intervals)")
     compare.add_argument("--force", action="store_true", help="compare even when the environments' fingerprints differ")
     compare.add_argument("--out", metavar="DIR", help="folder for compare.html and compare.md")
 

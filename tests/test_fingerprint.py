@@ -95,7 +95,8 @@ def test_compare_accepts_a_rerun_whose_ort_cuda_cells_got_other_streams(tmp_path
     (b / "results.json").write_text(json.dumps(data))
     code, text = compare_runs(a, b, out_dir=tmp_path / "out")
     assert code == EXIT_OK, text
-    assert "REFUSED" not in text and "no significant change" in text
+    # one process a side: compared, with no verdict (the between-process variance is unknown)
+    assert "REFUSED" not in text and "no verdict" in text
 
 
 TINY_PLAN = """

@@ -138,3 +138,21 @@ def test_comments_cite_no_tracker_numbers(path: Path) -> None:
     # upstream projects' threads (rf-detr #676) are cited with their repository and are fine.
     text = path.read_text("utf-8")
     assert not re.findall(r"\b(?:issue|ticket|task)s? #?\d+", text, flags=re.IGNORECASE), path.name
+
+
+def test_the_public_api_resolves_and_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, harness\n"
+        "names = [n for n in harness.__all__ if n != '__version__']\n"
+        "for name in names:\n"
+        "    getattr(harness, name)\n"
+        "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules, sorted(sys.modules)\n"
+        "print(len(names))\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=HARNESS.parent)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) >= 20

@@ -136,7 +136,7 @@ def test_a_damaged_cell_file_is_a_typed_error_naming_it(tmp_path: Path, content:
 def test_a_cell_file_holding_another_cells_record_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.json"
     path.write_text(json.dumps(record("c1").model_dump(mode="json")))
-    with pytest.raises(R.CellFileError, match="holds the record of cell 'c1'"):
+    with pytest.raises(R.CellFileError, match="holds the record of 'c1'"):
         R.read_cell_file(path)
     (tmp_path / "c1.json").write_text(path.read_text())
     assert R.read_cell_file(tmp_path / "c1.json").cell_id == "c1"

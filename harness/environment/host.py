@@ -181,6 +181,46 @@ def _process_name(pid: int) -> str | None:
     return None
 
 
+THREADS_ENV = "BENCH_WORKER_THREADS"  # what runtimes that size their own pools read (worker_threads)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def apply_controls(pin_cores: bool, threads: int | None, gpu_index: int | None) -> dict[str, Any]:
+    """Pin this process's main thread (and every thread it starts later: torch's and ONNX
+    Runtime's pools) to cores near its GPU, and set the thread counts libraries read when they
+    load, before they are imported. Returns what was done, for the record's `controls`."""
+    placement = choose_placement(gpu_index) if pin_cores else None
+    pinned, reason = False, None
+    if placement is not None:
+        reason = pin_this_thread(placement.worker_cores)
+        pinned = reason is None
+    count = threads or (len(placement.worker_cores) if placement is not None else len(allowed_cores()))
+    set_vars = {}
+    for name in THREAD_VARIABLES:
+        if name not in os.environ:  # a user's own setting wins (and enters the fingerprint)
+            os.environ[name] = str(count)
+        set_vars[name] = int(os.environ[name]) if os.environ[name].isdigit() else None
+    os.environ[THREADS_ENV] = str(count)
+    return {
+        "placement": None if placement is None else {**placement.as_dict(), "threads": count, "pinned": pinned,
+                                                     "reason": reason},
+        "threads": {"worker": count, **{k.lower(): v for k, v in set_vars.items()}},
+    }
+
+
+def worker_threads() -> int | None:
+    """The intra-op thread count the harness chose for this worker, or None outside a worker."""
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
+def pin_monitor_thread(core: int | None) -> None:
+    """Called from the GPU monitor's own thread: keep its sampling off the worker's cores."""
+    if core is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(0, {core})
+
+
 def host_snapshot(gpu_index: int | None) -> dict[str, Any]:
     """Load and speed at one moment (a process's start or end)."""
     return {"at": time.time(), "probe": host_speed_probe(), **host_load(gpu_index)}

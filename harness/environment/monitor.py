@@ -104,6 +104,8 @@ class GpuMonitor:
         self._nv: ModuleType | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # A core of its own (harness.environment.host's placement), off the worker's cores.
+        self.pin_core: int | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -174,6 +176,9 @@ class GpuMonitor:
 
     # -- sampling --------------------------------------------------------------------------
     def _run(self) -> None:
+        from harness.environment.host import pin_monitor_thread
+
+        pin_monitor_thread(self.pin_core)
         next_t = self._clock()
         while True:
             self.sample_now()

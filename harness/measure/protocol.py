@@ -23,6 +23,7 @@ loop does nothing else per iteration (no logging, no allocation beyond list appe
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -142,6 +143,30 @@ def _measure_loop(
     clock: Clock,
     sleep: Sleep,
     on_phase: OnPhase | None,
+    disable_gc: bool = True,
+) -> MeasureResult:
+    """Warm-up, then measurement. With `disable_gc`, Python's collector is run once before and
+    kept off until the phases end (a collection inside a timed call is host time the model did
+    not spend); it is switched back on whatever happens."""
+    was_enabled = gc.isenabled()
+    if disable_gc:
+        gc.collect()
+        gc.disable()
+    try:
+        return _phases(call, protocol, timer, before, clock, sleep, on_phase)
+    finally:
+        if disable_gc and was_enabled:
+            gc.enable()
+
+
+def _phases(
+    call: Callable[[], object],
+    protocol: LatencyProtocol,
+    timer: Timer,
+    before: Callable[[], object] | None,
+    clock: Clock,
+    sleep: Sleep,
+    on_phase: OnPhase | None,
 ) -> MeasureResult:
     pause_s = protocol.pause_ms / 1000.0
 
@@ -192,6 +217,7 @@ def measure(
     clock: Clock = time.perf_counter,
     sleep: Sleep = time.sleep,
     on_phase: OnPhase | None = None,
+    disable_gc: bool = True,
 ) -> MeasureResult:
     """Time `call` (model scope: a closure over a prepared device-side input) under `protocol`.
 
@@ -199,7 +225,7 @@ def measure(
     from `timer` alone. `on_phase` is called with "warmup", "measure" and "done" at the phase
     boundaries, outside every timed region, so a GPU monitor or a progress display can follow.
     """
-    return _measure_loop(call, protocol, timer, None, clock, sleep, on_phase)
+    return _measure_loop(call, protocol, timer, None, clock, sleep, on_phase, disable_gc)
 
 
 def measure_stages(
@@ -212,6 +238,7 @@ def measure_stages(
     clock: Clock = time.perf_counter,
     sleep: Sleep = time.sleep,
     on_phase: OnPhase | None = None,
+    disable_gc: bool = True,
 ) -> tuple[MeasureResult, dict[str, list[float]]]:
     """Time the end-to-end path: one iteration feeds `make_input()` through every stage in turn.
 
@@ -262,6 +289,6 @@ def measure_stages(
             append((perf() - t0) * 1000.0)
 
     total_timer = PerfCounterTimer(clock)
-    result = _measure_loop(run_stages, protocol, total_timer, before, clock, sleep, on_phase)
+    result = _measure_loop(run_stages, protocol, total_timer, before, clock, sleep, on_phase, disable_gc)
     skip = result.warmup_iterations
     return result, {name: times[skip:] for name, times in zip(names, per_stage, strict=True)}

@@ -33,6 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.results import MEASURED_STATUSES, CellRecord
+from harness.results import AcrossProcesses as AcrossProcessesResult
+
 # A cell is unstable between processes when its process medians spread by more than this
 # fraction of the headline (max - min) / headline.
 MAX_BETWEEN_SPREAD = 0.05
@@ -186,3 +189,31 @@ def compare_processes(a_medians: Sequence[float], b_medians: Sequence[float], *,
     ci = ((math.exp(diff - half) - 1.0) * 100.0, (math.exp(diff + half) - 1.0) * 100.0)
     return ProcessComparison(int(a.size), int(b.size), change, ci, p, round(df, 2),
                              "Welch's t-test on log process medians")
+
+
+def across_records(group: Sequence[CellRecord]) -> AcrossProcessesResult | None:
+    """The cell-level latency entry for one cell's process records (harness.results.
+    group_by_cell), from the processes that were measured; None when none was."""
+    measured = [r for r in group if r.latency is not None and r.status in MEASURED_STATUSES]
+    if not measured:
+        return None
+    samples = [r.latency.samples_ms for r in measured if r.latency is not None]
+    figures = across_processes(samples)
+    pooled = np.concatenate([np.asarray(s, dtype=np.float64) for s in samples])
+    batch = measured[0].identity.batch
+    return AcrossProcessesResult(
+        processes=figures.processes,
+        process_medians=figures.process_medians,
+        headline=figures.headline,
+        rerun_ci95=figures.rerun_ci95,
+        ci95=figures.ci95,
+        between_cov=figures.between_cov,
+        between_spread=figures.between_spread,
+        within_cov_median=figures.within_cov_median,
+        degrees_of_freedom=figures.degrees_of_freedom,
+        unstable_reasons=figures.unstable_reasons,
+        p90=float(np.percentile(pooled, 90)),
+        p99=float(np.percentile(pooled, 99)),
+        throughput_ips=batch * 1000.0 / figures.headline,
+        repeats_planned=measured[0].identity.protocol.repeats,
+    )

@@ -16,6 +16,7 @@ from harness.plan.schema import (
     AccuracySpec,
     DatasetSpec,
     GpuConditions,
+    HostControls,
     LatencyProtocol,
     ModelSpec,
     Precision,
@@ -41,6 +42,7 @@ class Cell(BaseModel):
     dataset: DatasetSpec | None
     accuracy: AccuracySpec
     gpu: GpuConditions
+    controls: HostControls = HostControls()
     timeout_s: float
     artifacts_dir: str
     plan_dir: str  # relative paths in the plan resolve against the plan file's folder

@@ -22,6 +22,11 @@ from harness.runtimes.registry import default_runtime, plugin, runtime_names
 
 Problems = list[tuple[str, str]]
 
+# Fresh processes per cell when the plan does not say: on the lent H200 the medians of
+# identical processes moved 17-50% (docs/performance.md), so one process is not a result.
+REPEATS_ON_GPU = 3
+REPEATS_ON_CPU = 1
+
 
 
 def _merge_protocol(base: LatencyProtocol, model: ModelSpec) -> LatencyProtocol:
@@ -160,6 +165,11 @@ def expand(
     return cells
 
 
+def _gpu_driver_present() -> bool:
+    """Whether `device: auto` can mean a GPU here (the NVIDIA driver's files; no library loads)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
 def _runtime_cells(
     plan: Plan,
     m_index: int,
@@ -185,6 +195,9 @@ def _runtime_cells(
     cells: list[Cell] = []
     protocol = _merge_protocol(plan.protocol, model)
     batches = model.batch_sizes or plan.batch_sizes
+    if protocol.repeats is None:
+        on_cpu = device == "cpu" or (device == "auto" and not _gpu_driver_present())
+        protocol = protocol.model_copy(update={"repeats": REPEATS_ON_CPU if on_cpu else REPEATS_ON_GPU})
     for precision, batch, res in itertools.product(precisions, batches, resolutions):
         if precision not in runtime.precisions:
             ok = ", ".join(sorted(runtime.precisions))
@@ -208,6 +221,7 @@ def _runtime_cells(
                     dataset=plan.dataset,
                     accuracy=plan.accuracy,
                     gpu=plan.gpu,
+                    controls=plan.controls,
                     timeout_s=plan.cell_timeout_s,
                     artifacts_dir=artifacts_dir,
                     plan_dir=str(plan_dir),

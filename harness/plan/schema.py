@@ -39,6 +39,10 @@ class LatencyProtocol(Strict):
     max_seconds: Annotated[float, Field(gt=0)] = 600.0
     pause_ms: Annotated[float, Field(ge=0)] = 0.0
     sustained: SustainedSpec | None = None
+    # Fresh worker processes per cell (samples inside one process are not independent of each
+    # other: the motion that matters is between processes). None: REPEATS_ON_GPU for a cell
+    # that may run on a GPU, 1 for a CPU cell (see docs/performance.md for the evidence).
+    repeats: Annotated[int, Field(ge=1, le=100)] | None = None
 
     @model_validator(mode="after")
     def _caps_above_minimums(self) -> LatencyProtocol:
@@ -65,6 +69,7 @@ class ProtocolOverride(Strict):
     max_seconds: Annotated[float, Field(gt=0)] | None = None
     pause_ms: Annotated[float, Field(ge=0)] | None = None
     sustained: SustainedSpec | None = None
+    repeats: Annotated[int, Field(ge=1, le=100)] | None = None
 
 
 class RuntimeSpec(Strict):
@@ -209,6 +214,25 @@ class GpuConditions(Strict):
     monitor_interval_ms: Annotated[float, Field(ge=10, le=50)] = 20.0
     # Sample NVML during warm-up and measurement. Off only to show the monitor's own cost.
     monitor: bool = True
+    # Lock the GPU's clocks for the measurement (NVML; needs root or an admin-granted
+    # permission) and restore them afterwards: true locks the SM clock at the GPU's default
+    # applications clock, a number at that many MHz. Not permitted: the cell runs unlocked and
+    # its record says why.
+    lock_clocks: bool | Annotated[int, Field(ge=100, le=5000)] = False
+
+
+class HostControls(Strict):
+    """What the harness holds fixed on the host for every worker (docs/performance.md: why)."""
+
+    # Pin the worker to cores on its GPU's NUMA node (NVML's CPU affinity of the GPU), the GPU
+    # monitor's thread to a core of its own; on a CPU cell, to the cores this process may use.
+    pin_cores: bool = True
+    # Intra-op threads for torch, OMP and ONNX Runtime's CPU EP (when its settings name none);
+    # None: the number of pinned worker cores.
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    # Python's garbage collector is off while a cell warms up and is measured (collected just
+    # before): a collection inside a timed call is host time the model did not spend.
+    gc_in_timed_loop: bool = False
 
 
 class FleetSpec(Strict):
@@ -237,6 +261,7 @@ class Plan(Strict):
     dataset: DatasetSpec | None = None
     accuracy: AccuracySpec = AccuracySpec()
     gpu: GpuConditions = GpuConditions()
+    controls: HostControls = HostControls()
     fleet: FleetSpec = FleetSpec()
     cell_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     artifacts: str = "artifacts"  # cache of exported ONNX files and TensorRT engines

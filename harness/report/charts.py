@@ -213,6 +213,57 @@ def latency_distribution(
     return _svg(width, height, body, title)
 
 
+@dataclass
+class ProcessRow:
+    label: str
+    sublabel: str
+    process_medians: list[float]
+    headline: float
+    interval: tuple[float, float] | None  # the re-run interval
+    status: str
+
+
+def process_medians(rows: list[ProcessRow], title: str = "Process medians per cell") -> Markup:
+    """One row per cell measured in several processes: a dot per process median, the headline
+    (their median) as a bar, its re-run interval as a band. Dots that agree sit on the bar; a
+    cell whose processes disagree shows it at a glance."""
+    rows = [r for r in rows if r.process_medians]
+    if not rows:
+        return Markup("")
+    width, left, right, top, row_h = 960, 300, 80, 34, 34
+    height = top + row_h * len(rows) + 50
+    values = [v for r in rows for v in (*r.process_medians, *(r.interval or ()))]
+    lo, hi = min(values), max(values)
+    log = lo > 0 and hi / lo > 6
+    pad = (hi - lo) * 0.06 or hi * 0.05
+    scale = Scale(lo / 1.1 if log else max(lo - pad, 0), hi * 1.1 if log else hi + pad, left, width - right, log)
+    body = [f'<text class="ch-note" x="{width - 8:.1f}" y="16" text-anchor="end">dot: one process\'s median · '
+            'bar: headline (median of medians) · band: 95% re-run interval</text>']
+    body += _x_axis(scale, top + row_h * len(rows) + 4, top - 4, "median latency per batch (ms)" + (", log scale" if log else ""))
+    for i, row in enumerate(rows):
+        cy = top + row_h * i + row_h / 2
+        color = STATUS_COLORS.get(row.status, PALETTE[-1])
+        shown = ", ".join(fmt.ms(m) for m in row.process_medians)
+        band = f" · re-run interval {fmt.ms(row.interval[0])}–{fmt.ms(row.interval[1])} ms" if row.interval else ""
+        g = [f'<g class="ch-row"><title>{_e(f"{row.label} — {row.sublabel}: processes {shown} ms; headline {fmt.ms(row.headline)} ms{band}")}</title>']
+        if i % 2 == 0:
+            g.append(f'<rect class="ch-band" x="0" y="{cy - row_h / 2:.1f}" width="{width}" height="{row_h}"/>')
+        g.append(f'<text class="ch-name" x="{left - 12}" y="{cy - 2:.1f}" text-anchor="end">{_e(_clip(row.label, 40))}</text>')
+        g.append(f'<text class="ch-sub" x="{left - 12}" y="{cy + 12:.1f}" text-anchor="end">{_e(_clip(row.sublabel, 44))}</text>')
+        if row.interval:
+            x0, x1 = scale(max(row.interval[0], scale.lo)), scale(min(row.interval[1], scale.hi))
+            g.append(f'<rect x="{x0:.1f}" y="{cy - 6:.1f}" width="{max(x1 - x0, 1.5):.1f}" height="12" rx="2" '
+                     f'fill="{color}" fill-opacity="0.18"/>')
+        xm = scale(row.headline)
+        g.append(f'<line class="ch-median" x1="{xm:.1f}" x2="{xm:.1f}" y1="{cy - 9:.1f}" y2="{cy + 9:.1f}"/>')
+        for m in row.process_medians:
+            g.append(f'<circle cx="{scale(m):.1f}" cy="{cy:.1f}" r="3.5" fill="{color}" stroke="#fff" stroke-width="1"/>')
+        g.append(f'<text class="ch-value" x="{width - right + 8}" y="{cy + 4:.1f}">{_e(fmt.ms(row.headline))} ms</text>')
+        g.append("</g>")
+        body.append("".join(g))
+    return _svg(width, height, body, title)
+
+
 def _violin(a: np.ndarray, scale: Scale, cy: float, half: float, color: str) -> str:
     """A mirrored density outline of the samples, smoothed over pixel bins."""
     xs = np.array([scale(float(v)) for v in np.clip(a, scale.lo, scale.hi)])

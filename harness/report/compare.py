@@ -33,12 +33,14 @@ from harness.environment.fingerprint import (
     fingerprint,
     fingerprint_differences,
 )
+from harness.measure.repeats import ProcessComparison, compare_processes
 from harness.report import charts, fmt
 from harness.report.render import render_template, write_atomic
 from harness.report.rundata import CellView, cell_views, environment_json, flatten, is_volatile, load_run, show_value
-from harness.report.significance import MannWhitney, mann_whitney_u, median_change_pct
 
 EXIT_OK, EXIT_REGRESSION, EXIT_REFUSED = 0, 1, 2
+TEST_WORDS = ("Welch's t-test on the logs of the process medians (each process one value: samples "
+              "inside a process are not independent); the threshold applies to the interval")
 
 
 @dataclass
@@ -46,10 +48,11 @@ class CellComparison:
     cell_id: str
     a: CellView
     b: CellView
-    verdict: str  # slower | faster | within threshold | no significant change | failed in B | not compared
+    # slower | faster | no change beyond threshold | inconclusive | no verdict | failed in B | not compared
+    verdict: str
     note: str = ""
     change_pct: float | None = None
-    test: MannWhitney | None = None
+    test: ProcessComparison | None = None
     map_change: float | None = None  # points, B - A
     regression: bool = False
 
@@ -151,29 +154,40 @@ def condition_problems(pairs: list[tuple[CellView, CellView]]) -> list[Condition
 
 
 def compare_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float) -> CellComparison:
+    """B's latency against A's at the level of processes (the unit that varies): Welch's t-test
+    on the logs of the process medians, the change with its (1 - alpha) interval, and a verdict
+    from where that interval lies against +-threshold_pct (see docs/report.md)."""
     c = CellComparison(a.cell_id, a, b, verdict="not compared")
     if a.metric is not None and b.metric is not None:
         c.map_change = b.metric - a.metric
-    if a.measured and a.samples and b.measured and b.samples:
-        c.test = mann_whitney_u(b.samples, a.samples)
-        c.change_pct = median_change_pct(a.samples, b.samples)
-        significant = c.test.p_value < alpha
-        if significant and c.change_pct > threshold_pct:
-            c.verdict, c.regression = "slower", True
-        elif significant and c.change_pct < -threshold_pct:
-            c.verdict = "faster"
-        elif significant:
-            c.verdict = "within threshold"
-            c.note = f"significant (p = {c.test.p_value:.2g}) but within ±{threshold_pct:g}%"
-        else:
-            c.verdict = "no significant change"
+    if a.measured and b.measured and a.median is not None and b.median is not None:
+        test = compare_processes(a.process_medians or [a.median], b.process_medians or [b.median], level=1 - alpha)
+        c.test, c.change_pct = test, test.change_pct
+        c.verdict, c.note, c.regression = _verdict(test, threshold_pct)
     elif a.measured and b.status == "failed":
         c.verdict, c.regression = "failed in B", True
         c.note = b.reason or "failed"
     else:
-        missing = [f"{name} {v.status}" for name, v in (("A", a), ("B", b)) if not (v.measured and v.samples)]
+        missing = [f"{name} {v.status}" for name, v in (("A", a), ("B", b)) if not v.measured]
         c.note = "no latency: " + ", ".join(missing)
     return c
+
+
+def _verdict(test: ProcessComparison, threshold_pct: float) -> tuple[str, str, bool]:
+    """(verdict, note, regression) from the change's interval; the threshold applies to the
+    interval, never to the point estimate alone."""
+    if test.change_ci_pct is None:
+        return ("no verdict", f"{test.n_a} vs {test.n_b} process(es): with one process on a side the "
+                "between-process variance is unknown; measure with protocol.repeats >= 3", False)
+    lo, hi = test.change_ci_pct
+    interval = f"{lo:+.1f}% .. {hi:+.1f}%"
+    if lo > threshold_pct:
+        return "slower", f"interval {interval} above +{threshold_pct:g}%", True
+    if hi < -threshold_pct:
+        return "faster", f"interval {interval} below -{threshold_pct:g}%", False
+    if -threshold_pct <= lo and hi <= threshold_pct:
+        return "no change beyond threshold", f"interval {interval} within ±{threshold_pct:g}%", False
+    return "inconclusive", f"interval {interval} reaches past ±{threshold_pct:g}%: more processes would tell", False
 
 
 def _out_dir(b: Path, out_dir: Path | None) -> Path:
@@ -313,13 +327,13 @@ def _text(header: str, ctx: dict[str, Any], wrote: str) -> str:
         lines.append(ctx["warning"])
     lines.append("")
     w = max(len(r.cell_id) for r in ctx["rows"])
-    lines.append(f"{'cell':<{w}} {'A ms':>9} {'B ms':>9} {'change':>8} {'p':>8}  verdict")
+    lines.append(f"{'cell':<{w}} {'A ms':>9} {'B ms':>9} {'n':>5} {'change':>8} {'p':>8}  verdict")
     for r in ctx["rows"]:
         p = f"{r.p_value:.2g}" if r.p_value is not None else "–"
-        verdict = r.verdict + (f" ({r.note})" if r.note and r.verdict != "within threshold" else "")
+        verdict = r.verdict + (f" ({r.note})" if r.note else "")
         flags = _flags(r)
         lines.append(
-            f"{r.cell_id:<{w}} {fmt.ms(r.a.median):>9} {fmt.ms(r.b.median):>9} "
+            f"{r.cell_id:<{w}} {fmt.ms(r.a.median):>9} {fmt.ms(r.b.median):>9} {f'{r.a.repeats}/{r.b.repeats}':>5} "
             f"{fmt.pct(r.change_pct):>8} {p:>8}  {verdict}"
             + (f"; mAP {fmt.signed(r.map_change)} pts" if r.map_change is not None else "")
             + (f" [{flags}]" if flags else "")
@@ -335,14 +349,16 @@ def _text(header: str, ctx: dict[str, Any], wrote: str) -> str:
             + ", ".join(f"{r.cell_id}: {_flags(r)}" for r in ctx["flagged"])
             + "): their medians move from process to process, so a change there may be noise."
         )
+    level = f"{(1 - ctx['alpha']) * 100:g}%"
+    lines.append(f"Test: {TEST_WORDS}; change intervals at {level}; n = processes A/B.")
     if ctx["regressions"]:
         lines.append(
-            f"FAIL: {len(ctx['regressions'])} cell(s) significantly slower than A by more than "
-            f"{ctx['threshold_pct']:g}% (alpha {ctx['alpha']:g}) or failing in B: "
+            f"FAIL: {len(ctx['regressions'])} cell(s) slower than A by more than {ctx['threshold_pct']:g}% "
+            f"over their whole {level} interval, or failing in B: "
             + ", ".join(r.cell_id for r in ctx["regressions"])
         )
     else:
-        lines.append(f"OK: no cell significantly slower by more than {ctx['threshold_pct']:g}% (alpha {ctx['alpha']:g}).")
+        lines.append(f"OK: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval.")
     lines.append(wrote)
     return "\n".join(lines)
 
@@ -361,19 +377,20 @@ def compare_markdown(ctx: dict[str, Any]) -> str:
             for f in c.fields[:12]:
                 lines.append(f"> - {fmt.md(c.cell_id)}: {fmt.md(f[0])}: A {fmt.md(f[1])}, B {fmt.md(f[2])}")
         lines.append("")
+    level = f"{(1 - ctx['alpha']) * 100:g}%"
     verdict = (
-        f"**FAIL**: {len(ctx['regressions'])} cell(s) significantly slower by more than {ctx['threshold_pct']:g}%"
-        if ctx["regressions"] else f"**PASS**: no cell significantly slower by more than {ctx['threshold_pct']:g}%"
+        f"**FAIL**: {len(ctx['regressions'])} cell(s) slower by more than {ctx['threshold_pct']:g}% over their whole {level} interval"
+        if ctx["regressions"] else f"**PASS**: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval"
     )
     lines += [
-        verdict + f" (Mann-Whitney U on the raw samples, alpha {ctx['alpha']:g}).", "",
-        "| cell | A median ms | B median ms | change | p | verdict | mAP change (pts) |",
-        "| :--- | ---: | ---: | ---: | ---: | :--- | ---: |",
+        verdict + f" ({TEST_WORDS}).", "",
+        "| cell | A median ms | B median ms | processes A/B | change | p | verdict | mAP change (pts) |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | :--- | ---: |",
     ]
     for r in ctx["rows"]:
         note = f" ({fmt.md(r.note)})" if r.note else ""
         lines.append(
-            f"| {fmt.md(r.cell_id)} | {fmt.ms(r.a.median)} | {fmt.ms(r.b.median)} | {fmt.pct(r.change_pct)} | "
+            f"| {fmt.md(r.cell_id)} | {fmt.ms(r.a.median)} | {fmt.ms(r.b.median)} | {r.a.repeats}/{r.b.repeats} | {fmt.pct(r.change_pct)} | "
             f"{'–' if r.p_value is None else f'{r.p_value:.2g}'} | {fmt.md(r.verdict)}{note}"
             + (f" ({fmt.md(_flags(r))})" if _flags(r) else "") + f" | {fmt.signed(r.map_change)} |"
         )

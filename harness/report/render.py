@@ -167,6 +167,58 @@ def _dist_rows(views: list[CellView]) -> list[charts.DistRow]:
     return [charts.DistRow(v.model, f"{v.config_label} · {v.scope}", v.samples, v.status) for v in views if v.measured and v.samples]
 
 
+def _process_rows(views: list[CellView]) -> list[charts.ProcessRow]:
+    return [
+        charts.ProcessRow(v.model, f"{v.config_label} · {v.scope}", v.process_medians, v.median, v.rerun_ci, v.status)
+        for v in views if v.repeats > 1 and v.process_medians and v.median is not None
+    ]
+
+
+def controls_in_force(views: list[CellView]) -> list[tuple[str, str]]:
+    """What the harness held fixed in this run's processes, in words, one line per control
+    (values that differ between processes are listed side by side)."""
+    seen: dict[str, set[str]] = {}
+
+    def note(name: str, value: str) -> None:
+        seen.setdefault(name, set()).add(value)
+
+    for v in views:
+        for record in v.processes or [v.record]:
+            controls = record.controls
+            if controls is None:
+                continue
+            place = controls.placement
+            if place is None:
+                note("CPU placement", "not pinned (controls.pin_cores: false)")
+            elif place.pinned:
+                cores = ",".join(map(str, place.worker_cores))
+                node = f" on NUMA node {place.numa_node}" if place.numa_node is not None else ""
+                mon = f"; monitor on core {place.monitor_core}" if place.monitor_core is not None else ""
+                note("CPU placement", f"worker cores {cores}{node} ({place.source}){mon}")
+            else:
+                note("CPU placement", f"pinning refused: {place.reason}")
+            if controls.threads:
+                note("threads", ", ".join(f"{k} {val}" for k, val in sorted(controls.threads.items())))
+            note("garbage collector", "off in the timed loop" if controls.gc_disabled_in_timed_loop else "on in the timed loop")
+            if controls.clocks is not None:
+                clocks = controls.clocks
+                note("GPU clocks", f"locked at {clocks.sm_mhz} MHz" if clocks.locked else f"not locked: {clocks.reason}")
+        settings = v.record.settings
+        options = settings.get("provider_options") if isinstance(settings, dict) else None
+        if isinstance(options, dict):
+            cuda = options.get("CUDAExecutionProvider")
+            if isinstance(cuda, dict) and cuda.get("cudnn_conv_algo_search"):
+                note("cuDNN algorithm search (ONNX Runtime)", str(cuda["cudnn_conv_algo_search"]))
+                if cuda.get("enable_cuda_graph"):
+                    note("CUDA graphs (ONNX Runtime)", "on" if str(cuda["enable_cuda_graph"]) == "1" else "off")
+        if isinstance(settings, dict) and "cudnn_benchmark" in settings:
+            note("cuDNN benchmark (torch)", str(settings["cudnn_benchmark"]).lower())
+    repeats = sorted({v.repeats for v in views})
+    out = [("processes per cell", ", ".join(map(str, repeats)) + " (each a fresh worker; cells interleaved round robin)")]
+    out += [(name, " | ".join(sorted(values))) for name, values in seen.items()]
+    return out
+
+
 def _pareto_charts(views: list[CellView]) -> list[dict[str, Any]]:
     """One chart per scope (model first). A scope whose every point has random weights gets
     no chart, only a note: plotting noise against latency would invite a reading."""
@@ -408,6 +460,8 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
         "gpu_places": _gpu_places(views),
         "planned_missing": planned,
         "dist_svg": charts.latency_distribution(_dist_rows(views)),
+        "process_svg": charts.process_medians(_process_rows(views)),
+        "controls": controls_in_force(views),
         "pareto": _pareto_charts(views),
         "stage_svg": charts.stage_breakdown(_stage_bars(views)),
         "sustained": _sustained_series(views),

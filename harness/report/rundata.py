@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +29,8 @@ from harness.results import (
     ResultsError,
     ResultsFile,
     WeightsKind,
+    group_by_cell,
+    primary_record,
     read_run,
     worst_status,
 )
@@ -145,6 +147,16 @@ class CellView:
     unpredictable: list[str] = field(default_factory=list)
     annotated_classes: int | None = None
     ap_over: str | None = None
+    # Every process record of the cell, in repeat order (`record` is the one that speaks for
+    # it: harness.results.primary_record), and its latency over them.
+    processes: list[CellRecord] = field(default_factory=list)
+    process_medians: list[float] = field(default_factory=list)
+    rerun_ci: tuple[float, float] | None = None  # where a re-run's headline is expected, 95%
+    between_spread: float | None = None
+
+    @property
+    def repeats(self) -> int:
+        return len(self.processes) or 1
 
     @property
     def config_key(self) -> tuple[Any, ...]:
@@ -216,9 +228,12 @@ def _regression_reason(derived: DerivedEntry) -> str:
     return f"AP fell {gate.drop:.1f} points below {ref}, past the plan's max_map_drop of {gate.max_map_drop:g}"
 
 
-def cell_view(record: CellRecord, derived: DerivedEntry | None) -> CellView:
-    """`derived` is the run's derived entry for this cell (harness.accuracy.derive plus the
-    effective `status` that finalize sets when an accuracy gate trips)."""
+def cell_view(record: CellRecord | Sequence[CellRecord], derived: DerivedEntry | None) -> CellView:
+    """A cell from its process records (or its one record). `derived` is the run's derived
+    entry for the cell (harness.accuracy.derive, the effective `status` finalize sets, and the
+    latency over processes)."""
+    group = [record] if isinstance(record, CellRecord) else list(record)
+    record = primary_record(group)
     derived = derived or DerivedEntry()
     ident = record.identity
     view = CellView(
@@ -238,7 +253,7 @@ def cell_view(record: CellRecord, derived: DerivedEntry | None) -> CellView:
         device=ident.device,
         # finalize derives the effective status (a tripped accuracy gate); take the worse of
         # the two so a hand-edited or half-derived file can't hide a failure.
-        status=worst_status([record.status, derived.status or "ok"]),
+        status=worst_status([*(r.status for r in group), derived.status or "ok"]),
         reason=record.reason,
         flags=list(record.flags),
         random_weights=record.random_weights or bool(derived.random_weights) or ident.weights_kind == "random",
@@ -262,6 +277,8 @@ def cell_view(record: CellRecord, derived: DerivedEntry | None) -> CellView:
             view.ci = (float(lo), float(hi))
         view.throughput = _f(latency.throughput_ips)
         view.scope = latency.scope
+    view.processes = group
+    _use_processes(view, group, derived)
     _fill_accuracy(view, record.accuracy)
     view.map_delta = _f(derived.map_delta.AP) if derived.map_delta is not None else None
     view.regressed = bool(derived.gate and derived.gate.regressed)
@@ -270,6 +287,48 @@ def cell_view(record: CellRecord, derived: DerivedEntry | None) -> CellView:
         why = _regression_reason(derived)
         view.reason = f"{why}; {view.reason}" if view.reason else why
     return view
+
+
+def _use_processes(view: CellView, group: list[CellRecord], derived: DerivedEntry) -> None:
+    """With several processes, the cell's figures are the ones over processes: the headline
+    (median of process medians) with its re-run interval, tails over every sample."""
+    across = derived.across_processes
+    if across is None and len(group) > 1:
+        # A run rebuilt from its cell files has no derived entries: the same derivation here.
+        from harness.measure.repeats import across_records
+
+        try:
+            across = across_records(group)
+        except ValueError:
+            across = None
+    if across is None:
+        return
+    view.process_medians = list(across.process_medians)
+    view.between_spread = across.between_spread
+    view.rerun_ci = across.rerun_ci95
+    if across.processes < 2:
+        return
+    view.median = across.headline
+    view.ci = across.rerun_ci95
+    view.p90, view.p99 = across.p90, across.p99
+    view.throughput = across.throughput_ips
+    view.samples = [float(s) for r in group if r.latency is not None and r.status in MEASURED_STATUSES
+                    for s in r.latency.samples_ms]
+    view.flags = sorted({f for r in group for f in r.flags} | ({"unstable_between_processes"} if across.unstable_reasons else set()))
+    view.reason = _process_reasons(group, across.unstable_reasons)
+
+
+def _process_reasons(group: list[CellRecord], between: list[str]) -> str | None:
+    """The cell's reason over its processes: disagreement between them first, then what the
+    processes said themselves, summed up (each one's figures are in its own record)."""
+    parts = list(between)
+    unstable = [r for r in group if r.latency is not None and r.latency.unstable_reasons]
+    if unstable:
+        covs = [r.latency.stats.cov for r in unstable if r.latency is not None]
+        parts.append(f"within processes: {len(unstable)} of {len(group)} unstable (CoV up to {max(covs) * 100:.0f}%)")
+    others = [r.reason for r in group if r.reason and not (r.latency is not None and r.latency.unstable_reasons)]
+    parts += list(dict.fromkeys(o for o in others if o))
+    return "; ".join(parts) or None
 
 
 def _fill_accuracy(view: CellView, accuracy: Accuracy | None) -> None:
@@ -294,7 +353,7 @@ def cell_views(run: LoadedRun | ResultsFile) -> list[CellView]:
     accuracy pass runs once per artifact; the other scope's record may leave it out) and
     mAP changes filled in from the reference cell when `derived` lacks them (rebuilt runs)."""
     results = run.results if isinstance(run, LoadedRun) else run
-    views = [cell_view(r, results.derived.get(r.cell_id)) for r in results.cells]
+    views = [cell_view(group, results.derived.get(cell_id)) for cell_id, group in group_by_cell(results.cells).items()]
     by_config: dict[tuple[Any, ...], CellView] = {}
     for v in views:
         if v.metric is not None:

@@ -6,16 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.report import fmt
-from harness.results import CellRecord, ResultsFile, effective_status
-
-
-def _status(results: ResultsFile, record: CellRecord) -> str:
-    entry = results.derived.get(record.cell_id)
-    return entry.status if entry is not None and entry.status else effective_status(record, entry)
-
+from harness.report.rundata import CellView, cell_views
+from harness.results import ResultsFile
 
 STATUS_WIDTH = len("regression [10]")
-SUMMARY_COLUMNS = ("cell", "prec", "b", "res", "scope", "status", "p50 ms", "p99 ms", "img/s", "AP")
+SUMMARY_COLUMNS = ("cell", "prec", "b", "res", "scope", "n", "status", "p50 ms", "p99 ms", "img/s", "AP")
 
 
 def _figure(value: float, decimals: int) -> str:
@@ -26,17 +21,18 @@ def _figure(value: float, decimals: int) -> str:
 def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = None) -> None:
     """One row per cell under a line per model, in short columns that fit 100 columns; names
     and statuses wrap between words, never inside one; the reasons follow the table as
-    numbered notes, so a long provider error never squeezes the numbers."""
+    numbered notes, so a long provider error never squeezes the numbers. `n` is the number of
+    processes the cell was measured in; with several, p50 is the median of their medians."""
     from rich.markup import escape
     from rich.padding import Padding
     from rich.table import Table
 
-    groups: dict[str, list[CellRecord]] = {}  # model name -> its records, in results order
-    for record in results.cells:
-        groups.setdefault(record.identity.model, []).append(record)
+    groups: dict[str, list[CellView]] = {}  # model name -> its cells, in results order
+    for view in cell_views(results):
+        groups.setdefault(view.model, []).append(view)
     table = Table(title="summary", box=None, pad_edge=False)
     for col in SUMMARY_COLUMNS:
-        numeric = col in ("b", "res", "p50 ms", "p99 ms", "img/s", "AP")
+        numeric = col in ("b", "res", "n", "p50 ms", "p99 ms", "img/s", "AP")
         # only the names and the status wrap (rich wraps between words); figures never do. A
         # status takes at most the width of "regression [10]" ("accuracy regression" on two
         # lines), so the names get the room.
@@ -44,32 +40,33 @@ def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = Non
                          overflow="fold", max_width=STATUS_WIDTH if col == "status" else None)
     notes: list[str] = []
     unpredictable: dict[str, list[str]] = {}
-    for model, records in groups.items():
+    for model, views in groups.items():
         table.add_row(f"[bold]{escape(model)}[/]")
-        for record in records:
-            ident, lat, acc = record.identity, record.latency, record.accuracy
-            status = _status(results, record)
-            colour = {"ok": "green", "failed": "red"}.get(status, "yellow")
-            shown = f"[{colour}]{status.replace('_', ' ')}[/]"
-            if record.reason:
-                notes.append(f"[{len(notes) + 1}] {record.cell_id}: {record.reason}")
+        for view in views:
+            colour = {"ok": "green", "failed": "red"}.get(view.status, "yellow")
+            shown = f"[{colour}]{view.status.replace('_', ' ')}[/]"
+            if view.reason:
+                notes.append(f"[{len(notes) + 1}] {view.cell_id}: {view.reason}")
                 shown += escape(f" [{len(notes)}]")
             ap = "-"
+            acc = view.record.accuracy
             if acc is not None and acc.bbox.AP is not None:
                 ap = f"{acc.bbox.AP:.3f}"
                 if acc.mapping is not None and acc.mapping.unpredictable_classes:
                     ap += "*"
-                    unpredictable.setdefault(ident.model, list(acc.mapping.unpredictable_classes))
+                    unpredictable.setdefault(view.model, list(acc.mapping.unpredictable_classes))
+            measured = view.median is not None
             table.add_row(
-                Padding(escape(ident.runtime_key), (0, 0, 0, 2)),
-                ident.precision,
-                str(ident.batch),
-                str(ident.resolution),
-                "e2e" if ident.scope == "end_to_end" else ident.scope,
+                Padding(escape(view.runtime), (0, 0, 0, 2)),
+                view.precision,
+                str(view.batch),
+                str(view.resolution),
+                "e2e" if view.scope == "end_to_end" else view.scope,
+                str(view.repeats),
                 shown,
-                _figure(lat.stats.p50, 2) if lat else "-",
-                _figure(lat.stats.p99, 2) if lat else "-",
-                fmt.rate(lat.throughput_ips) if lat else "-",
+                _figure(view.median, 2) if measured and view.median is not None else "-",
+                _figure(view.p99, 2) if measured and view.p99 is not None else "-",
+                fmt.rate(view.throughput) if view.throughput is not None else "-",
                 ap,
             )
     console.print(table)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 import harness.results.migrate as migrate
-from harness.results.model import SCHEMA_VERSION, CellRecord, ResultsFile, RunMeta
+from harness.results.model import SCHEMA_VERSION, CellRecord, ResultsFile, RunMeta, record_key
 
 
 class ResultsError(ValueError):
@@ -112,8 +112,9 @@ def read_cell_file(path: Path) -> CellRecord:
     """cells/<cell_id>.json as a record; CellFileError naming the file for anything else (what
     resume uses to tell a finished cell from a damaged file)."""
     record = load_cell_record(read_json(path, CellFileError), path, CellFileError)
-    if path.suffix == ".json" and record.cell_id != path.stem:
-        raise CellFileError(path, f"holds the record of cell {record.cell_id!r}, not of {path.stem!r}")
+    key = record_key(record.cell_id, record.repeat)
+    if path.suffix == ".json" and key != path.stem:
+        raise CellFileError(path, f"holds the record of {key!r}, not of {path.stem!r}")
     return record
 
 

@@ -99,6 +99,7 @@ class Protocol(Frozen):
     max_seconds: float
     pause_ms: float  # pause between timed calls, outside the timed region
     sustained: SustainedProtocol | None = None
+    repeats: int = 1  # fresh worker processes the cell is measured in
 
 
 class DatasetSubset(Frozen):
@@ -605,6 +606,77 @@ class Environment(Frozen):
     error: str | None = None
 
 
+# ----------------------------------------------------------------------------- the host
+
+
+class HostPlacement(Frozen):
+    """The cores the worker was pinned to (harness.environment.host.choose_placement)."""
+
+    worker_cores: list[int]
+    monitor_core: int | None = None
+    numa_node: int | None = None
+    source: str  # how the cores were chosen: "nvml gpu affinity", "sysfs numa node", "process affinity ..."
+    threads: int  # intra-op threads set for torch and OMP from the core count
+    pinned: bool  # False: pinning was asked for but refused (reason says why), or not asked for
+    reason: str | None = None
+
+
+class HostProbe(Frozen):
+    """A fixed pure-Python loop, timed a few times (ms): how fast the host was at that moment."""
+
+    min_ms: float
+    median_ms: float
+
+
+class GpuProcess(Frozen):
+    pid: int
+    name: str | None = None
+    memory_bytes: int | None = None
+
+
+class HostSnapshot(Frozen):
+    """The host at one moment of a process (its start or end): speed and what else loads it."""
+
+    at: float  # unix time
+    probe: HostProbe
+    load_avg: list[float]
+    busy_cpus: int | None = None  # cores over 50% busy during 0.1 s
+    cpus: int | None = None
+    cpu_percent: float | None = None
+    busy_cpus_error: str | None = None
+    gpu_processes: list[GpuProcess] | str | None = None  # other processes on the GPU; str: why unknown
+
+
+class ClockLock(Frozen):
+    """`gpu.lock_clocks`: what was asked, and what NVML allowed."""
+
+    requested: bool
+    locked: bool
+    sm_mhz: int | None = None
+    reason: str | None = None  # why not locked, or how it was restored
+    restored: bool | None = None
+
+
+class Controls(Frozen):
+    """What the harness held fixed in this process, and how (docs/performance.md says why)."""
+
+    placement: HostPlacement | None = None
+    threads: dict[str, int | None] = Field(default_factory=dict)  # torch, omp, ort intra-op... as set
+    gc_disabled_in_timed_loop: bool = False
+    clocks: ClockLock | None = None
+
+
+class ProcessFacts(Frozen):
+    """The worker process a record comes from: its cost beyond the timed work, and the host."""
+
+    pid: int
+    # Seconds from the process's start until its warm-up began: interpreter, imports, model
+    # build, export or engine (cached after the first process), session creation.
+    overhead_s: float | None = None
+    start: HostSnapshot | None = None
+    end: HostSnapshot | None = None
+
+
 # ----------------------------------------------------------------------------- the record
 
 
@@ -619,10 +691,13 @@ class CellFiles(Sparse):
 
 
 class CellRecord(Frozen):
-    """One cell's result: immutable, written once (cells/<cell_id>.json)."""
+    """One process's result for a cell: immutable, written once (cells/<cell_id>.json, or
+    cells/<cell_id>.r<k>.json for the k-th of several processes)."""
 
     schema_version: int = SCHEMA_VERSION
     cell_id: str
+    # Which of the cell's processes this is (0-based); None: the cell's only process.
+    repeat: int | None = None
     identity: CellIdentity
     # The plan's Cell as run, verbatim (harness.plan.cells.Cell): a snapshot for running the
     # cell again. Readers use `identity`.
@@ -647,9 +722,30 @@ class CellRecord(Frozen):
     log_tail: str | None = None
     files: CellFiles = CellFiles()
     placement: Placement | None = None
+    controls: Controls | None = None
+    process: ProcessFacts | None = None
 
 
 # ----------------------------------------------------------------------------- derived
+
+
+class AcrossProcesses(Frozen):
+    """A cell's latency over its processes (harness.measure.repeats.across_processes)."""
+
+    processes: int
+    process_medians: list[float]  # ms per batch, in repeat order
+    headline: float  # median of the process medians
+    rerun_ci95: tuple[float, float]  # where a re-run's headline is expected, 95%
+    ci95: tuple[float, float]  # hierarchical-bootstrap interval of the headline
+    between_cov: float | None = None
+    between_spread: float  # (max - min) / headline
+    within_cov_median: float
+    degrees_of_freedom: float | None = None
+    unstable_reasons: list[str] = Field(default_factory=list)
+    p90: float | None = None  # of every sample of every process
+    p99: float | None = None
+    throughput_ips: float | None = None  # batch * 1000 / headline
+    repeats_planned: int | None = None  # processes the plan asked for (fewer measured: some failed)
 
 
 class MapDelta(Frozen):
@@ -739,6 +835,31 @@ class DerivedEntry(Sparse):
     gate: Gate | None = None
     gallery: list[str] | None = None
     gallery_error: str | None = None
+    across_processes: AcrossProcesses | None = None
+
+
+def record_key(cell_id: str, repeat: int | None) -> str:
+    """A record's file name without `.json`: the cell id, and `.r<k>` for the k-th of several
+    processes of the cell."""
+    return cell_id if repeat is None else f"{cell_id}.r{repeat}"
+
+
+def group_by_cell(records: Sequence[CellRecord]) -> dict[str, list[CellRecord]]:
+    """The records of each cell (one per process), in the order the cells first appear, each
+    cell's processes in repeat order."""
+    groups: dict[str, list[CellRecord]] = {}
+    for record in records:
+        groups.setdefault(record.cell_id, []).append(record)
+    for group in groups.values():
+        group.sort(key=lambda r: -1 if r.repeat is None else r.repeat)
+    return groups
+
+
+def primary_record(group: Sequence[CellRecord]) -> CellRecord:
+    """The process that speaks for the cell where one must (its identity, accuracy pass,
+    settings): the first process that was measured, else the first."""
+    measured = [r for r in group if r.status in MEASURED_STATUSES and r.latency is not None]
+    return (measured or list(group))[0]
 
 
 def effective_status(record: CellRecord, entry: DerivedEntry | None) -> Status:

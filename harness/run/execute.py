@@ -26,8 +26,11 @@ from harness.results import (
     ResultsError,
     ResultsFile,
     effective_status,
+    group_by_cell,
+    primary_record,
     read_cell_files,
     read_run_meta,
+    worst_status,
 )
 from harness.run.launch import Launcher, LocalLauncher, WorkUnit
 from harness.run.scheduler import (
@@ -170,7 +173,8 @@ def _report_lost(store: RunStore, units: list[WorkUnit], conflicts: list[Any], c
     if not interrupted:  # planned when the run began (run.json) but not by the plan as expanded now
         from harness.run.placement import base_cell_id
 
-        known = {base_cell_id(k) for k in [*store.scan_cells().records, *(u.key for u in units)]}
+        records = store.scan_cells().records.values()
+        known = {base_cell_id(str(r["cell_id"])) for r in records} | {base_cell_id(u.cell_id) for u in units}
         lost += [i for i in store.meta().get("cell_ids") or [] if base_cell_id(i) not in known]
     if lost:
         console.print(f"[red]{len(lost)} planned cell(s) have no record[/]: {escape(', '.join(lost))}", soft_wrap=True)
@@ -190,16 +194,18 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> ResultsFile:
     records.sort(key=lambda r: (order.get(base_cell_id(r.cell_id), len(order)), r.cell_id))
     derived: dict[str, DerivedEntry] = {}
     derived_error = None
+    groups = group_by_cell(records)
+    # A cell's accuracy pass, raw outputs and settings come from its first process.
+    primaries = [primary_record(group) for group in groups.values()]
     try:
         from harness.accuracy.derive import derive_accuracy
 
-        derived = derive_accuracy(records, store.run_dir)
+        derived = derive_accuracy(primaries, store.run_dir)
     except Exception as exc:  # derived data must never lose measured data
         derived_error = f"deriving accuracy comparisons failed: {exc!r}"
-    _draw_galleries(records, derived, store.run_dir, loaded)
-    for record in records:
-        entry = derived.get(record.cell_id) or DerivedEntry()
-        derived[record.cell_id] = entry.model_copy(update={"status": effective_status(record, entry)})
+    _draw_galleries(primaries, derived, store.run_dir, loaded)
+    for cell_id, group in groups.items():
+        derived[cell_id] = _cell_entry(group, derived.get(cell_id) or DerivedEntry())
     results = ResultsFile(
         run=meta.model_copy(update={"finished_at": utc_now(), "harness_version_finalized": __version__}),
         cells=records,
@@ -215,6 +221,22 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> ResultsFile:
     except Exception as exc:  # a report problem never loses results
         store.write_replace("report-error.txt", f"report rendering failed: {exc!r}\n")
     return results
+
+
+def _cell_entry(group: list[CellRecord], entry: DerivedEntry) -> DerivedEntry:
+    """A cell's derived entry completed with its processes: the latency over them and the
+    effective status (the worst of every process, a tripped gate, processes that disagree)."""
+    from harness.measure.repeats import across_records
+
+    across = None
+    try:
+        across = across_records(group)
+    except ValueError as exc:  # samples a statistic cannot take: the records keep them as they are
+        entry = entry.model_copy(update={"reason": f"no latency over processes: {exc}"})
+    marks: list[str] = [effective_status(record, entry) for record in group]
+    if across is not None and across.unstable_reasons:
+        marks.append("unstable")
+    return entry.model_copy(update={"status": worst_status(marks), "across_processes": across})
 
 
 def _draw_galleries(records: list[CellRecord], derived: dict[str, DerivedEntry], run_dir: Path, loaded: LoadedPlan) -> None:

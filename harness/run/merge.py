@@ -86,7 +86,7 @@ def _check_duplicates(sources: list[_Source]) -> None:
     for source in sources:
         for record in source.records:
             key = (base_cell_id(record["cell_id"]), hardware_name(record))
-            if key in owner:
+            if key in owner and owner[key][0] is not source:  # a cell's processes share its key
                 first, first_status = owner[key]
                 clashes.append(
                     f"  {key[0]} on {key[1]}: in {first.label} ({first_status}) and in "
@@ -184,7 +184,7 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
         "plan_sha256": hashlib.sha256(plan_texts[0].encode("utf-8")).hexdigest(),
         "plan_file": f"merged: plan.yaml of {sources[0].label}",
         "plan_dir": sources[0].meta.plan_dir or str(sources[0].store.run_dir),
-        "cell_ids": [new_id for _, _, _, new_id in entries],
+        "cell_ids": list(dict.fromkeys(new_id for _, _, _, new_id in entries)),
         "backend": "merge",
         "plans_differ": len(set(plan_texts)) > 1,
         "hardware": {slug: name for name, slug in slugs.items()},
@@ -210,12 +210,16 @@ def merge_runs(run_dirs: list[Path], out_base: Path) -> Path:
         write_new(kept / "plan.yaml", plan_texts[source.index].encode("utf-8"))
         write_new(kept / "run.json", (source.store.run_dir / "run.json").read_bytes())  # as it was
 
+    copied: set[Path] = set()  # a cell's processes share files (its log, its detections)
     for _, source, record, new_id in entries:
         old_id = record["cell_id"]
         src_dir = source.store.run_dir
         renamed = {rel: _renamed(rel, old_id, new_id) for rel in _cell_files(src_dir, record)}
         for rel, new_rel in renamed.items():
             target = merged.run_dir / new_rel
+            if target in copied:
+                continue
+            copied.add(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_new(target, (src_dir / rel).read_bytes())
         name = hardware_name(record)

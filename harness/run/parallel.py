@@ -253,7 +253,7 @@ class GpuLanesLauncher:
                 except BaseException as exc:  # noqa: BLE001 -- a harness bug must not stop the other lanes
                     record = outcome_record(
                         unit.cell, "failed", f"the harness could not run the cell: {type(exc).__name__}: {exc}",
-                        started_at, failure_kind="environmental",
+                        started_at, failure_kind="environmental", repeat=unit.repeat,
                     )
                 inbox.put(("done", unit, with_placement(record, placement)))
 

@@ -81,7 +81,7 @@ def run_unit_process(
     try:
         log = store.open_append(log_rel)
     except UnsafePath as exc:  # a link planted in the run folder: nothing is written through it
-        return outcome_record(cell, "failed", str(exc), started_at, failure_kind="environmental")
+        return outcome_record(cell, "failed", str(exc), started_at, failure_kind="environmental", repeat=unit.repeat)
     with log:
         result_tmp.unlink(missing_ok=True)
         store.write_replace(unit_rel, unit.model_dump_json(), durable=False)
@@ -112,7 +112,7 @@ def run_unit_process(
         reason, kind = describe_exit(returncode)
     result_tmp.unlink(missing_ok=True)
     return outcome_record(cell, "failed", reason, started_at, log_tail=log_tail(run_dir / log_rel),
-                          files=files, failure_kind=kind)
+                          files=files, failure_kind=kind, repeat=unit.repeat)
 
 
 def _wait_for_worker(

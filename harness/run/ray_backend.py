@@ -104,7 +104,10 @@ def normalise_accelerator_types(types: Mapping[str, str] | Sequence[str] | None)
 
 def fleet_units(cells: Sequence[Cell], accelerator_types: Mapping[str, str] | Sequence[str] | None) -> list[WorkUnit]:
     """The units a Ray run of `cells` runs, in order: with GPU types, every GPU cell once per
-    type, its id qualified `<cell_id>@<type slug>`, the type in `unit.gpu_type`."""
+    type, its id qualified `<cell_id>@<type slug>`, the type in `unit.gpu_type`; each with its
+    repeats, interleaved (scheduler.with_repeats)."""
+    from harness.run.scheduler import with_repeats
+
     types = normalise_accelerator_types(accelerator_types)
     units: list[WorkUnit] = []
     for cell in cells:
@@ -115,7 +118,7 @@ def fleet_units(cells: Sequence[Cell], accelerator_types: Mapping[str, str] | Se
             ]
         else:
             units.append(WorkUnit(cell=cell))
-    return units
+    return with_repeats(units)
 
 
 def fleet_cell_ids(cells: list[Cell], accelerator_types: Mapping[str, str] | Sequence[str] | None) -> list[str]:
@@ -326,7 +329,8 @@ def _describe_ray_error(exc: BaseException, attempts: int) -> str:
 
 
 def _lost_record(sub: _Submitted, reason: str) -> dict[str, Any]:
-    record = outcome_record(sub.unit.cell, "failed", reason, sub.submitted_at, failure_kind="environmental")
+    record = outcome_record(sub.unit.cell, "failed", reason, sub.submitted_at, failure_kind="environmental",
+                            repeat=sub.unit.repeat)
     return with_placement(record, {**sub.placement, "ray_resources": sub.resources})
 
 

@@ -59,6 +59,7 @@ def identity_of(cell: Cell) -> CellIdentity:
             max_iterations=protocol.max_iterations,
             max_seconds=protocol.max_seconds,
             pause_ms=protocol.pause_ms,
+            repeats=protocol.repeats or 1,
             sustained=None if protocol.sustained is None else SustainedProtocol(
                 duration_s=protocol.sustained.duration_s, window_s=protocol.sustained.window_s
             ),

@@ -25,13 +25,34 @@ from harness.run.store import BAD_FOLDER, RETRIED_FOLDER, CellWritten, RunStore
 Say = Callable[[str], None]
 
 
+def repeats_of(cell: Cell) -> int:
+    return cell.protocol.repeats or 1
+
+
 def plan_units(cells: Sequence[Cell]) -> list[WorkUnit]:
-    return [WorkUnit(cell=cell) for cell in cells]
+    """The plan's cells as units of work, each cell's processes interleaved (`with_repeats`)."""
+    return with_repeats([WorkUnit(cell=cell) for cell in cells])
+
+
+def with_repeats(units: Sequence[WorkUnit]) -> list[WorkUnit]:
+    """Every unit's processes, interleaved as pyperf and MLPerf do: round r runs the r-th
+    process of each cell that has one, in the plan's order rotated by r, so a drift of the host
+    (its CPU speed, another tenant) hits every cell alike instead of one cell's processes. A cell
+    of one process is its own unit (repeat None); the r-th of several is repeat r."""
+    out: list[WorkUnit] = []
+    rounds = max((repeats_of(u.cell) for u in units), default=0)
+    for r in range(rounds):
+        active = [u for u in units if repeats_of(u.cell) > r]
+        shift = r % len(active)
+        for unit in active[shift:] + active[:shift]:
+            out.append(unit if repeats_of(unit.cell) == 1 else unit.model_copy(update={"repeat": r}))
+    return out
 
 
 def check_unique_ids(units: Sequence[WorkUnit]) -> None:
-    """Two planned units that would write one record file are refused before anything runs
-    (model names that differ only in punctuation slug to one cell id)."""
+    """Two planned units that would write one record file are refused before anything runs.
+    Plan expansion refuses colliding cell ids already; this guards what comes after it (a
+    fleet's per-GPU-type units, a run folder planned by an older harness)."""
     seen: dict[str, WorkUnit] = {}
     clashes: list[str] = []
     for unit in units:

@@ -33,6 +33,7 @@ from harness.errors import UserError
 from harness.files import write_new, write_replace
 from harness.results import ResultsError, ResultsFile, RunMeta, load_cell_record, read_run_meta
 from harness.run.placement import host_name
+from harness.run.unit import unit_key
 
 __all__ = ["RUN_SUBDIRS", "CellScan", "RunBusy", "RunStore", "dumps", "utc_now", "write_new", "write_replace"]
 
@@ -69,7 +70,7 @@ def _read_no_follow(path: Path) -> bytes:
         return handle.read()
 
 
-def parse_cell_file(data: bytes, cell_id: str) -> dict[str, Any]:
+def parse_cell_file(data: bytes, key: str) -> dict[str, Any]:
     """A cell file's record (migrated to this schema, as JSON), or ValueError saying why it is
     not one: the results layer's reader decides what a record is."""
     if not data.strip():
@@ -79,11 +80,11 @@ def parse_cell_file(data: bytes, cell_id: str) -> dict[str, Any]:
     except ValueError as exc:  # truncated or garbage
         raise ValueError(f"not JSON ({exc})") from None
     try:
-        record = load_cell_record(raw, f"{cell_id}.json")
+        record = load_cell_record(raw, f"{key}.json")
     except ResultsError as exc:
         raise ValueError(exc.problem) from None
-    if record.cell_id != cell_id:
-        raise ValueError(f"its cell_id is {record.cell_id!r}, not the file's name")
+    if unit_key(record.cell_id, record.repeat) != key:
+        raise ValueError(f"it holds {unit_key(record.cell_id, record.repeat)!r}, not the file's name")
     return record.model_dump(mode="json")
 
 
@@ -283,7 +284,7 @@ class RunStore:
         """Write a cell's record. When the id has a record already (two planned cells that
         share an id, a record arriving twice), neither is lost: the first stays, this one is
         kept in cells/.conflicts/ and the result says so."""
-        cell_id = record["cell_id"]
+        cell_id = unit_key(record["cell_id"], record.get("repeat"))
         data = dumps(record)
         try:
             return CellWritten(self.write_new(f"cells/{cell_id}.json", data))

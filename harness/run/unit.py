@@ -7,6 +7,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from harness.plan.cells import Cell
+from harness.results import record_key
+
+unit_key = record_key  # a unit's key is the name of the record it produces
 
 
 class WorkUnit(BaseModel):
@@ -24,8 +27,9 @@ class WorkUnit(BaseModel):
 
     @property
     def key(self) -> str:
-        """Unique among the units of a run: names the unit's scratch files and its live-view line."""
-        return self.cell.cell_id if self.repeat is None else f"{self.cell.cell_id}.r{self.repeat}"
+        """Unique among the units of a run: names the unit's record file, its scratch files and
+        its live-view line."""
+        return unit_key(self.cell.cell_id, self.repeat)
 
     def with_cell(self, **changes: Any) -> WorkUnit:
         """The unit with its cell changed the way a launcher runs it (a pinned device)."""

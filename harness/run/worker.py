@@ -28,18 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-import numpy as np
-
 from harness import files
 from harness.environment import nvml
 from harness.errors import CellSkipped, UserError
 from harness.plan.cells import Cell
-from harness.results import CellRecord, Environment, Latency, Prepare, Status, worst_status
+from harness.results import CellRecord, Controls, Environment, Latency, Prepare, ProcessFacts, Status, worst_status
 from harness.run.record import cell_fields, outcome_record
 from harness.run.store import RunStore, dumps, utc_now
-from harness.run.unit import WorkUnit
+from harness.run.unit import WorkUnit, unit_key
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from harness.accuracy.datasets import Dataset
     from harness.measure.protocol import MeasureResult
     from harness.models.base import ModelSource
@@ -68,17 +68,54 @@ class CellRun:
     run_dir: Path
     log: TextIO
     phase: OnPhase
+    repeat: int | None = None  # which of the cell's processes this is; None: its only one
     started_at: str = field(default_factory=utc_now)
     environment: dict[str, Any] = field(default_factory=dict)
     random_weights: bool = False
+    controls: dict[str, Any] = field(default_factory=dict)
+    host_start: dict[str, Any] | None = None
+    gpu_index: int | None = None
+    warmup_started: float | None = None  # unix time the warm-up began
+
+    @property
+    def key(self) -> str:
+        return unit_key(self.cell.cell_id, self.repeat)
+
+    @property
+    def first_process(self) -> bool:
+        """The process that runs the accuracy pass and saves outputs (the others only time)."""
+        return self.repeat in (None, 0)
 
     def record(self, status: Status, **fields: Any) -> Record:
         if isinstance(fields.get("prepare"), dict):
             fields["prepare"] = Prepare.from_runtime(fields["prepare"])
         return CellRecord(
-            **cell_fields(self.cell), started_at=self.started_at, finished_at=utc_now(), status=status,
-            random_weights=self.random_weights, environment=Environment.model_validate(self.environment), **fields,
+            **cell_fields(self.cell), repeat=self.repeat, started_at=self.started_at, finished_at=utc_now(),
+            status=status, random_weights=self.random_weights,
+            environment=Environment.model_validate(self.environment),
+            controls=Controls.model_validate(self.controls) if self.controls else None,
+            process=self.process_facts(), **fields,
         ).model_dump(mode="json")
+
+    def process_facts(self) -> ProcessFacts:
+        from harness.environment.host import host_snapshot
+
+        created = _process_created()
+        overhead = None if created is None or self.warmup_started is None else self.warmup_started - created
+        end = None
+        with contextlib.suppress(Exception):  # the host's figures never take a measurement down
+            end = host_snapshot(self.gpu_index)
+        return ProcessFacts.model_validate(
+            {"pid": os.getpid(), "overhead_s": overhead, "start": self.host_start, "end": end}
+        )
+
+
+def _process_created() -> float | None:
+    with contextlib.suppress(Exception):
+        import psutil
+
+        return float(psutil.Process().create_time())
+    return None
 
 
 @dataclass
@@ -90,10 +127,12 @@ class Measured:
 # -- the cell, step by step --------------------------------------------------------------------
 
 
-def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
-    """Measure one cell and return its record; a step that ends the cell early gives a
-    skipped or failed record. Exceptions other than CellEnded are the caller's (`run_unit`)."""
-    run = CellRun(cell, run_dir, log, phase)
+def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int | None = None) -> Record:
+    """Measure one process of a cell and return its record; a step that ends the cell early
+    gives a skipped or failed record. Exceptions other than CellEnded are the caller's
+    (`run_unit`)."""
+    run = CellRun(cell, run_dir, log, phase, repeat=repeat, controls=dict(_HOST_CONTROLS))
+    record_host_start(run)
     try:
         runtime_cls = check_availability(run)
         device = capture_environment(run)
@@ -112,6 +151,35 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
         prepare["gpu_conditions"] = conditions
     runtime.close()
     return build_record(run, measured, prepare=prepare, settings=settings, **outputs)
+
+
+# What `hold_host_fixed` did in this process (main() calls it before anything heavy loads).
+_HOST_CONTROLS: dict[str, Any] = {}
+
+
+def hold_host_fixed(cell: Cell) -> None:
+    """Pin this process near its GPU and set the thread counts libraries read when they load
+    (OpenBLAS at numpy's import, OMP at torch's): so main() calls it first, before numpy, torch
+    or onnxruntime is imported. What was done goes into every record's `controls`."""
+    from harness.environment.host import apply_controls
+
+    controls = cell.controls
+    try:
+        _HOST_CONTROLS.update(apply_controls(controls.pin_cores, controls.threads, nvml.parse_cuda_index(cell.device)))
+    except Exception as exc:  # noqa: BLE001 -- an unpinned measurement is recorded as such, not lost
+        _HOST_CONTROLS["placement"] = None
+        sys.stdout.write(f"host controls failed: {exc!r}\n")
+    _HOST_CONTROLS["gc_disabled_in_timed_loop"] = not controls.gc_in_timed_loop
+
+
+def record_host_start(run: CellRun) -> None:
+    """The host's load and speed as the process starts (the record's `process.start`)."""
+    from harness.environment.host import host_snapshot
+
+    run.gpu_index = nvml.parse_cuda_index(run.cell.device)
+    run.controls.setdefault("gc_disabled_in_timed_loop", not run.cell.controls.gc_in_timed_loop)
+    with contextlib.suppress(Exception):  # the host's figures never take a measurement down
+        run.host_start = host_snapshot(run.gpu_index)
 
 
 def check_availability(run: CellRun) -> type[Runtime]:
@@ -178,6 +246,7 @@ def prepare_runtime(run: CellRun, runtime: Runtime, source: ModelSource) -> dict
         raise CellEnded("failed", str(exc)) from None
     source.load_metadata()
     _inject_fault(run.cell.cell_id)
+    _inject_slowdown(runtime, run.cell.cell_id)
     return prepare
 
 
@@ -216,17 +285,26 @@ def measure_latency(run: CellRun, runtime: Runtime, dataset: Dataset | None, gpu
     monitor = GpuMonitor(gpu_index if cell.gpu.monitor else None, cell.gpu.monitor_interval_ms)
 
     def on_phase(name: str) -> None:
+        if name == "warmup" and run.warmup_started is None:
+            run.warmup_started = time.time()
         monitor.phase(name)
         run.phase(name)
 
-    monitor.start()
-    try:
-        if cell.scope == "model":
-            result, stage_samples, timer_name, stage_names = _time_model_scope(runtime, cell, on_phase)
-        else:
-            result, stage_samples, timer_name, stage_names = _time_end_to_end(runtime, cell, dataset, on_phase)
-    finally:
-        monitor_data = monitor.stop()
+    from harness.environment.clocks import ClockLock
+
+    placement = run.controls.get("placement") or {}
+    monitor.pin_core = placement.get("monitor_core")
+    with ClockLock(gpu_index, cell.gpu.lock_clocks) as lock:
+        monitor.start()
+        try:
+            if cell.scope == "model":
+                result, stage_samples, timer_name, stage_names = _time_model_scope(runtime, cell, on_phase)
+            else:
+                result, stage_samples, timer_name, stage_names = _time_end_to_end(runtime, cell, dataset, on_phase)
+        finally:
+            monitor_data = monitor.stop()
+    if lock.record is not None:
+        run.controls["clocks"] = lock.record
     sustained = cell.protocol.sustained
     latency = build_latency(
         result,
@@ -253,7 +331,8 @@ def _time_model_scope(runtime: Runtime, cell: Cell, on_phase: OnPhase) -> _Timed
     inputs = runtime.model_input()
     runtime.synchronize()
     timer = make_timer(stream)
-    result = measure(lambda: runtime.run_model(inputs), cell.protocol, timer, on_phase=on_phase)
+    result = measure(lambda: runtime.run_model(inputs), cell.protocol, timer, on_phase=on_phase,
+                     disable_gc=not cell.controls.gc_in_timed_loop)
     return result, None, timer.name, []
 
 
@@ -267,7 +346,8 @@ def _time_end_to_end(runtime: Runtime, cell: Cell, dataset: Dataset | None, on_p
     if cell.time_decode and dataset is not None:
         stages, images = _with_decode_stage(stages, dataset, cell.batch)
     result, stage_samples = measure_stages(
-        stages, lambda: images, cell.protocol, stream, runtime.synchronize, on_phase=on_phase
+        stages, lambda: images, cell.protocol, stream, runtime.synchronize, on_phase=on_phase,
+        disable_gc=not cell.controls.gc_in_timed_loop,
     )
     if cell.time_decode:
         stage_names = ["decode", *stage_names]
@@ -277,8 +357,8 @@ def _time_end_to_end(runtime: Runtime, cell: Cell, dataset: Dataset | None, on_p
 def accuracy_pass(run: CellRun, runtime: Runtime, source: ModelSource, dataset: Dataset | None) -> dict[str, Any] | None:
     """mAP on the same runtime object the latency pass timed; its detections beside the record."""
     cell, run_dir = run.cell, run.run_dir
-    if not cell.run_accuracy or dataset is None:
-        return None
+    if not cell.run_accuracy or dataset is None or not run.first_process:
+        return None  # the same artifact at the same precision: one process measures its mAP
     from harness.accuracy.evaluate import run_accuracy_pass
 
     run.phase("accuracy")
@@ -297,7 +377,7 @@ def save_outputs(
     and the record's fields that name them."""
     cell, run_dir = run.cell, run.run_dir
     saved: dict[str, Any] = {}
-    monitor = _keep_trace_small(measured.monitor, run_dir, cell.cell_id, saved)
+    monitor = _keep_trace_small(measured.monitor, run_dir, run.key, saved)
     if accuracy is not None and dataset is not None:
         saved["detections"] = f"detections/{cell.cell_id}.json"
         if outputs_path := _save_raw_outputs(cell, runtime, source, dataset, run_dir):
@@ -357,6 +437,8 @@ def _sample_images(cell: Cell, dataset: Dataset | None) -> list[np.ndarray]:
         from harness.accuracy.loader import decode_image
 
         return [decode_image(path) for path in _batch_paths(dataset, cell.batch)]
+    import numpy as np
+
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     return [image] * cell.batch
@@ -412,20 +494,20 @@ def failure_kind(exc: BaseException) -> str:
 
 def run_unit(unit: WorkUnit, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
     """The unit's record, whatever happens to the cell (an exception becomes a failed record)."""
-    cell = unit.cell
+    cell, repeat = unit.cell, unit.repeat
     files.confine(run_dir)
     files.confine(cell.resolve_path(cell.artifacts_dir))
     started_at = utc_now()
     try:
-        return run_cell(cell, run_dir, log, phase)
+        return run_cell(cell, run_dir, log, phase, repeat=repeat)
     except CellSkipped as exc:
-        return outcome_record(cell, "skipped", str(exc), started_at)
+        return outcome_record(cell, "skipped", str(exc), started_at, repeat=repeat)
     except UserError as exc:
-        return outcome_record(cell, "failed", str(exc), started_at, failure_kind=failure_kind(exc))
+        return outcome_record(cell, "failed", str(exc), started_at, failure_kind=failure_kind(exc), repeat=repeat)
     except Exception as exc:
         traceback.print_exc(file=log)
         return outcome_record(cell, "failed", f"{type(exc).__name__}: {exc}", started_at,
-                              failure_kind=failure_kind(exc))
+                              failure_kind=failure_kind(exc), repeat=repeat)
 
 
 class Phase:
@@ -447,6 +529,23 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:
         os._exit(1)
+
+
+def _inject_slowdown(runtime: Runtime, cell_id: str) -> None:
+    """A deliberate slowdown for checking that `bench compare` catches one:
+    BENCH_FAULT_INJECT=sleep_ms=0.8@<cell_id> adds a 0.8 ms host sleep inside every model call
+    of that cell (inside the timed region: CUDA events see the device wait for it too)."""
+    kind, _, target = os.environ.get(FAULT_ENV, "").partition("@")
+    if not kind.startswith("sleep_ms=") or target != cell_id:
+        return
+    seconds = float(kind.removeprefix("sleep_ms=")) / 1000.0
+    call = runtime.run_model
+
+    def slowed(inputs: Any) -> Any:
+        time.sleep(seconds)
+        return call(inputs)
+
+    runtime.run_model = slowed  # type: ignore[method-assign]
 
 
 def _inject_fault(cell_id: str) -> None:
@@ -476,6 +575,7 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     run_dir, unit_json, result_tmp = Path(argv[0]), Path(argv[1]), Path(argv[2])
     unit = WorkUnit.model_validate_json(unit_json.read_text("utf-8"))
+    hold_host_fixed(unit.cell)
     phase = Phase(run_dir, unit.key)
     record = run_unit(unit, run_dir, sys.stdout, phase)
     sys.stdout.flush()

@@ -67,6 +67,15 @@ def resolve_weights(weights: str, variant: str, plan_dir: Path) -> Path | None:
     return path
 
 
+def _rfdetr_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rfdetr")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class RfdetrSource(ModelSource):
     def __init__(self, cell: Any, log: TextIO):
         super().__init__(cell, log)
@@ -141,7 +150,33 @@ class RfdetrSource(ModelSource):
         return self.weights_path is None
 
     @cached_property
+    def _metadata(self) -> dict[str, Any]:
+        """What preprocessing and decoding read from the model (class names by logit index,
+        top-k), built once per model and cached beside the exports: the later processes of a
+        cell, and every ONNX Runtime or TensorRT cell, then build no PyTorch model at all."""
+        import json
+
+        from harness import files
+        from harness.models.export import cache_key
+
+        key = cache_key({"variant": self.cell.model.variant, "weights": self.weights_identity(), "rfdetr": _rfdetr_version()})
+        path = self.cell.resolve_path(self.cell.artifacts_dir) / "rfdetr-meta" / f"{key}.json"
+        if "rfdetr_model" not in self.__dict__ and path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                cached = json.loads(path.read_text("utf-8"))
+                if isinstance(cached, dict) and {"class_names", "num_select"} <= set(cached):
+                    return cached
+        meta = {"class_names": self._class_names_from_model(), "num_select": self._num_select_from_model()}
+        with contextlib.suppress(OSError):
+            files.ensure_folder(path.parent)
+            files.write_replace(path, json.dumps(meta))
+        return meta
+
+    @property
     def class_names(self) -> list[str | None]:
+        return list(self._metadata["class_names"])
+
+    def _class_names_from_model(self) -> list[str | None]:
         """Names by logit index. COCO-pretrained RF-DETR indexes logits by COCO category id
         (1..90 with gaps) while `class_names` is the flat list of 80; fine-tuned models index
         their own list from 0. Mirrors rfdetr's predict() mapping."""
@@ -193,13 +228,16 @@ class RfdetrSource(ModelSource):
 
         return decode_rfdetr(outputs, metas, top_k=self._num_select)
 
-    @cached_property
+    @property
     def _num_select(self) -> int:
+        return int(self._metadata["num_select"])
+
+    def _num_select_from_model(self) -> int:
         args = getattr(self._host_model.model, "args", None)
         return int(getattr(args, "num_select", 300) or 300)
 
     def load_metadata(self) -> None:
-        _ = self.class_names, self._num_select
+        _ = self._metadata
 
     def output_names(self) -> list[str]:
         names = ["dets", "labels"]

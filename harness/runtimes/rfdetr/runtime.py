@@ -11,6 +11,7 @@ rfdetr-optimized  `model.inference(dtype=..., compile_backend=torchscript|induct
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -63,6 +64,12 @@ class _RfdetrBase(TorchDevice, Runtime):
         self.model = self.source.rfdetr_model  # built on the cell's device
         out: dict[str, Any] = {"load_s": time.perf_counter() - started, "model": self.source.describe()}
         if self.optimized or self.cell.precision != "fp32":
+            if self.backend == "inductor":
+                # Every process of a cell compiles the same graph: inductor's on-disk cache in
+                # the artifact folder makes the later ones reuse the first one's work.
+                cache = self.cell.resolve_path(self.cell.artifacts_dir) / "inductor"
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+                out["inductor_cache"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
             started = time.perf_counter()
             self.model.inference(
                 compile=self.compile,
