@@ -250,6 +250,15 @@ def test_keep_float_worst_requantizes_without_the_worst_nodes(ladder_run: dict[s
     assert kept["quantized"]["count"] < base["quantized"]["count"]
     assert kept["calibration"]["cached"] is True  # the calibrated ranges were reused
     assert kept["model_sha256"] != base["model_sha256"]
+    # kept in float for real: each reads float tensors, not a DequantizeLinear (ORT would fuse
+    # DQ -> node -> Q into an integer kernel however the quantizer was told to exclude it)
+    import onnx
+
+    model = onnx.load(kept["model_path"])
+    produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in kept["keep_float"] + kept["keep_float_worst"]:
+            assert "DequantizeLinear" not in [produced_by.get(i) for i in node.input], node.name
 
 
 def test_the_sensitivity_list_is_the_same_in_two_runs(ladder_run: dict[str, Any], tmp_path: Path) -> None:

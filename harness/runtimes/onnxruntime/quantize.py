@@ -45,7 +45,7 @@ from harness import files
 from harness.accuracy.calibration import CalibrationSet, canonical_json
 from harness.errors import UserError
 
-QUANT_KEY_SCHEME = 1
+QUANT_KEY_SCHEME = 2  # 2: keep_float nodes rewired to read float inputs
 SENSITIVITY_SCHEME = 1
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 MODEL_FILE = "model.onnx"
@@ -331,7 +331,45 @@ def _quantize_static(request: Request, out: Path, root: Path, notes: list[str], 
         extra_options=extra,
         **kwargs,
     )
+    if request.keep_float:
+        _float_inputs(out, request.keep_float)
     return cached
+
+
+def _float_inputs(path: Path, names: Sequence[str]) -> None:
+    """Make the excluded nodes really run in float. ORT's `nodes_to_exclude` leaves a node's
+    neighbours quantized, so a node between two quantized ones still reads a DequantizeLinear and
+    writes into a QuantizeLinear, and ORT fuses the three into an integer kernel at load time.
+    Each excluded node is rewired to read the float tensor before its input's Q/DQ pair (its
+    consumers keep their own quantized inputs); Q/DQ nodes left unread are removed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    produced_by = {o: n for n in graph.node for o in n.output}
+    wanted = set(names)
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        for index, tensor in enumerate(node.input):
+            dq = produced_by.get(tensor)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = produced_by.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[index] = q.input[0]
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        unused = [n for n in graph.node if n.op_type in QDQ_OPS and not any(o in read for o in n.output)]
+        if not unused:
+            break
+        for n in unused:
+            graph.node.remove(n)
+    read = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in read]:  # their scales and zero points
+        graph.initializer.remove(init)
+    onnx.save(model, str(path))
 
 
 # -- what the quantized file holds ---------------------------------------------------------------
