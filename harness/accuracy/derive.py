@@ -138,7 +138,7 @@ def _gate(record: CellRecord, delta: float | None, random_weights: bool,
     if max_drop is None and max_class is None:
         return None
     limits: dict[str, Any] = {"max_map_drop": max_drop, "max_class_drop": max_class}
-    worst = worst_class(per_class_delta or {})
+    worst = worst_class(per_class_delta or {}) if max_class is not None else None
     if worst is not None:
         limits.update(worst_class=worst[0], worst_class_drop=-worst[1])
     if random_weights:
