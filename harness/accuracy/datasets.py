@@ -7,6 +7,11 @@ Subsets are chosen by image id, never by file listing or JSON order, so "the fir
   - random: ids ordered by sha256("<seed>:<id>") and the first N taken (then sorted). A hash
     rather than a random generator, so the choice does not depend on numpy's version, and a
     smaller N is always a subset of a larger one with the same seed.
+
+A calibration split (`dataset.calibration: {images: N, seed: S}`, harness.accuracy.calibration)
+is taken out of the pool first: the N best-ranked images of the whole file are held out for INT8
+calibration, and the subset above is chosen from the rest, so the accuracy pass of every cell of
+the plan reports on images that no quantized model was calibrated on.
 """
 
 from __future__ import annotations
@@ -21,6 +26,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.accuracy.calibration import (
+    CalibrationError,
+    CalibrationSet,
+    choose_from_split,
+    file_sha256,
+    ids_sha256,
+    read_coco_images,
+    selection_rank,
+    split_ids,
+)
 from harness.errors import UserError
 
 if TYPE_CHECKING:
@@ -37,6 +52,9 @@ class Dataset:
     file_names: dict[int, str] = field(repr=False, compare=False)  # image id -> file name
     sizes: dict[int, tuple[int, int]] = field(repr=False, compare=False)  # image id -> (height, width)
     raw: dict[str, Any] = field(repr=False, compare=False)  # the parsed instances JSON
+    # The plan's calibration split (held out of `image_ids`), ascending; empty without one.
+    calibration_ids: list[int] = field(default_factory=list)
+    calibration_seed: int | None = None
 
     def image_path(self, image_id: int) -> Path:
         return self.images_dir / self.file_names[image_id]
@@ -60,6 +78,20 @@ class Dataset:
         """Identifies the selected image set (two cells evaluated the same images or not)."""
         text = f"{self.annotations.name}:" + ",".join(map(str, self.image_ids))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def split_facts(self) -> dict[str, Any]:
+        """The evaluation split and the calibration split (when the plan holds one out), by
+        image ids and sha256 over them: what the accuracy pass records."""
+        out: dict[str, Any] = {
+            "evaluation_split": {"count": len(self.image_ids), "sha256": ids_sha256(self.image_ids),
+                                 "image_ids": list(self.image_ids)},
+        }
+        if self.calibration_ids:
+            out["calibration_split"] = {
+                "count": len(self.calibration_ids), "sha256": ids_sha256(self.calibration_ids),
+                "image_ids": list(self.calibration_ids), "seed": self.calibration_seed,
+            }
+        return out
 
     @cached_property
     def coco(self) -> Any:
@@ -133,12 +165,6 @@ def _validate_instances(data: Any, path: Path) -> None:
         ann.setdefault("iscrowd", 0)
 
 
-def selection_rank(seed: int, image_id: int) -> str:
-    """An image's place in a `random` subset (and in TensorRT's calibration choice, which uses
-    this same rule so the two are nested for one seed): sha256 of "<seed>:<id>", hex."""
-    return hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()
-
-
 def select_image_ids(all_ids: list[int], mode: str, n: int | None, seed: int = 0) -> list[int]:
     """The subset (see the module doc), ascending. Independent of the order of `all_ids`."""
     ids = sorted(set(all_ids))
@@ -155,8 +181,9 @@ def select_image_ids(all_ids: list[int], mode: str, n: int | None, seed: int = 0
 
 
 def open_dataset(images_dir: Path, annotations: Path, mode: str = "all", n: int | None = None,
-                 seed: int = 0, check_files: bool = True) -> Dataset:
-    """Read and check a COCO-format dataset and select its images."""
+                 seed: int = 0, check_files: bool = True, calibration: tuple[int, int] | None = None) -> Dataset:
+    """Read and check a COCO-format dataset and select its images; `calibration` (images,
+    seed) holds a calibration split out of the pool first (see the module doc)."""
     images_dir, annotations = Path(images_dir), Path(annotations)
     if not images_dir.is_dir():
         raise _fail("dataset.images", f"folder not found: {images_dir}")
@@ -173,7 +200,24 @@ def open_dataset(images_dir: Path, annotations: Path, mode: str = "all", n: int 
         raise _fail("dataset.annotations", f"{annotations} lists no images")
     file_names = {int(img["id"]): str(img["file_name"]) for img in data["images"]}
     sizes = {int(img["id"]): (int(img.get("height", 0)), int(img.get("width", 0))) for img in data["images"]}
-    image_ids = select_image_ids(list(file_names), mode, n, seed)
+    pool = list(file_names)
+    held_out: list[int] = []
+    if calibration is not None:
+        try:
+            held_out = split_ids(pool, calibration[0], calibration[1])
+        except ValueError as exc:
+            raise _fail("dataset.calibration.images", f"{exc} ({annotations})") from None
+        if len(held_out) >= len(pool):
+            raise _fail("dataset.calibration.images", f"holds out all {len(pool)} images of {annotations}: "
+                                                      "none is left for the accuracy pass")
+        kept = set(held_out)
+        pool = [i for i in pool if i not in kept]
+    try:
+        image_ids = select_image_ids(pool, mode, n, seed)
+    except UserError as exc:
+        if held_out:
+            raise UserError(f"{exc} once the calibration split ({len(held_out)} images) is held out") from None
+        raise
     if check_files:
         missing = [file_names[i] for i in image_ids if not (images_dir / file_names[i]).is_file()]
         if missing:
@@ -188,21 +232,64 @@ def open_dataset(images_dir: Path, annotations: Path, mode: str = "all", n: int 
         file_names=file_names,
         sizes=sizes,
         raw=data,
+        calibration_ids=held_out,
+        calibration_seed=calibration[1] if calibration is not None else None,
     )
+
+
+def dataset_files(spec: DatasetSpec, plan_dir: Path, cache_root: Path) -> tuple[Path, Path]:
+    """(images folder, instances JSON) of the plan's dataset: the generated sample (generated
+    once into `cache_root`) or a COCO folder + JSON relative to the plan's folder."""
+    if spec.sample:
+        from harness.accuracy.sample import sample_dataset_dir
+
+        return sample_dataset_dir(Path(cache_root), spec.sample_images)
+    assert spec.images and spec.annotations  # the schema guarantees both
+    return _resolve(spec.images, plan_dir), _resolve(spec.annotations, plan_dir)
 
 
 def load_dataset(spec: DatasetSpec, plan_dir: Path, cache_root: Path) -> Dataset:
     """The plan's dataset: the generated sample (`sample: true`, generated once into
-    `cache_root`) or a COCO folder + JSON relative to the plan's folder, with its subset."""
-    if spec.sample:
-        from harness.accuracy.sample import sample_dataset_dir
+    `cache_root`) or a COCO folder + JSON relative to the plan's folder, with its subset and
+    without its calibration split."""
+    images_dir, annotations = dataset_files(spec, plan_dir, cache_root)
+    split = (spec.calibration.images, spec.calibration.seed) if spec.calibration is not None else None
+    return open_dataset(images_dir, annotations, spec.subset.mode, spec.subset.n, spec.subset.seed, calibration=split)
 
-        images_dir, annotations = sample_dataset_dir(Path(cache_root), spec.sample_images)
-    else:
-        assert spec.images and spec.annotations  # the schema guarantees both
-        images_dir = _resolve(spec.images, plan_dir)
-        annotations = _resolve(spec.annotations, plan_dir)
-    return open_dataset(images_dir, annotations, spec.subset.mode, spec.subset.n, spec.subset.seed)
+
+def split_calibration_set(cell: Cell, n: int | None, cache_root: Path | None = None) -> CalibrationSet:
+    """`n` images (None: all) of the plan's calibration split, for a runtime that calibrates:
+    disjoint from every image the accuracy pass reports on. CalibrationError when the plan holds
+    no split or a chosen file is missing."""
+    spec = cell.dataset
+    if spec is None or spec.calibration is None:
+        raise CalibrationError(
+            "INT8 calibration needs a calibration split of the plan's dataset: add "
+            "`dataset: {calibration: {images: N}}` (those N images are then left out of every cell's accuracy pass)"
+        )
+    images_dir, annotations = dataset_files(spec, Path(cell.plan_dir), cache_root or default_cache_root(cell))
+    if not images_dir.is_dir():
+        raise CalibrationError(f"calibration images folder {images_dir} does not exist")
+    pool = read_coco_images(annotations)
+    try:
+        split = split_ids([im.image_id for im in pool], spec.calibration.images, spec.calibration.seed)
+    except ValueError as exc:
+        raise CalibrationError(f"dataset.calibration.images {exc}") from None
+    chosen = choose_from_split(pool, split, n, spec.calibration.seed)
+    missing = [str(images_dir / im.file_name) for im in chosen if not (images_dir / im.file_name).is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise CalibrationError(f"{len(missing)} chosen calibration image(s) are missing: {shown}")
+    return CalibrationSet(
+        images=chosen,
+        images_dir=images_dir,
+        annotations=annotations,
+        annotations_sha256=file_sha256(annotations),
+        seed=spec.calibration.seed,
+        pool_size=len(split),
+        source="plan dataset calibration split" + (" (generated sample)" if spec.sample else ""),
+        overlaps_evaluation=False,
+    )
 
 
 def _resolve(value: str, plan_dir: Path) -> Path:

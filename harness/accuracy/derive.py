@@ -30,7 +30,8 @@ from harness.results import (
 )
 
 WORST_IMAGES = 10
-_DELTA_KEYS = ("AP", "AP50", "AP75")
+# Small objects first among the sizes: they degrade first under quantization.
+_DELTA_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 _UNUSABLE = {"failed", "skipped"}
 
 
@@ -83,7 +84,7 @@ def _map_deltas(acc: Accuracy, ref_acc: Accuracy) -> dict[str, MapDelta]:
     for iou_type in ("bbox", "segm", "keypoints"):
         a, r = _iou_metrics(acc, iou_type), _iou_metrics(ref_acc, iou_type)
         if a is not None and r is not None:
-            out[iou_type] = MapDelta(**{k: _points(getattr(a, k), getattr(r, k)) for k in _DELTA_KEYS})
+            out[iou_type] = MapDelta(**{k: _points(getattr(a, k, None), getattr(r, k, None)) for k in _DELTA_KEYS})
     return out
 
 
@@ -124,17 +125,33 @@ def _raw_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> RawAgr
     return RawAgreement.model_validate(raw_output_agreement(ref_out, out))
 
 
-def _gate(record: CellRecord, delta: float | None, random_weights: bool) -> Gate | None:
+def worst_class(per_class_delta: dict[str, float | None]) -> tuple[str, float] | None:
+    """The class that lost the most AP (ties: the first name), or None without any delta."""
+    items = [(name, float(d)) for name, d in per_class_delta.items() if d is not None]
+    return min(items, key=lambda kv: (kv[1], kv[0])) if items else None
+
+
+def _gate(record: CellRecord, delta: float | None, random_weights: bool,
+          per_class_delta: dict[str, float | None] | None = None) -> Gate | None:
     max_drop = record.identity.max_map_drop
-    if max_drop is None:
+    max_class = record.identity.max_class_drop
+    if max_drop is None and max_class is None:
         return None
+    limits: dict[str, Any] = {"max_map_drop": max_drop, "max_class_drop": max_class}
+    worst = worst_class(per_class_delta or {}) if max_class is not None else None
+    if worst is not None:
+        limits.update(worst_class=worst[0], worst_class_drop=-worst[1])
     if random_weights:
-        return Gate(max_map_drop=max_drop, drop=None if delta is None else -delta, regressed=False,
+        return Gate(**limits, drop=None if delta is None else -delta, regressed=False,
                     reason="not gated: random weights make mAP meaningless")
     if delta is None:
-        return Gate(max_map_drop=max_drop, drop=None, regressed=False, reason="not gated: no AP to compare")
+        return Gate(**limits, drop=None, regressed=False, reason="not gated: no AP to compare")
     # A tiny tolerance: a drop exactly at the limit passes whatever the float rounding.
-    return Gate(max_map_drop=max_drop, drop=-delta, regressed=-delta > float(max_drop) + 1e-9)
+    overall = max_drop is not None and -delta > float(max_drop) + 1e-9
+    by_class = None
+    if max_class is not None:
+        by_class = worst is not None and -worst[1] > float(max_class) + 1e-9
+    return Gate(**limits, drop=-delta, regressed=overall or bool(by_class), class_regressed=by_class)
 
 
 def _random(record: CellRecord) -> bool:
@@ -168,7 +185,7 @@ def _compare(record: CellRecord, ref: CellRecord, run_dir: Path) -> DerivedEntry
     }
     entry["detection_agreement"] = _detection_agreement(record, ref, run_dir)
     entry["raw_agreement"] = _raw_agreement(record, ref, run_dir)
-    entry["gate"] = _gate(record, entry["map_delta"].AP, random_weights)
+    entry["gate"] = _gate(record, entry["map_delta"].AP, random_weights, entry["per_class_delta"])
     return DerivedEntry(**entry)
 
 

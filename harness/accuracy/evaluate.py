@@ -330,6 +330,7 @@ def run_accuracy_pass(
                 "annotations": str(dataset.annotations),
                 "images_dir": str(dataset.images_dir),
                 "fingerprint": dataset.fingerprint,
+                **dataset.split_facts(),
             },
             "mapping": check.as_dict(),
             "random_weights": random_weights,

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from harness import files
 from harness.environment import monitor
 from harness.environment.nvml import SLOWDOWN_REASONS  # constants only; imports no NVML
-from harness.report import charts, fmt
+from harness.report import charts, fmt, ladder
 from harness.report.published import (
     gpu_name,
     latency_detail,
@@ -482,6 +482,8 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
         "env_sections": env_sections,
         "env_differing": differing_env,
         "pairs": _pairs,
+        "ladders": ladder.ladders(views),
+        "keep_float_hint": ladder.keep_float_hint,
         "harness_version": _harness_version(),
         "generated_at": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }

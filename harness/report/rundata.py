@@ -225,7 +225,14 @@ def _regression_reason(derived: DerivedEntry) -> str:
     ref = derived.reference or "its reference"
     if gate is None or gate.drop is None:
         return "failed its accuracy gate"
-    return f"AP fell {gate.drop:.1f} points below {ref}, past the plan's max_map_drop of {gate.max_map_drop:g}"
+    overall = gate.max_map_drop is not None and gate.drop > gate.max_map_drop + 1e-9
+    parts = []
+    if overall:
+        parts.append(f"AP fell {gate.drop:.1f} points below {ref}, past the plan's max_map_drop of {gate.max_map_drop:g}")
+    if gate.class_regressed and gate.worst_class is not None and gate.worst_class_drop is not None:
+        parts.append(f"class {gate.worst_class} lost {gate.worst_class_drop:.1f} AP points against {ref}, "
+                     f"past the plan's max_class_drop of {gate.max_class_drop:g}")
+    return "; ".join(parts) or "failed its accuracy gate"
 
 
 def cell_view(record: CellRecord | Sequence[CellRecord], derived: DerivedEntry | None) -> CellView:

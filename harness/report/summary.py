@@ -11,6 +11,7 @@ import io
 from typing import Any
 
 from harness.report import fmt
+from harness.report.ladder import ladder_markdown
 from harness.report.rundata import CellView
 from harness.report.throughput import CROSS_SCOPE_LABEL, ThroughputGroup, ThroughputRow
 
@@ -90,6 +91,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         rows, "lllrrrrl",
     )
     lines += _throughput_markdown(ctx["throughput"])
+    lines += ladder_markdown(ctx.get("ladders") or [])
     lines += ["", "## All cells", ""]
     rows = [
         [

@@ -108,6 +108,11 @@ class DatasetSubset(Frozen):
     seed: int = 0
 
 
+class CalibrationSplitRef(Frozen):
+    images: int  # images held out for INT8 calibration
+    seed: int = 0
+
+
 class DatasetRef(Frozen):
     """The dataset the plan named for the accuracy pass (and the end-to-end images)."""
 
@@ -116,6 +121,8 @@ class DatasetRef(Frozen):
     images: str | None  # folder of images (as the plan wrote it)
     annotations: str | None  # COCO instances JSON (as the plan wrote it)
     subset: DatasetSubset
+    # The calibration split held out of the accuracy pass (`dataset.calibration`), if any.
+    calibration: CalibrationSplitRef | None = None
 
 
 class CellIdentity(Frozen):
@@ -138,6 +145,7 @@ class CellIdentity(Frozen):
     protocol: Protocol
     dataset: DatasetRef | None
     max_map_drop: float | None  # the plan's accuracy gate, AP points; None = no gate
+    max_class_drop: float | None = None  # the gate on the class that lost the most AP, points
 
     @property
     def runtime_key(self) -> str:
@@ -242,10 +250,21 @@ class KeypointMetrics(Frozen):
     per_class: dict[str, float | None] = Field(default_factory=dict)
 
 
+class ImageSplit(Frozen):
+    """A set of dataset images by ids, and the sha256 over them (harness.accuracy.calibration.ids_sha256)."""
+
+    count: int
+    sha256: str
+    image_ids: list[int]
+    seed: int | None = None  # the calibration split's ranking seed
+
+
 class DatasetFacts(Frozen):
     annotations: str | None = None
     images_dir: str | None = None
     fingerprint: str | None = None  # which images, which annotations: equal fingerprints, equal data
+    evaluation_split: ImageSplit | None = None  # the images this accuracy pass reported on
+    calibration_split: ImageSplit | None = None  # held out for INT8 calibration, disjoint from the above
 
 
 class ClassMapping(Frozen):
@@ -396,7 +415,82 @@ class GpuConditionsResult(Frozen):
     skipped_reason: str | None = None
 
 
-PREPARE_TIMINGS = ("load_s", "export_s", "compile_s", "build_s", "parse_s", "cached_build_s", "fp16_convert_s")
+PREPARE_TIMINGS = ("load_s", "export_s", "compile_s", "build_s", "parse_s", "cached_build_s", "fp16_convert_s",
+                   "quantize_s", "sensitivity_s")
+
+
+class NodeSet(Frozen):
+    """Nodes of a model by name, with their count per op type."""
+
+    count: int
+    by_op: dict[str, int] = Field(default_factory=dict)
+    names: list[str] = Field(default_factory=list)
+
+
+class SensitiveNode(Frozen):
+    """One quantized node's output, the INT8 model's against the FP32 model's."""
+
+    node: str
+    op_type: str
+    output: str
+    error: float  # relative L2 error of the output: ||int8 - fp32|| / ||fp32||, over the images
+    own_error: float  # error minus the largest error among its compared inputs (what this node adds)
+    sqnr_db: float | None = None  # 20 log10(1 / error); None when error is 0
+
+
+class Sensitivity(Frozen):
+    """The sensitivity pass (harness.runtimes.onnxruntime.quantize.sensitivity): which nodes'
+    outputs move most from FP32, on a few calibration images."""
+
+    image_ids: list[int]  # calibration images it ran on
+    compared: int  # node outputs compared
+    ranked_by: str  # own_error
+    top: list[SensitiveNode]
+    cached: bool = False
+    seconds: float | None = None
+
+
+class CalibrationFacts(Frozen):
+    """The images a static INT8 model was calibrated on (harness.accuracy.calibration)."""
+
+    source: str
+    count: int
+    image_ids: list[int]
+    sha256: str  # over the image ids
+    seed: int
+    pool_size: int  # images in the split it was drawn from
+    annotations_sha256: str
+    overlaps_evaluation_set: bool
+    method: str  # minmax | entropy | percentile
+    cache_key: str | None = None  # the calibration ranges' cache entry
+    cached: bool | None = None  # ranges reused from the cache
+
+
+class Quantization(Frozen):
+    """How the cell's model was quantized (ONNX Runtime: harness.runtimes.onnxruntime.quantize)."""
+
+    mode: Literal["static", "dynamic"]
+    tool: str  # "onnxruntime.quantization 1.32.0"
+    format: str | None = None  # QDQ (static)
+    per_channel: bool
+    activation_type: str | None = None  # int8 | uint8 (static; dynamic quantizes activations to uint8 at run time)
+    weight_type: str
+    symmetric_activations: bool | None = None
+    op_types: list[str] | None = None  # None: every op type the tool can quantize
+    source_sha256: str  # the FP32 ONNX file quantized
+    model_path: str
+    model_sha256: str
+    model_bytes: int
+    cache_key: str
+    cached: bool
+    calibration: CalibrationFacts | None = None
+    quantized: NodeSet  # nodes that run on quantized inputs
+    kept_float: NodeSet  # nodes of quantizable op types left in float (excluded, or not quantized by the tool)
+    float_by_op: dict[str, int] = Field(default_factory=dict)  # every node left in float, per op type
+    keep_float: list[str] = Field(default_factory=list)  # excluded by name (settings keep_float)
+    keep_float_worst: list[str] = Field(default_factory=list)  # excluded as the worst K of the sensitivity pass
+    sensitivity: Sensitivity | None = None
+    notes: list[str] = Field(default_factory=list)
 
 
 class Prepare(Frozen):
@@ -409,9 +503,12 @@ class Prepare(Frozen):
     parse_s: float | None = None  # TensorRT's ONNX parser
     cached_build_s: float | None = None  # the reused engine's own build time
     fp16_convert_s: float | None = None  # ONNX fp16 conversion
+    quantize_s: float | None = None  # INT8 quantization, calibration included (None: from the cache)
+    sensitivity_s: float | None = None  # the INT8 sensitivity pass (None: from the cache or not run)
     artifact: Artifact | None = None
     model: FreeForm | None = None  # the model source's facts (weights file, hash, class...)
     gpu_conditions: GpuConditionsResult | None = None
+    quantization: Quantization | None = None
     # Everything else the runtime said about its preparation (engine key, cache hits,
     # calibration, converter versions...), as it said it.
     runtime: FreeForm = Field(default_factory=dict)
@@ -420,7 +517,7 @@ class Prepare(Frozen):
     def from_runtime(cls, facts: dict[str, Any]) -> Prepare:
         """The typed block from a runtime's `prepare()` dict: the known facts in their fields,
         the runtime's own ones under `runtime`."""
-        known = {*PREPARE_TIMINGS, "artifact", "model", "gpu_conditions"}
+        known = {*PREPARE_TIMINGS, "artifact", "model", "gpu_conditions", "quantization"}
         typed: dict[str, Any] = {k: v for k, v in facts.items() if k in known}
         rest = {k: v for k, v in facts.items() if k not in known and k != "runtime"}
         runtime = {**(facts.get("runtime") or {}), **rest}
@@ -754,6 +851,9 @@ class MapDelta(Frozen):
     AP: float | None = None
     AP50: float | None = None
     AP75: float | None = None
+    AP_small: float | None = None  # small objects degrade first under quantization
+    AP_medium: float | None = None
+    AP_large: float | None = None
 
 
 class WorstImage(Frozen):
@@ -810,10 +910,14 @@ class RawAgreement(Sparse):
 
 
 class Gate(Sparse):
-    max_map_drop: float  # AP points the plan allows
+    max_map_drop: float | None = None  # AP points the plan allows (None: only the class gate is set)
     drop: float | None  # AP points lost against the reference
-    regressed: bool
+    regressed: bool  # the overall drop or the worst class's passed its limit
     reason: str | None = None  # why not gated
+    max_class_drop: float | None = None  # AP points the plan allows the worst class to lose
+    worst_class: str | None = None  # the class that lost the most AP
+    worst_class_drop: float | None = None  # AP points it lost
+    class_regressed: bool | None = None  # the worst class passed max_class_drop
 
 
 class DerivedEntry(Sparse):

@@ -11,6 +11,7 @@ from typing import Any
 
 from harness.plan.cells import Cell
 from harness.results import (
+    CalibrationSplitRef,
     CellIdentity,
     CellRecord,
     DatasetRef,
@@ -70,8 +71,12 @@ def identity_of(cell: Cell) -> CellIdentity:
             images=dataset.images,
             annotations=dataset.annotations,
             subset=DatasetSubset(mode=dataset.subset.mode, n=dataset.subset.n, seed=dataset.subset.seed),
+            calibration=None if dataset.calibration is None else CalibrationSplitRef(
+                images=dataset.calibration.images, seed=dataset.calibration.seed
+            ),
         ),
         max_map_drop=cell.accuracy.max_map_drop,
+        max_class_drop=cell.accuracy.max_class_drop,
     )
 
 

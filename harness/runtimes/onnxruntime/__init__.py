@@ -1,13 +1,54 @@
 """ONNX Runtime with the CPU, CUDA and TensorRT execution providers, with proof that the
-provider asked for is the one that ran (runtime.py says how)."""
+provider asked for is the one that ran (runtime.py says how), and the precision ladder: FP16
+(converted file), INT8 (static post-training quantization, QDQ) and INT8 dynamic through
+`onnxruntime.quantization` (quantize.py; docs/quantization.md)."""
 
-from typing import Literal
+from __future__ import annotations
 
-from pydantic import Field
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness.runtimes.plugin import Device, RuntimePlugin, RuntimeSettings
 
+if TYPE_CHECKING:
+    from harness.plan.cells import Cell
+
 ProviderOption = str | int | float | bool
+
+
+class OrtInt8Settings(BaseModel):
+    """`settings: {int8: {...}}`: how precision int8 (static, calibrated) and int8-dynamic are
+    made. Every field enters the quantized model's cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    # Static only: how activation ranges are read from the calibration images.
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # Images of the plan's calibration split to use (None: all of the split).
+    calibration_images: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # Images per calibration pass: histogram methods (entropy, percentile) hold every tensor of
+    # a pass in memory before folding it into their histograms.
+    calibration_chunk: Annotated[int, Field(ge=1, le=1024)] = 8
+    percentile: Annotated[float, Field(gt=90, le=100)] = 99.999  # percentile calibration only
+    per_channel: bool = True  # weights: one scale per output channel
+    activation_type: Literal["int8", "uint8"] = "int8"  # static only
+    weight_type: Literal["int8", "uint8"] = "int8"
+    # Activation zero points at 0. None: on for the TensorRT EP (which needs it), ORT's default
+    # (off) elsewhere.
+    symmetric_activations: bool | None = None
+    # Op types to quantize (None: ORT's own default, every op type its quantizer knows).
+    op_types: list[Annotated[str, Field(min_length=1)]] | None = None
+    # Nodes (by name, as the ONNX file names them) kept in float.
+    keep_float: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # Also keep the K nodes with the largest error of the sensitivity pass in float
+    # (static only; runs the sensitivity pass on the model quantized without them first).
+    keep_float_worst: Annotated[int, Field(ge=0, le=1000)] = 0
+    # The sensitivity pass: each quantized node's output against FP32 on a few calibration
+    # images, the worst listed in the record (static only).
+    sensitivity: bool = True
+    sensitivity_images: Annotated[int, Field(ge=1, le=64)] = 4
+    sensitivity_top: Annotated[int, Field(ge=1, le=1000)] = 10
 
 
 class OrtSettings(RuntimeSettings):
@@ -25,6 +66,8 @@ class OrtSettings(RuntimeSettings):
     provider_options: dict[str, ProviderOption] = Field(default_factory=dict)
     # The verbose session log is what reports node placements; false skips it.
     log_placements: bool = True
+    # Precision int8 / int8-dynamic: how the model is quantized.
+    int8: OrtInt8Settings = OrtInt8Settings()
 
 
 class OrtCudaSettings(OrtSettings):
@@ -62,12 +105,43 @@ def _plugin(name: str, provider: str, cls: str, device: Device, precisions: set[
         needs=frozenset({"onnx"}),
         libraries=libraries,
         export_keys=("opset", "dynamic_batch"),
+        cell_check="harness.runtimes.onnxruntime:cell_problems",
     )
 
 
+def cell_problems(cell: Cell) -> list[tuple[str, str]]:
+    """What `bench validate` can say before anything runs: static INT8 needs the plan's
+    calibration split, and can use at most the images it holds."""
+    if cell.precision != "int8":
+        return []
+    problems: list[tuple[str, str]] = []
+    int8 = cell.runtime.settings.get("int8") or {}
+    split = cell.dataset.calibration if cell.dataset is not None else None
+    if split is None:
+        problems.append((
+            "dataset.calibration",
+            f"{cell.runtime.key} int8 (static quantization) calibrates on a split of the plan's dataset "
+            "that the accuracy pass never scores: add `dataset: {calibration: {images: N}}` "
+            "(100-500 images for a real model; a handful for a smoke test)",
+        ))
+        return problems
+    n = int8.get("calibration_images") if isinstance(int8, dict) else None
+    if isinstance(n, int) and n > split.images:
+        problems.append((
+            "runtime.settings.int8.calibration_images",
+            f"int8.calibration_images asks for {n} calibration images, but dataset.calibration holds out "
+            f"{split.images}",
+        ))
+    return problems
+
+
 PLUGINS = [
-    _plugin("onnxruntime-cpu", "CPU", "OrtCpuRuntime", "cpu", {"fp32"}, OrtSettings, ("onnxruntime",)),
-    _plugin("onnxruntime-cuda", "CUDA", "OrtCudaRuntime", "cuda", {"fp32", "fp16"}, OrtCudaSettings, ("onnxruntime",)),
-    _plugin("onnxruntime-tensorrt", "TensorRT", "OrtTensorrtRuntime", "cuda", {"fp32", "fp16"},
+    # int8-dynamic: the CPU EP only (the CUDA EP has no kernel for DynamicQuantizeLinear's
+    # integer ops; the TensorRT EP takes static Q/DQ only).
+    _plugin("onnxruntime-cpu", "CPU", "OrtCpuRuntime", "cpu", {"fp32", "int8", "int8-dynamic"}, OrtSettings,
+            ("onnxruntime",)),
+    _plugin("onnxruntime-cuda", "CUDA", "OrtCudaRuntime", "cuda", {"fp32", "fp16", "int8"}, OrtCudaSettings,
+            ("onnxruntime",)),
+    _plugin("onnxruntime-tensorrt", "TensorRT", "OrtTensorrtRuntime", "cuda", {"fp32", "fp16", "int8"},
             OrtTensorrtSettings, ("onnxruntime", "tensorrt")),
 ]

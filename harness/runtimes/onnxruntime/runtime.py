@@ -16,6 +16,10 @@ settings()["node_placement"]. For the TensorRT EP a "node" is a fused TensorRT s
 
 Plan settings (runtime `settings:`) are typed in this package's `__init__` (OrtSettings,
 OrtCudaSettings, OrtTensorrtSettings): unknown keys and wrong types fail `bench validate`.
+
+Precisions int8 and int8-dynamic run a quantized copy of the ONNX file, made in `prepare()` by
+quantize.py (cached in the artifacts folder; its facts go to the record's
+`prepare.quantization`), on the same providers as FP32.
 """
 
 from __future__ import annotations
@@ -258,7 +262,92 @@ class OrtRuntime(Runtime):
         return [(CPU_EP, dict(self.options.provider_options))]
 
     def _model_file(self, artifact: Any, artifacts_dir: Path) -> Path:
+        if self.cell.precision in ("int8", "int8-dynamic"):
+            return self._int8_file(artifact, artifacts_dir)
         return Path(artifact.path)
+
+    def _int8_file(self, artifact: Any, artifacts_dir: Path) -> Path:
+        """The quantized copy of the ONNX file (quantize.py), with the sensitivity pass and,
+        for keep_float_worst, the re-quantization without the worst nodes."""
+        from harness.accuracy.calibration import CalibrationError
+        from harness.runtimes.onnxruntime import quantize as q
+
+        opts = self.options.int8
+        mode = "static" if self.cell.precision == "int8" else "dynamic"
+        root = artifacts_dir / "onnx-int8"
+        source_path = q.named_model(Path(artifact.path), artifact.sha256, root)
+        q.check_node_names(source_path, opts.keep_float, f"runtime `{self.cell.runtime.key}` settings int8.keep_float")
+        calibration = None
+        if mode == "static":
+            from harness.accuracy.datasets import split_calibration_set
+
+            try:
+                calibration = split_calibration_set(self.cell, opts.calibration_images)
+            except CalibrationError as exc:
+                raise UserError(str(exc)) from None
+        resolution = self.cell.resolution
+
+        def preprocess(images: list[np.ndarray]) -> np.ndarray:
+            batch, _ = self.source.preprocess(images, resolution)
+            return batch
+
+        spec = self.cell.model.preprocess
+        request = q.Request(
+            mode=mode,
+            source=source_path,
+            source_sha256=artifact.sha256,
+            input_name=artifact.input_name,
+            input_batch=1 if artifact.dynamic_batch else self.cell.batch,
+            preprocess_id={"source": self.cell.source, "resolution": resolution,
+                           "preprocess": spec.model_dump(mode="json") if spec is not None else None},
+            settings=opts.model_dump(mode="json"),
+            symmetric_activations=(opts.symmetric_activations if opts.symmetric_activations is not None
+                                   else self.provider == TRT_EP),
+            calibration=calibration,
+            keep_float=tuple(opts.keep_float),
+            preprocess=preprocess,
+        )
+        with capture_fds() as captured:
+            made = q.quantize(request, root, self.log)
+        self.log.write(captured[0] if captured else "")
+        facts, quantize_s = made.facts, made.quantize_s
+        sensitivity_s: float | None = None
+        worst: list[str] = []
+        if mode == "static" and calibration is not None and (opts.sensitivity or opts.keep_float_worst):
+            images = calibration.paths()[: opts.sensitivity_images]
+            ids = calibration.image_ids[: opts.sensitivity_images]
+            reader = q.calibration_reader_class()(artifact.input_name, images, request.input_batch, preprocess)
+            batches = [reader.load(b) for b in reader.batches]
+            key = {"float_sha256": artifact.sha256, "int8_sha256": facts["model_sha256"], "images": ids,
+                   "batch": request.input_batch, "preprocess": request.preprocess_id}
+            print(f"[int8] sensitivity pass on {len(ids)} calibration images", file=self.log, flush=True)
+            sens, sensitivity_s = q.cached_sensitivity(
+                made.path.parent, key,
+                lambda: q.sensitivity(source_path, made.path, facts["quantized"]["names"], batches,
+                                      artifact.input_name, opts.sensitivity_top, self.options.intra_op_num_threads),
+            )
+            ranked = list(sens.pop("ranked_nodes", []))
+            sens["top"] = sens["top"][: opts.sensitivity_top]
+            sens["image_ids"] = ids
+            if opts.keep_float_worst:
+                worst = [n for n in ranked if n not in set(opts.keep_float)][: opts.keep_float_worst]
+                again = q.Request(**{**request.__dict__, "keep_float": tuple(opts.keep_float) + tuple(worst)})
+                with capture_fds() as captured:
+                    made = q.quantize(again, root, self.log)
+                self.log.write(captured[0] if captured else "")
+                facts = made.facts
+                if made.quantize_s is not None:
+                    quantize_s = (quantize_s or 0.0) + made.quantize_s
+                facts["notes"] = [*facts.get("notes", []), (
+                    f"the {len(worst)} nodes kept in float are the worst of the sensitivity pass below, which ran on "
+                    "the model quantized without them"
+                )]
+            facts["sensitivity"] = sens
+        facts["keep_float"] = list(opts.keep_float)
+        facts["keep_float_worst"] = worst
+        self.quantization = facts
+        self._extra_prepare = {"quantize_s": quantize_s, "sensitivity_s": sensitivity_s, "quantization": facts}
+        return made.path
 
     def prepare(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -403,7 +492,16 @@ class OrtRuntime(Runtime):
             "model_file": str(self.model_path),
             "input_dtype": np.dtype(self.input_dtype).name,
             "io_binding": self.on_cuda,
+            "onnx_precision": {"int8": "int8 (static, QDQ)", "int8-dynamic": "int8 (dynamic)"}.get(
+                self.cell.precision, "fp32"),
         }
+        quantization = getattr(self, "quantization", None)
+        if quantization is not None:  # what decides the speed: enters the fingerprint
+            out["quantization"] = {
+                k: quantization.get(k) for k in ("mode", "tool", "format", "per_channel", "activation_type",
+                                                 "weight_type", "symmetric_activations", "model_sha256")
+            }
+            out["quantization"]["quantized_nodes"] = quantization["quantized"]["count"]
         return out
 
     def close(self) -> None:
@@ -557,7 +655,7 @@ class OrtCudaRuntime(_OrtGpuRuntime):
 
     def _model_file(self, artifact: Any, artifacts_dir: Path) -> Path:
         if self.cell.precision != "fp16":
-            return Path(artifact.path)
+            return super()._model_file(artifact, artifacts_dir)
         return self._fp16_file(Path(artifact.path), artifact.sha256, artifacts_dir)
 
     def _fp16_file(self, src: Path, sha256: str, artifacts_dir: Path) -> Path:
@@ -609,7 +707,8 @@ class OrtCudaRuntime(_OrtGpuRuntime):
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()
-        out["onnx_precision"] = "fp16 (converted, fp32 I/O)" if self.cell.precision == "fp16" else "fp32"
+        if self.cell.precision == "fp16":
+            out["onnx_precision"] = "fp16 (converted, fp32 I/O)"
         return out
 
 
@@ -630,6 +729,9 @@ class OrtTensorrtRuntime(_OrtGpuRuntime):
         opts: dict[str, Any] = {
             "device_id": str(self.device_id),
             "trt_fp16_enable": "1" if self.cell.precision == "fp16" else "0",
+            # A QDQ file: TensorRT builds INT8 kernels where the Q/DQ pairs say (explicit
+            # quantization; no calibration table).
+            "trt_int8_enable": "1" if self.cell.precision == "int8" else "0",
             "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": "1",

@@ -30,7 +30,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness import files
-from harness.accuracy.datasets import default_cache_root, selection_rank
+
+# The calibration-image mechanism is shared with ONNX Runtime's INT8 (harness.accuracy.calibration);
+# its names are re-exported here for the TensorRT runtime and its tests.
+from harness.accuracy.calibration import (
+    CalibrationError,
+    CalibrationImage,
+    CalibrationSet,
+    canonical_json,
+    choose_images,
+    read_coco_images,
+    sha256_text,
+)
+from harness.accuracy.datasets import default_cache_root, split_calibration_set
 from harness.errors import UserError
 from harness.models.export import file_sha256
 from harness.runtimes.plugin import SettingsProblem
@@ -45,9 +57,11 @@ if TYPE_CHECKING:
 
 # Bump when the meaning of a key field changes, so old cache entries are never reused.
 ENGINE_KEY_SCHEME = 1
-CALIBRATION_KEY_SCHEME = 1
 
 RUNTIME_NAME = "tensorrt"
+
+__all__ = ["CalibrationError", "CalibrationImage", "CalibrationSet", "canonical_json", "choose_images",
+           "read_coco_images", "sha256_text"]
 
 
 def parse_settings(raw: dict[str, Any], where: str = "runtime.settings") -> TensorRTSettings:
@@ -169,15 +183,6 @@ def resolve_input_dims(network_shape: Sequence[int], profile: BatchProfile, reso
 # -- canonical keys --------------------------------------------------------------------------
 
 
-def canonical_json(value: Any) -> str:
-    """One spelling per value: sorted keys, no whitespace, ASCII, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class GpuIdentity:
     name: str
@@ -233,69 +238,6 @@ def timing_cache_name(gpu: GpuIdentity, tensorrt_version: str) -> str:
 # -- calibration images ----------------------------------------------------------------------
 
 
-class CalibrationError(Exception):
-    """INT8 calibration data is missing or unusable; the cell fails with this message."""
-
-
-@dataclass(frozen=True)
-class CalibrationImage:
-    image_id: int
-    file_name: str
-
-
-@dataclass(frozen=True)
-class CalibrationSet:
-    """The images an INT8 engine was calibrated on, and where they came from."""
-
-    images: tuple[CalibrationImage, ...]
-    images_dir: Path
-    annotations: Path
-    annotations_sha256: str
-    seed: int
-    pool_size: int
-    source: str  # "plan dataset" | "settings.calibration_dataset"
-    overlaps_evaluation: bool  # drawn from the set the accuracy pass scores
-
-    @property
-    def image_ids(self) -> list[int]:
-        return [im.image_id for im in self.images]
-
-    def paths(self) -> list[Path]:
-        return [self.images_dir / im.file_name for im in self.images]
-
-    def key(self, *, calibrator: str, input_shape: Sequence[int], preprocess: str) -> str:
-        """Identity of a calibration cache: same images, same algorithm, same input, same
-        preprocessing -> same scales."""
-        return sha256_text(
-            canonical_json(
-                {
-                    "scheme": CALIBRATION_KEY_SCHEME,
-                    "annotations_sha256": self.annotations_sha256,
-                    "image_ids": self.image_ids,
-                    "calibrator": calibrator,
-                    "input_shape": [int(d) for d in input_shape],
-                    "preprocess": preprocess,
-                }
-            )
-        )
-
-    def sidecar(self) -> dict[str, Any]:
-        """What is written beside the calibration cache and recorded with the result."""
-        return {
-            "source": self.source,
-            "images_dir": str(self.images_dir),
-            "annotations": str(self.annotations),
-            "annotations_sha256": self.annotations_sha256,
-            "seed": self.seed,
-            "count": len(self.images),
-            "pool_size": self.pool_size,
-            "selection": "smallest sha256(f'{seed}:{image_id}') over every image in the annotations",
-            "overlaps_evaluation_set": self.overlaps_evaluation,
-            "image_ids": self.image_ids,
-            "file_names": [im.file_name for im in self.images],
-        }
-
-
 def dataset_problem(dataset: DatasetSpec | None) -> str | None:
     """Why INT8 calibration cannot draw from the plan's dataset, or None."""
     if dataset is None:
@@ -306,49 +248,19 @@ def dataset_problem(dataset: DatasetSpec | None) -> str | None:
     return None
 
 
-def choose_images(pool: Sequence[CalibrationImage], n: int, seed: int) -> tuple[CalibrationImage, ...]:
-    """n images from the pool: deterministic, independent of the pool's order and of numpy's
-    version, and stable when images are added (each image's rank depends on itself only).
-    Returned in image-id order."""
-    if n > len(pool):
-        raise CalibrationError(
-            f"calibration_images is {n}, but the dataset lists only {len(pool)} images; "
-            "lower calibration_images (the harness does not quietly use fewer)"
-        )
-    # The accuracy pass's `subset: {mode: random}` ranks by the same rule, so a calibration set
-    # and a random subset with the same seed are nested, not unrelated.
-    ranked = sorted(pool, key=lambda im: (selection_rank(seed, im.image_id), im.image_id))
-    return tuple(sorted(ranked[:n], key=lambda im: im.image_id))
-
-
-def read_coco_images(annotations: Path) -> list[CalibrationImage]:
-    """The (id, file_name) of every image an instances JSON lists."""
-    if not annotations.is_file():
-        raise CalibrationError(f"calibration annotations {annotations} do not exist")
-    try:
-        data = json.loads(annotations.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CalibrationError(f"calibration annotations {annotations} cannot be read as JSON: {exc}") from None
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, list) or not images:
-        raise CalibrationError(f"{annotations} has no `images` list (expected COCO instances JSON)")
-    out: dict[int, CalibrationImage] = {}
-    for i, item in enumerate(images):
-        try:
-            image_id, file_name = int(item["id"]), str(item["file_name"])
-        except (KeyError, TypeError, ValueError):
-            raise CalibrationError(f"{annotations}: images[{i}] lacks an integer `id` or a `file_name`") from None
-        out[image_id] = CalibrationImage(image_id, file_name)
-    return [out[k] for k in sorted(out)]
-
-
 def select_calibration_images(
     *,
     cell: Cell,
     settings: TensorRTSettings,
 ) -> CalibrationSet:
     """The calibration set for an INT8 cell, or CalibrationError saying why there is none.
-    Every chosen file must exist: a missing image is an error, never skipped or replaced."""
+    Every chosen file must exist: a missing image is an error, never skipped or replaced.
+    With the plan's calibration split (`dataset.calibration`) and no `calibration_dataset`,
+    the images come from the split (all of it unless `calibration_images` is set), which no
+    accuracy pass scores."""
+    if settings.calibration_dataset is None and cell.dataset is not None and cell.dataset.calibration is not None:
+        n = settings.calibration_images if "calibration_images" in settings.model_fields_set else None
+        return split_calibration_set(cell, n)
     if settings.calibration_dataset is not None:
         images_dir = cell.resolve_path(settings.calibration_dataset.images)
         annotations = cell.resolve_path(settings.calibration_dataset.annotations)
