@@ -27,6 +27,8 @@ from pydantic import (
     model_serializer,
 )
 
+from harness.results.serve import ServeResult
+
 # Bump for every change of the written shape, add a migration (harness.results.migrate) and a
 # line to the version history in docs/results-schema.md.
 SCHEMA_VERSION = 2
@@ -137,6 +139,8 @@ class CellIdentity(Frozen):
     protocol: Protocol
     dataset: DatasetRef | None
     max_map_drop: float | None  # the plan's accuracy gate, AP points; None = no gate
+    # "server": an HTTP endpoint under load (CellRecord.serve); None: the single-stream loop.
+    scenario: Literal["server"] | None = None
 
     @property
     def runtime_key(self) -> str:
@@ -647,6 +651,7 @@ class CellRecord(Frozen):
     log_tail: str | None = None
     files: CellFiles = CellFiles()
     placement: Placement | None = None
+    serve: ServeResult | None = None  # a server cell's levels and monitoring figures
 
 
 # ----------------------------------------------------------------------------- derived

@@ -71,6 +71,7 @@ def identity_of(cell: Cell) -> CellIdentity:
             subset=DatasetSubset(mode=dataset.subset.mode, n=dataset.subset.n, seed=dataset.subset.seed),
         ),
         max_map_drop=cell.accuracy.max_map_drop,
+        scenario="server" if cell.scenario == "server" else None,
     )
 
 
