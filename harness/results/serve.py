@@ -178,3 +178,11 @@ class ServeResult(Frozen):
     shift: ShiftCheck | None = None
     client_limited: bool = False  # some level was limited by the load generator
     notes: list[str] = Field(default_factory=list)
+
+    @property
+    def headline(self) -> Level | None:
+        """The level a one-line summary shows: the lightest closed-loop level that answered,
+        else the first level that did."""
+        answered = [lv for lv in self.levels if lv.latency_ms is not None]
+        closed = [lv for lv in answered if lv.mode == "closed"]
+        return min(closed, key=lambda lv: lv.concurrency or 0) if closed else (answered[0] if answered else None)

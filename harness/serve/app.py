@@ -70,9 +70,10 @@ class Service:
         self.decode_pool = self.decode_pool or ThreadPoolExecutor(self.limits.decode_threads, thread_name_prefix="decode")
         self.batcher.on_batch = self._on_batch
 
-    def _on_batch(self, size: int, stages_ms: dict[str, float]) -> None:
+    def _on_batch(self, batch_id: int, size: int, stages_ms: dict[str, float]) -> None:
         assert self.metrics is not None
         self.metrics.observe_batch(size)
+        self.log.add_batch(batch_id, stages_ms)
 
     def label(self, class_id: int) -> str:
         name = self.class_names[class_id] if 0 <= class_id < len(self.class_names) else None

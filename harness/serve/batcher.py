@@ -62,7 +62,7 @@ class Batcher:
         max_batch: int,
         max_queue_delay_ms: float,
         pad_to_max_batch: bool = False,
-        on_batch: Callable[[int, dict[str, float]], None] | None = None,
+        on_batch: Callable[[int, int, dict[str, float]], None] | None = None,
     ):
         self.stages = list(stages)
         self.synchronize = synchronize
@@ -157,7 +157,7 @@ class Batcher:
                 continue
             inference_ms = (time.perf_counter() - started) * 1000.0
             if self.on_batch is not None:
-                self.on_batch(len(live), times)
+                self.on_batch(batch_id, len(live), times)
             for job, dets in zip(live, detections, strict=True):
                 job.future.set_result(Answer(dets, (started - job.enqueued) * 1000.0, inference_ms, batch_id, len(live), times))
         with self._cond:  # what is left when stopping is told so

@@ -239,7 +239,7 @@ def _client_limit(outcome: Outcome, mode: str, throughput: float, capacity: Clie
         why.append(f"{outcome.dropped} arrivals not sent: max_outstanding requests were in flight")
     if mode == "open" and outcome.send_lag_ms and latency_p50:
         lag = quantiles(outcome.send_lag_ms)
-        if lag is not None and lag.p99 > max(2.0, 0.1 * latency_p50):
+        if lag is not None and lag.p99 > max(5.0, 0.25 * latency_p50):
             why.append(f"sends left up to {lag.p99:.3g} ms late (p99) against a median latency of {latency_p50:.3g} ms")
     return "; ".join(why) or None
 
