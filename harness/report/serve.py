@@ -39,7 +39,7 @@ def level_name(level: Level) -> str:
     if level.mode == "closed":
         return f"closed c={level.concurrency}"
     frac = f" ({level.rate_of_peak:.0%} of peak)" if level.rate_of_peak is not None else ""
-    return f"open {fmt.num(level.target_rps, 3)}/s{frac}"
+    return f"open {fmt.num(level.target_rps, 1)}/s{frac}"
 
 
 # ----------------------------------------------------------------------------- charts
@@ -162,7 +162,7 @@ def serve_context(views: list[CellView]) -> dict[str, Any]:
             slo = serve.slo.p99_ms
         answered = [lv for lv in serve.levels if lv.latency_ms is not None]
         curves.append(Curve(
-            f"{v.model} · {v.runtime} · b{v.batch}" + (f" · {fmt.num(serve.max_queue_delay_ms, 3)} ms delay" if v.batch > 1 and serve.max_queue_delay_ms is not None else ""),
+            f"{v.model} · {v.runtime} · b{v.batch}" + (f" · {fmt.num(serve.max_queue_delay_ms, 1)} ms delay" if v.batch > 1 and serve.max_queue_delay_ms is not None else ""),
             [(lv.throughput_rps, lv.latency_ms.p50, lv.latency_ms.p99) for lv in answered if lv.mode == "closed" and lv.latency_ms],
             [(lv.throughput_rps, lv.latency_ms.p50, lv.latency_ms.p99) for lv in answered if lv.mode == "open" and lv.latency_ms],
         ))
@@ -209,7 +209,7 @@ def markdown(views: list[CellView]) -> list[str]:
         serve = v.record.serve
         assert serve is not None
         batching = "no dynamic batching" if v.batch == 1 else (
-            f"dynamic batching up to {serve.max_batch}, max queue delay {fmt.num(serve.max_queue_delay_ms, 3)} ms")
+            f"dynamic batching up to {serve.max_batch}, max queue delay {fmt.num(serve.max_queue_delay_ms, 1)} ms")
         lines += ["", f"### {fmt.md(v.model)} · {fmt.md(v.runtime)} · {fmt.md(v.precision)} · b{v.batch} · {v.resolution}px", "",
                   f"{fmt.md(batching)}; {fmt.md(serve.image_source)}; status {fmt.md(v.status)}."]
         if serve.capacity is not None:
@@ -221,7 +221,7 @@ def markdown(views: list[CellView]) -> list[str]:
         for lv in serve.levels:
             q, s = lv.latency_ms, lv.server
             rows.append([
-                fmt.md(level_name(lv)), fmt.num(lv.throughput_rps, 4),
+                fmt.md(level_name(lv)), fmt.num(lv.throughput_rps, 1),
                 fmt.ms(q.p50 if q else None), fmt.ms(q.p95 if q else None), (fmt.ms(q.p99) + _ci(q)) if q else "–",
                 f"{lv.errors} ({lv.error_share:.1%})", fmt.ms(s.queue_ms.p50 if s and s.queue_ms else None),
                 fmt.ms(s.inference_ms.p50 if s and s.inference_ms else None), fmt.md(batch_sizes_text(lv)),
@@ -233,9 +233,10 @@ def markdown(views: list[CellView]) -> list[str]:
         if serve.slo is not None:
             slo = serve.slo
             bound = ", ".join(f"{k} ≤ {fmt.ms(getattr(slo, k + '_ms'))} ms" for k in ("p50", "p95", "p99") if getattr(slo, k + "_ms") is not None)
-            best = f"{fmt.num(slo.max_rate_rps, 4)} req/s" if slo.max_rate_rps is not None else "none of the rates"
-            nxt = f" (the next rate, {fmt.num(slo.first_failing_rate_rps, 4)} req/s, did not)" if slo.first_failing_rate_rps is not None else ""
-            closed = (f"; closed loop: {fmt.num(slo.max_closed_throughput_rps, 4)} answers/s at concurrency {slo.max_closed_concurrency}"
+            best = f"{fmt.num(slo.max_rate_rps, 1)} req/s" if slo.max_rate_rps is not None else "none of the rates tried"
+            nxt = (f" (the next rate, {fmt.num(slo.first_failing_rate_rps, 1)} req/s, missed it)"
+                   if slo.first_failing_rate_rps is not None and slo.max_rate_rps is not None else "")
+            closed = (f"; closed loop: {fmt.num(slo.max_closed_throughput_rps, 1)} answers/s at concurrency {slo.max_closed_concurrency}"
                       if slo.max_closed_throughput_rps is not None else "")
             lines += ["", f"SLO {fmt.md(bound)}, errors ≤ {slo.max_error_share:.1%}: highest open-loop rate within it {best}{nxt}{closed}."
                       + (f" {fmt.md(slo.note)}." if slo.note else "")]
@@ -285,3 +286,64 @@ def level_csv_rows(view: CellView) -> list[list[Any]]:
             str(lv.client_limited).lower(), "" if lv.meets_slo is None else str(lv.meets_slo).lower(),
         ])
     return rows or [["server"] + [""] * (len(LEVEL_CSV_COLUMNS) - 1)]
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+@dataclass
+class LevelComparison:
+    key: str  # the load both runs were driven at: c4, 40 rps
+    a: Level
+    b: Level
+    p50_change_pct: float | None
+    p99_change_pct: float | None
+    throughput_change_pct: float | None
+    p_value: float | None
+    verdict: str  # slower | faster | within threshold | no significant change | not compared
+
+
+def _pct(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or a == 0 else (b / a - 1.0) * 100.0
+
+
+def compare_levels(a: ServeResult, b: ServeResult, threshold_pct: float, alpha: float) -> tuple[list[LevelComparison], list[str]]:
+    """The levels of two server cells at equal load (the same concurrency, or the same absolute
+    target rate within 1%), each with its change in median and p99 latency and in throughput and
+    a Mann-Whitney U test on the client latencies; and the levels of either run without a partner."""
+    from harness.report.significance import mann_whitney_u
+
+    def same(x: Level, y: Level) -> bool:
+        if x.mode != y.mode:
+            return False
+        if x.mode == "closed":
+            return x.concurrency == y.concurrency
+        return x.target_rps is not None and y.target_rps is not None and abs(x.target_rps / y.target_rps - 1) <= 0.01
+
+    out: list[LevelComparison] = []
+    used: set[int] = set()
+    unmatched: list[str] = []
+    for la in a.levels:
+        partner = next((i for i, lb in enumerate(b.levels) if i not in used and same(la, lb)), None)
+        if partner is None:
+            unmatched.append(f"A {level_name(la)}")
+            continue
+        used.add(partner)
+        lb = b.levels[partner]
+        qa, qb = la.latency_ms, lb.latency_ms
+        c = LevelComparison(la.key, la, lb, _pct(qa.p50 if qa else None, qb.p50 if qb else None),
+                            _pct(qa.p99 if qa else None, qb.p99 if qb else None),
+                            _pct(la.throughput_rps, lb.throughput_rps), None, "not compared")
+        if la.samples_ms and lb.samples_ms and c.p50_change_pct is not None:
+            c.p_value = mann_whitney_u(lb.samples_ms, la.samples_ms).p_value
+            if c.p_value < alpha and c.p50_change_pct > threshold_pct:
+                c.verdict = "slower"
+            elif c.p_value < alpha and c.p50_change_pct < -threshold_pct:
+                c.verdict = "faster"
+            elif c.p_value < alpha:
+                c.verdict = "within threshold"
+            else:
+                c.verdict = "no significant change"
+        out.append(c)
+    unmatched += [f"B {level_name(lb)}" for i, lb in enumerate(b.levels) if i not in used]
+    return out, unmatched
