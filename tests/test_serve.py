@@ -13,7 +13,6 @@ import asyncio
 import csv
 import io
 import json
-import os
 import re
 import shutil
 import signal

@@ -31,7 +31,6 @@ from harness.report.published import (
     match_cells,
     overview,
 )
-from harness.report.serve import serve_context
 from harness.report.rundata import (
     CellView,
     LoadedRun,
@@ -43,6 +42,7 @@ from harness.report.rundata import (
     show_value,
     verdicts,
 )
+from harness.report.serve import serve_context
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
 from harness.results import DerivedEntry, TraceRow, Window
 

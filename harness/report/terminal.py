@@ -60,16 +60,21 @@ def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = Non
                 if acc.mapping is not None and acc.mapping.unpredictable_classes:
                     ap += "*"
                     unpredictable.setdefault(ident.model, list(acc.mapping.unpredictable_classes))
+            p50, p99, rate = (lat.stats.p50, lat.stats.p99, lat.throughput_ips) if lat else (None, None, None)
+            if record.serve is not None:  # a server cell: its lightest level, and its peak answers/s
+                level = record.serve.headline
+                q = level.latency_ms if level else None
+                p50, p99, rate = (q.p50 if q else None), (q.p99 if q else None), record.serve.peak_throughput_rps
             table.add_row(
                 Padding(escape(ident.runtime_key), (0, 0, 0, 2)),
                 ident.precision,
                 str(ident.batch),
                 str(ident.resolution),
-                "e2e" if ident.scope == "end_to_end" else ident.scope,
+                "server" if record.serve is not None else "e2e" if ident.scope == "end_to_end" else ident.scope,
                 shown,
-                _figure(lat.stats.p50, 2) if lat else "-",
-                _figure(lat.stats.p99, 2) if lat else "-",
-                fmt.rate(lat.throughput_ips) if lat else "-",
+                _figure(p50, 2) if p50 is not None else "-",
+                _figure(p99, 2) if p99 is not None else "-",
+                fmt.rate(rate) if rate is not None else "-",
                 ap,
             )
     console.print(table)

@@ -38,8 +38,8 @@ from harness.results.serve import (
     ClientCapacity,
     Level,
     Monitoring,
-    ServerSide,
     ServeResult,
+    ServerSide,
     ShiftCheck,
     SloResult,
 )

@@ -173,7 +173,7 @@ def pick_cell(cells: list[Cell], model: str, runtime: str, precision: str | None
     if not found:
         have = sorted({f"--model {c.model.name} --runtime {c.runtime.key}" for c in cells})
         raise UserError(f"no cell of the plan is model {model!r} on runtime {runtime!r}"
-                        + (f" with the options given" if precision or batch or resolution else "")
+                        + (" with the options given" if precision or batch or resolution else "")
                         + "; the plan has: " + "; ".join(have))
     end_to_end = [c for c in found if c.scope == "end_to_end"]
     return (end_to_end or found)[0]
