@@ -362,7 +362,8 @@ class StageBar:
     total: float | None  # the end-to-end median
 
 
-def stage_breakdown(bars: list[StageBar], title: str = "Where end-to-end time goes") -> Markup:
+def stage_breakdown(bars: list[StageBar], title: str = "Where end-to-end time goes",
+                    axis: str = "median time per batch (ms)") -> Markup:
     """Stacked bars of each stage's median; the gap to the end-to-end median (work between
     the timed stages) is drawn hatched as `untimed`."""
     bars = [b for b in bars if b.stages]
@@ -385,7 +386,7 @@ def stage_breakdown(bars: list[StageBar], title: str = "Where end-to-end time go
     ]
     body += _legend([(colors[s], s) for s in names] + [("url(#ch-hatch)", "untimed")], left, 18)
     axis_y = top + row_h * len(bars) + 4
-    body += _x_axis(scale, axis_y, top - 6, "median time per batch (ms)")
+    body += _x_axis(scale, axis_y, top - 6, axis)
     for i, b in enumerate(bars):
         cy = top + row_h * i + row_h / 2
         g = ['<g class="ch-row">']

@@ -109,7 +109,8 @@ def time_split(views: list[CellView]) -> Markup:
                      "inference": s.inference_ms.p50 if s.inference_ms else None}
             stages = {k: float(val) for k, val in parts.items() if val is not None}
             bars.append(charts.StageBar(f"{v.model} — {v.runtime} b{v.batch}", level_name(lv), stages, lv.latency_ms.p50))
-    return charts.stage_breakdown(bars, "Queue against inference, per level (medians)") if bars else Markup("")
+    return (charts.stage_breakdown(bars, "Queue against inference, per level (medians)", "median time per request (ms)")
+            if bars else Markup(""))
 
 
 def histogram_chart(hist: Histogram, title: str, xlabel: str, integer_bins: bool = False, max_bins: int = 25) -> Markup:
