@@ -1,6 +1,6 @@
 """The server scenario: a detection endpoint under load (docs/serve.md).
 
-    app.py       the HTTP endpoint (FastAPI on uvicorn): /v1/detect, /healthz, /metrics, /v1/stats
+    app.py       the HTTP endpoint (Starlette on uvicorn): /v1/detect, /healthz, /metrics, /v1/stats
     batcher.py   the inference thread and Triton's dynamic-batching rule, over Runtime.stages()
     images.py    request bodies to pixels, with size and format limits
     metrics.py   the per-request log and the Prometheus exposition
@@ -9,7 +9,7 @@
     scenario.py  a server cell: start the server, drive it level by level, record the figures
     stats.py     percentiles with intervals, histograms, the distribution-shift check
 
-FastAPI, uvicorn and python-multipart are the optional `serve` extra; nothing outside this
+Starlette, uvicorn and python-multipart are the optional `serve` extra; nothing outside this
 package imports them, and this package imports them only inside functions.
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 def serve_extra_problem() -> str | None:
     """Why the server cannot run here (the `serve` extra is not installed), or None."""
     try:
-        import fastapi  # noqa: F401
         import python_multipart  # noqa: F401  (multipart/form-data)
+        import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
         return f"the server needs the `serve` extra (pip install -e '.[serve]'): {exc}"
@@ -32,9 +32,9 @@ def stack_versions() -> str:
     from importlib import metadata
 
     parts = []
-    for dist in ("fastapi", "starlette", "uvicorn", "h11"):
+    for dist in ("starlette", "uvicorn", "h11", "python-multipart"):
         try:
             parts.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             parts.append(f"{dist} (not installed)")
-    return "uvicorn (h11, one process, asyncio) + FastAPI: " + ", ".join(parts)
+    return "uvicorn (h11, one process, asyncio) + Starlette: " + ", ".join(parts)

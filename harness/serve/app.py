@@ -1,4 +1,4 @@
-"""The HTTP endpoint: FastAPI on uvicorn.
+"""The HTTP endpoint: Starlette on uvicorn.
 
     POST /v1/detect     an image (JPEG/PNG/WebP/BMP body, or multipart/form-data with one file)
                         -> {"detections": [{"label", "class_id", "score", "bbox": [x1, y1, x2, y2]}],
@@ -18,11 +18,17 @@ truncated image / bad multipart, 408 body not received in time, 413 body or imag
 415 wrong content type, 503 queue full (with Retry-After) or timed out waiting for the model,
 500 the model raised. None of them stops the server.
 
-Nothing here imports FastAPI at module level: `bench --help` and `bench validate` never load it.
+Why Starlette and not FastAPI on top of it: the endpoint takes raw image bytes and builds its
+answers itself, so FastAPI's layer (request validation, dependency injection, OpenAPI) would do
+nothing here but cost time on every request; FastAPI 0.165 also imports the OpenTelemetry API
+(about a second at start-up, one more dependency). Starlette is the maintained ASGI toolkit
+FastAPI routes through; uvicorn serves a socket handed to it, so the harness opens the port.
+
+Nothing here imports the server stack at module level: `bench --help` and `bench validate`
+never load it.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request)
-# at run time, and they name classes imported inside build_app.
+from __future__ import annotations
 
 import asyncio
 import math
@@ -289,56 +295,53 @@ def stats(service: Service, tags: list[str] | None, prefix: str | None) -> dict[
 
 
 def build_app(service: Service) -> Any:
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    """The ASGI application: Starlette's routing on uvicorn (see the module doc for why not
+    FastAPI's layer on top of it)."""
+    from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
 
-    app = FastAPI(title="detbench detection endpoint", version="1", openapi_url=None, docs_url=None, redoc_url=None)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else f"{type(exc).__name__}: {exc}"
+        headers = getattr(exc, "headers", None)
+        return JSONResponse(error_body(status, "http_error" if status < 500 else "internal_error", str(detail)),
+                            status_code=status, headers=headers)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(error_body(exc.status_code, "http_error", str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(400, "bad_request", str(exc.errors())[:500]), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _any_error(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(error_body(500, "internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
-
-    @app.post("/v1/detect")
-    async def _detect(request: Request) -> JSONResponse:
+    async def detect_route(request: Request) -> Response:
         status, body, headers = await detect(service, request)
         return JSONResponse(body, status_code=status, headers=headers)
 
-    @app.post("/v1/noop")
-    async def _noop(request: Request) -> JSONResponse:
+    async def noop_route(request: Request) -> Response:
         status, body = await noop(service, request)
         return JSONResponse(body, status_code=status)
 
-    @app.get("/healthz")
-    async def _healthz() -> JSONResponse:
+    async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": service.model, "runtime": service.runtime, "cell_id": service.cell_id,
                              "queue_depth": service.batcher.depth, "in_flight": service.in_flight})
 
-    @app.get("/metrics")
-    async def _metrics() -> PlainTextResponse:
+    async def metrics(request: Request) -> Response:
         assert service.metrics is not None
         return PlainTextResponse(service.metrics.render(service.batcher.depth, service.in_flight),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/info")
-    async def _info() -> JSONResponse:
+    async def info(request: Request) -> Response:
         return JSONResponse(service.info)
 
-    @app.get("/v1/stats")
-    async def _stats(request: Request) -> JSONResponse:
+    async def stats_route(request: Request) -> Response:
         tags = request.query_params.getlist("tag") or None
         prefix = request.query_params.get("prefix")
         loop = asyncio.get_running_loop()
         return JSONResponse(await loop.run_in_executor(None, stats, service, tags, prefix))
 
-    return app
+    routes = [
+        Route("/v1/detect", detect_route, methods=["POST"]),
+        Route("/v1/noop", noop_route, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/info", info, methods=["GET"]),
+        Route("/v1/stats", stats_route, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: http_error})
