@@ -528,6 +528,7 @@ def test_bench_compare_compares_server_cells_at_equal_load(sweep_run: Path, tmp_
     assert "level by level at equal load" in done.stdout and "c4" in done.stdout and "15 rps" in done.stdout
     assert "no significant change" in done.stdout
     assert "server levels at equal load" in (tmp_path / "compare.md").read_text()
+    assert "server levels at equal load" in (tmp_path / "compare.html").read_text()
 
 
 def test_compare_levels_finds_a_slower_level() -> None:
