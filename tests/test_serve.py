@@ -410,6 +410,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_a_server_that_cannot_run_says_why(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has ONNX Runtime's CUDA provider")
+    from harness.serve.scenario import ScenarioEnded, start_server
+
+    (tmp_path / "logs").mkdir()
+    text = plan_text().replace("device: cpu", "device: auto").replace(
+        "- name: onnxruntime-cpu\n    settings: {intra_op_num_threads: 1}", "- name: onnxruntime-cuda")
+    cell = load_cells(text, tmp_path)[0]
+    with pytest.raises(ScenarioEnded) as end:
+        start_server(cell, tmp_path, io.StringIO(), 60)
+    assert end.value.status == "skipped" and "CUDAExecutionProvider" in end.value.reason
+    assert not list((tmp_path / "logs").glob(".*")), "scratch files left behind"
+
+
 def test_bench_serve_by_hand(tmp_path: Path) -> None:
     plan = tmp_path / "plan.yaml"
     plan.write_text(plan_text())

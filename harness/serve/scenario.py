@@ -175,17 +175,28 @@ def start_server(cell: Cell, run_dir: Path, log: TextIO, timeout_s: float) -> Se
     handle = ServerProcess(proc, Target("127.0.0.1", port), {}, log_path)
     try:
         message = _read_ready(read_fd, proc, timeout_s)
+        status = message.get("status")
+        if status != "ready":
+            raise ScenarioEnded("skipped" if status == "skipped" else "failed", str(message.get("reason") or message))
     except BaseException:
         handle.stop()
+        cleanup(handle, cell, run_dir, log)
         raise
     finally:
         os.close(read_fd)
-    status = message.get("status")
-    if status != "ready":
-        handle.stop()
-        raise ScenarioEnded("skipped" if status == "skipped" else "failed", str(message.get("reason") or message))
     handle.info = message.get("info") or {}
     return handle
+
+
+def cleanup(server: ServerProcess, cell: Cell, run_dir: Path, log: TextIO) -> None:
+    """The scratch files of a stopped server: its cell file, and its output where it could not
+    write into the cell's log directly (copied there)."""
+    with contextlib.suppress(OSError):
+        (run_dir / "logs" / f".{cell.cell_id}.server-cell.json").unlink()
+    if server.log_path is not None:
+        with contextlib.suppress(OSError):
+            log.write(server.log_path.read_text("utf-8", "replace"))
+            server.log_path.unlink()
 
 
 def _read_ready(fd: int, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
@@ -360,11 +371,7 @@ def run_server_scenario(cell: Cell, run_dir: Path, log: TextIO, phase: Callable[
             monitor_data = monitor.stop()
     finally:
         code = server.stop()
-        with contextlib.suppress(OSError):
-            (run_dir / "logs" / f".{cell.cell_id}.server-cell.json").unlink()
-            if server.log_path is not None:
-                log.write(server.log_path.read_text("utf-8", "replace"))
-                server.log_path.unlink()
+        cleanup(server, cell, run_dir, log)
     died = code not in (0, None, -signal.SIGTERM)
     info = server.info
     levels = []
