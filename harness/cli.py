@@ -8,6 +8,7 @@
     bench report RUN_DIR         (re)render report.html, summary.md, results.csv from results
     bench compare A B            compare two runs cell by cell, process medians against process medians
     bench make-sample OUT        generate the COCO-format sample dataset
+    bench serve PLAN --model M --runtime R   the detection endpoint for one cell, on loopback
 
 Exit status: 0 success, 1 a cell failed / a gate tripped / a significant slowdown / the disk is
 full, 2 bad input (the message names the file and field), 130 interrupted, 141 the reader of
@@ -25,7 +26,7 @@ from pathlib import Path
 from harness import __version__
 from harness.errors import UserError
 
-COMMANDS = ("run", "validate", "env", "report", "compare", "make-sample", "merge")
+COMMANDS = ("run", "validate", "env", "report", "compare", "make-sample", "merge", "serve")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--alpha", type=float, default=0.01, help="1 - the level of the change intervals (default 0.01: 99%% intervals)")
     compare.add_argument("--force", action="store_true", help="compare even when the environments' fingerprints differ")
     compare.add_argument("--out", metavar="DIR", help="folder for compare.html and compare.md")
+
+    serve = sub.add_parser("serve", help="serve one cell of a plan over HTTP on loopback (POST /v1/detect, /metrics)")
+    serve.add_argument("plan", help="plan YAML file")
+    serve.add_argument("--model", required=True, help="the plan's model name")
+    serve.add_argument("--runtime", required=True, help="the runtime as the plan names it (its label, else its name)")
+    serve.add_argument("--precision", help="one of the plan's precisions (default: the first)")
+    serve.add_argument("--batch", type=int, help="max batch of dynamic batching, one of the plan's batch sizes (default: the first)")
+    serve.add_argument("--resolution", type=int, help="one of the model's resolutions (default: the first)")
+    serve.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    serve.add_argument("--max-seconds", type=float, help="stop by itself after this many seconds")
 
     sample = sub.add_parser("make-sample", help="generate the COCO-format sample dataset")
     sample.add_argument("out", help="output folder")
@@ -146,6 +158,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return code
     if args.command == "merge":
         return _merge(args)
+    if args.command == "serve":
+        from harness.serve.server import serve_by_hand
+
+        return serve_by_hand(args.plan, args.model, args.runtime, host=args.host, port=args.port,
+                             precision=args.precision, batch=args.batch, resolution=args.resolution,
+                             max_seconds=args.max_seconds)
     if args.command == "make-sample":
         from harness.accuracy.sample import make_sample_dataset
 

@@ -18,6 +18,7 @@ from harness.report.offline import external_references
 from harness.report.published import load_reference, match_cells
 from harness.report.render import build_context, load_run, render_run
 from harness.report.rundata import cell_views, verdicts
+from harness.report.serve import LEVEL_CSV_COLUMNS
 from harness.report.summary import CSV_COLUMNS
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
 from harness.results import SCHEMA_VERSION
@@ -321,7 +322,9 @@ def _split_md_row(row: str) -> list[str]:
 def test_csv_has_one_row_per_cell(gpu_demo: tuple[Path, dict[str, Path]]) -> None:
     run, paths = gpu_demo
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
-    assert list(rows[0].keys()) == CSV_COLUMNS
+    # The server scenario's per-level columns follow, empty for single-stream cells.
+    assert list(rows[0].keys()) == CSV_COLUMNS + LEVEL_CSV_COLUMNS
+    assert {r["scenario"] for r in rows} == {"single_stream"}
     assert len(rows) == 14
     by_id = {r["cell_id"]: r for r in rows}
     trt = by_id["rfdetr-nano__tensorrt__fp16__b1__r384__model"]

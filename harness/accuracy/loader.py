@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from harness.accuracy.datasets import Dataset
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """An image file as an HxWx3 uint8 RGB array (grey and RGBA/CMYK converted to RGB)."""
+def decode_image(path: Path | IO[bytes]) -> np.ndarray:
+    """An image file (or file object: the server's request bodies) as an HxWx3 uint8 RGB array
+    (grey and RGBA/CMYK converted to RGB)."""
     from PIL import Image
 
     with Image.open(path) as img:

@@ -23,6 +23,7 @@ from harness.plan.schema import (
     RuntimeSpec,
     Scope,
 )
+from harness.plan.server import Scenario, ServerSpec
 
 
 class Cell(BaseModel):
@@ -52,6 +53,9 @@ class Cell(BaseModel):
     run_accuracy: bool = False
     # This cell is its model's reference for mAP deltas and output agreement.
     is_reference: bool = False
+    # server: the cell is an HTTP endpoint under load (harness/serve), `server` says which.
+    scenario: Scenario = "single_stream"
+    server: ServerSpec | None = None
 
     @property
     def source(self) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 from harness.models.plugin import CAPABILITIES, SourcePlugin
 from harness.models.registry import default_source, source_names, source_plugin
 from harness.plan.cells import Cell, PlanProblem, make_cell_id
-from harness.plan.schema import LatencyProtocol, ModelSpec, Plan, RuntimeSpec
+from harness.plan.schema import LatencyProtocol, ModelSpec, Plan, RuntimeSpec, Scope
+from harness.plan.server import ServerSpec
 from harness.runtimes.plugin import RuntimePlugin, SettingsProblem
 from harness.runtimes.registry import default_runtime, plugin, runtime_names
 
@@ -157,6 +158,7 @@ def expand(
         cells.extend(_with_reference_first(model_cells))
     if check_paths:
         problems += _dataset_problems(plan, plan_dir)
+    problems += _server_problems(plan, plan_dir, check_paths)
     problems += _cell_id_collisions(cells)
     if check_runtime_settings:
         problems += _runtime_cell_checks(cells)
@@ -188,6 +190,10 @@ def _runtime_cells(
         pr_field = f"models[{m_index}].precisions" if model.precisions else "precisions"
     device = _cell_device(runtime, plan.device)
     scopes = [s for s in (model.scopes or plan.scopes) if s in runtime.scopes]
+    if plan.scenario == "server":
+        scopes, found = _server_scopes(plan, m_index, runtime)
+        if found:
+            return [], found
     if not scopes:
         only = ", ".join(sorted(runtime.scopes))
         return [], [(rt_where, f"{runtime.name} only has the {only} scope, which the plan's scopes leave out")]
@@ -197,7 +203,9 @@ def _runtime_cells(
     batches = model.batch_sizes or plan.batch_sizes
     if protocol.repeats is None:
         on_cpu = device == "cpu" or (device == "auto" and not _gpu_driver_present())
-        protocol = protocol.model_copy(update={"repeats": REPEATS_ON_CPU if on_cpu else REPEATS_ON_GPU})
+        # A server cell's one process is a whole load sweep; more are asked for explicitly.
+        repeats = REPEATS_ON_CPU if on_cpu or plan.scenario == "server" else REPEATS_ON_GPU
+        protocol = protocol.model_copy(update={"repeats": repeats})
     for precision, batch, res in itertools.product(precisions, batches, resolutions):
         if precision not in runtime.precisions:
             ok = ", ".join(sorted(runtime.precisions))
@@ -207,9 +215,11 @@ def _runtime_cells(
             problems.append((pr_field, f"fp16 needs a GPU, but {runtime.name} runs on the cpu here"))
             continue
         for s_index, scope in enumerate(scopes):
+            server = plan.scenario == "server"
             cells.append(
                 Cell(
-                    cell_id=make_cell_id(model.name, spec.key, precision, batch, res, scope),
+                    # A server cell's id says so where a scope would: it serves end to end.
+                    cell_id=make_cell_id(model.name, spec.key, precision, batch, res, "server" if server else scope),
                     model=model,
                     runtime=spec,
                     precision=precision,
@@ -226,10 +236,48 @@ def _runtime_cells(
                     artifacts_dir=artifacts_dir,
                     plan_dir=str(plan_dir),
                     time_decode=plan.time_decode,
-                    run_accuracy=bool(plan.dataset) and plan.accuracy.enabled and s_index == 0,
+                    run_accuracy=bool(plan.dataset) and plan.accuracy.enabled and s_index == 0 and not server,
+                    scenario=plan.scenario,
+                    server=(plan.server or ServerSpec()) if server else None,
                 )
             )
     return cells, problems
+
+
+def _server_scopes(plan: Plan, m_index: int, runtime: RuntimePlugin) -> tuple[list[Scope], Problems]:
+    """A server cell serves images end to end (decode, preprocess, model, decoder): that is its
+    only scope, whatever the plan's default `scopes` say; asking for another is an error."""
+    model = plan.models[m_index]
+    asked, field = (model.scopes, f"models[{m_index}].scopes") if model.scopes else (
+        (plan.scopes, "scopes") if "scopes" in plan.model_fields_set else (None, ""))
+    if asked is not None and any(s != "end_to_end" for s in asked):
+        return [], [(field, "the server scenario serves images end to end; give `[end_to_end]` or leave `scopes` out")]
+    if "end_to_end" not in runtime.scopes:
+        return [], [(field or "runtimes", f"runtime {runtime.name} has no end_to_end scope, which a server needs")]
+    return ["end_to_end"], []
+
+
+def _server_problems(plan: Plan, plan_dir: Path, check_paths: bool) -> Problems:
+    """A server plan whose load cannot fit in the cell's timeout, or whose baseline run is
+    not there."""
+    if plan.scenario != "server":
+        return []
+    spec = plan.server or ServerSpec()
+    problems: Problems = []
+    # The load, plus a minute for starting the server, the capture and the record.
+    need = spec.load_seconds() + 60.0
+    if need > plan.cell_timeout_s:
+        problems.append(("server", f"the load levels take up to {spec.load_seconds():.0f} s (+60 s to start and "
+                                   f"record), more than cell_timeout_s ({plan.cell_timeout_s:g} s); shorten "
+                                   "the levels or raise cell_timeout_s"))
+    baseline = spec.monitoring.baseline
+    if check_paths and baseline is not None:
+        path = Path(baseline).expanduser()
+        path = path if path.is_absolute() else plan_dir / path
+        if not path.exists():
+            problems.append(("server.monitoring.baseline", f"`{baseline}` does not exist (looked for {path}); "
+                                                           "expected a run folder or its results.json"))
+    return problems
 
 
 def _dataset_problems(plan: Plan, plan_dir: Path) -> Problems:

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from harness.plan.server import Scenario, ServerSpec
+from harness.plan.strict import Strict
 
 # int8: static post-training quantization (calibrated); int8-dynamic: weights quantized ahead,
 # activations quantized at run time from their observed range (no calibration).
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int8-dynamic"]
 Scope = Literal["model", "end_to_end"]
-
-class Strict(BaseModel):
-    # strict: a plan's YAML already has types, so `true` is not a batch size and "3" is not a
-    # count; no infinities or NaN in durations, thresholds or limits.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
 
 class SustainedSpec(Strict):
     """Run a cell for a set time and keep latency per window (thermal soak, clock drift)."""
@@ -287,11 +284,21 @@ class Plan(Strict):
     artifacts: str = "artifacts"  # cache of exported ONNX files and TensorRT engines
     # Include image decoding (JPEG -> pixels) in the end_to_end scope.
     time_decode: bool = False
+    # single_stream: one process calls the model in a loop; server: each cell is an HTTP
+    # endpoint under load (harness/serve), with `server:` saying which load.
+    scenario: Scenario = "single_stream"
+    server: ServerSpec | None = None
 
     @field_validator("runtimes", mode="before")
     @classmethod
     def _runtime_strings(cls, value: Any) -> Any:
         return [_runtime_from_str(v) for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _server_settings(self) -> Plan:
+        if self.server is not None and self.scenario != "server":
+            raise ValueError("`server:` settings are for `scenario: server`")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Plan:

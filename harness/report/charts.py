@@ -413,7 +413,8 @@ class StageBar:
     total: float | None  # the end-to-end median
 
 
-def stage_breakdown(bars: list[StageBar], title: str = "Where end-to-end time goes") -> Markup:
+def stage_breakdown(bars: list[StageBar], title: str = "Where end-to-end time goes",
+                    axis: str = "median time per batch (ms)") -> Markup:
     """Stacked bars of each stage's median; the gap to the end-to-end median (work between
     the timed stages) is drawn hatched as `untimed`."""
     bars = [b for b in bars if b.stages]
@@ -436,7 +437,7 @@ def stage_breakdown(bars: list[StageBar], title: str = "Where end-to-end time go
     ]
     body += _legend([(colors[s], s) for s in names] + [("url(#ch-hatch)", "untimed")], left, 18)
     axis_y = top + row_h * len(bars) + 4
-    body += _x_axis(scale, axis_y, top - 6, "median time per batch (ms)")
+    body += _x_axis(scale, axis_y, top - 6, axis)
     for i, b in enumerate(bars):
         cy = top + row_h * i + row_h / 2
         g = ['<g class="ch-row">']
@@ -528,13 +529,13 @@ class ChangeBar:
     label: str
     sublabel: str
     change_pct: float  # positive: B slower
-    verdict: str  # slower | faster | no significant change | within threshold
+    verdict: str  # slower | faster | no change beyond threshold | inconclusive | no verdict
     p_value: float
 
 
 def change_bars(bars: list[ChangeBar], threshold_pct: float, title: str = "Change in median latency, B against A") -> Markup:
     """Diverging bars around zero: right is slower. Dashed lines mark the gate's threshold;
-    only bars past it AND significant are coloured as a regression or an improvement."""
+    only bars whose whole interval lies past it are coloured as a regression or an improvement."""
     if not bars:
         return Markup("")
     width, left, right, top, row_h = 960, 300, 90, 34, 34
@@ -542,8 +543,8 @@ def change_bars(bars: list[ChangeBar], threshold_pct: float, title: str = "Chang
     reach = max([abs(b.change_pct) for b in bars] + [threshold_pct * 1.5]) * 1.1
     scale = Scale(-reach, reach, left, width - right)
     colors = {"slower": "#cf222e", "faster": "#1a7f37"}
-    body = _legend([("#cf222e", "significantly slower, past threshold"), ("#1a7f37", "significantly faster, past threshold"),
-                    ("#afb8c1", "within threshold or not significant")], 12, 16)
+    body = _legend([("#cf222e", "slower: the whole interval past the threshold"), ("#1a7f37", "faster: the whole interval past it"),
+                    ("#afb8c1", "no change beyond it, inconclusive, or no verdict")], 12, 16)
     axis_y = top + row_h * len(bars) + 4
     body += _x_axis(scale, axis_y, top - 6, "change in median latency (%)")
     for x in (scale(-threshold_pct), scale(threshold_pct)):

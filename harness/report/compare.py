@@ -55,6 +55,9 @@ class CellComparison:
     test: ProcessComparison | None = None
     map_change: float | None = None  # points, B - A
     regression: bool = False
+    # Server cells: their levels at equal load (harness.report.serve.compare_levels).
+    levels: list[Any] = field(default_factory=list)
+    unmatched_levels: list[str] = field(default_factory=list)
 
     @property
     def p_value(self) -> float | None:
@@ -153,10 +156,48 @@ def condition_problems(pairs: list[tuple[CellView, CellView]]) -> list[Condition
     return problems
 
 
+def compare_server_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float) -> CellComparison:
+    """Two server cells, level by level at equal load: slower when any level's median latency
+    grew past the threshold with p < alpha; the cell's change is its headline level's."""
+    from harness.report.serve import compare_levels
+
+    c = CellComparison(a.cell_id, a, b, verdict="not compared")
+    assert a.record.serve is not None and b.record.serve is not None
+    c.levels, c.unmatched_levels = compare_levels(
+        a.record.serve, b.record.serve, threshold_pct, alpha,
+        [r.serve for r in a.processes if r.serve is not None], [r.serve for r in b.processes if r.serve is not None],
+    )
+    if b.status == "failed" and a.status != "failed":
+        c.verdict, c.regression, c.note = "failed in B", True, b.reason or "failed"
+        return c
+    if not c.levels:
+        c.note = "no level at equal load in both runs"
+        return c
+    slower = [lv.key for lv in c.levels if lv.verdict == "slower"]
+    faster = [lv.key for lv in c.levels if lv.verdict == "faster"]
+    if a.median and b.median:
+        c.change_pct = (b.median / a.median - 1.0) * 100.0  # the headline level's median
+    if slower:
+        c.verdict, c.regression = "slower", True
+        c.note = "at " + ", ".join(slower)
+    elif faster:
+        c.verdict, c.note = "faster", "at " + ", ".join(faster)
+    elif all(lv.verdict == "no verdict" for lv in c.levels):
+        c.verdict = "no verdict"
+        c.note = "one server process a side: the between-process variance is unknown; measure with protocol.repeats >= 3"
+    elif any(lv.verdict == "inconclusive" for lv in c.levels):
+        c.verdict = "inconclusive"
+    else:
+        c.verdict = "no change beyond threshold"
+    return c
+
+
 def compare_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float) -> CellComparison:
     """B's latency against A's at the level of processes (the unit that varies): Welch's t-test
     on the logs of the process medians, the change with its (1 - alpha) interval, and a verdict
     from where that interval lies against +-threshold_pct (see docs/report.md)."""
+    if a.is_server and b.is_server:
+        return compare_server_cell(a, b, threshold_pct, alpha)
     c = CellComparison(a.cell_id, a, b, verdict="not compared")
     if a.metric is not None and b.metric is not None:
         c.map_change = b.metric - a.metric
@@ -338,6 +379,19 @@ def _text(header: str, ctx: dict[str, Any], wrote: str) -> str:
             + (f"; mAP {fmt.signed(r.map_change)} pts" if r.map_change is not None else "")
             + (f" [{flags}]" if flags else "")
         )
+    for r in ctx["rows"]:
+        if r.levels or r.unmatched_levels:
+            lines.append(f"  {r.cell_id}, level by level at equal load:")
+            lines.append(f"    {'level':<12} {'A p50':>8} {'B p50':>8} {'p50':>8} {'A p99':>8} {'B p99':>8} {'p99':>8} {'answers/s':>9} {'p':>8}  verdict")
+            for lv in r.levels:
+                qa, qb = lv.a.latency_ms, lv.b.latency_ms
+                p = f"{lv.p_value:.2g}" if lv.p_value is not None else "–"
+                lines.append(
+                    f"    {lv.key:<12} {fmt.ms(qa.p50 if qa else None):>8} {fmt.ms(qb.p50 if qb else None):>8} {fmt.pct(lv.p50_change_pct):>8} "
+                    f"{fmt.ms(qa.p99 if qa else None):>8} {fmt.ms(qb.p99 if qb else None):>8} {fmt.pct(lv.p99_change_pct):>8} "
+                    f"{fmt.pct(lv.throughput_change_pct):>9} {p:>8}  {lv.verdict}")
+            if r.unmatched_levels:
+                lines.append("    not at equal load in both runs: " + ", ".join(r.unmatched_levels))
     for cid in ctx["only_a"]:
         lines.append(f"only in A: {cid}")
     for cid in ctx["only_b"]:
@@ -394,6 +448,19 @@ def compare_markdown(ctx: dict[str, Any]) -> str:
             f"{'–' if r.p_value is None else f'{r.p_value:.2g}'} | {fmt.md(r.verdict)}{note}"
             + (f" ({fmt.md(_flags(r))})" if _flags(r) else "") + f" | {fmt.signed(r.map_change)} |"
         )
+    for r in ctx["rows"]:
+        if r.levels:
+            lines += ["", f"### {fmt.md(r.cell_id)}: server levels at equal load", "",
+                      "| level | A p50 ms | B p50 ms | change | A p99 ms | B p99 ms | change | answers/s change | p | verdict |",
+                      "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- |"]
+            for lv in r.levels:
+                qa, qb = lv.a.latency_ms, lv.b.latency_ms
+                lines.append(
+                    f"| {fmt.md(lv.key)} | {fmt.ms(qa.p50 if qa else None)} | {fmt.ms(qb.p50 if qb else None)} | {fmt.pct(lv.p50_change_pct)} | "
+                    f"{fmt.ms(qa.p99 if qa else None)} | {fmt.ms(qb.p99 if qb else None)} | {fmt.pct(lv.p99_change_pct)} | "
+                    f"{fmt.pct(lv.throughput_change_pct)} | {'–' if lv.p_value is None else f'{lv.p_value:.2g}'} | {fmt.md(lv.verdict)} |")
+            if r.unmatched_levels:
+                lines += ["", "Not at equal load in both runs: " + fmt.md(", ".join(r.unmatched_levels))]
     if ctx["only_a"] or ctx["only_b"]:
         lines.append("")
         lines += [f"- only in A: {fmt.md(c)}" for c in ctx["only_a"]]

@@ -42,6 +42,7 @@ from harness.report.rundata import (
     show_value,
     verdicts,
 )
+from harness.report.serve import serve_context
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
 from harness.results import DerivedEntry, TraceRow, Window
 
@@ -429,14 +430,17 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
     run_dir = run.folder
     meta = run.results.run
     views = cell_views(run)
+    # Server cells have their own section (harness.report.serve): their figures are per load
+    # level over HTTP, not a single stream's, so they enter no single-stream ranking or chart.
+    single = [v for v in views if not v.is_server]
     ref = load_reference()
-    matches, unmatched = match_cells(views, ref)
+    matches, unmatched = match_cells(single, ref)
     common_env, differing_env = environment_table(views)
     gallery, gallery_left_out = _gallery(run_dir, views)
     counts = Counter(v.status for v in views)
     ran = {v.cell_id for v in views}
     planned = [c for c in meta.cell_ids if c not in ran]
-    verdict_list = verdicts(views)
+    verdict_list = verdicts(single)
     env_sections: dict[str, list[tuple[str, str]]] = {}
     for key, value in common_env:
         env_sections.setdefault(key.split(".", 1)[0] if "." in key else "general", []).append((key, value))
@@ -451,7 +455,7 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
         "views": views,
         "verdicts": verdict_list,
         "verdict_groups": _group_verdicts(verdict_list),
-        "throughput": throughput_groups(views),
+        "throughput": throughput_groups(single),
         "cross_scope_label": CROSS_SCOPE_LABEL,
         "counts": [(s, counts[s]) for s in STATUS_WORDS if counts.get(s)],
         "random_cells": [v for v in views if v.random_weights],
@@ -459,11 +463,12 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
         "devices": _devices(views),
         "gpu_places": _gpu_places(views),
         "planned_missing": planned,
-        "dist_svg": charts.latency_distribution(_dist_rows(views)),
-        "process_svg": charts.process_medians(_process_rows(views)),
+        "dist_svg": charts.latency_distribution(_dist_rows(single)),
+        "process_svg": charts.process_medians(_process_rows(single)),
         "controls": controls_in_force(views),
-        "pareto": _pareto_charts(views),
-        "stage_svg": charts.stage_breakdown(_stage_bars(views)),
+        "pareto": _pareto_charts(single),
+        "stage_svg": charts.stage_breakdown(_stage_bars(single)),
+        "serve": serve_context(views),
         "sustained": _sustained_series(views),
         "gallery": gallery,
         "gallery_left_out": gallery_left_out,

@@ -201,6 +201,11 @@ class CellView:
         return self.status in MEASURED and self.median is not None
 
     @property
+    def is_server(self) -> bool:
+        """A server cell: its figures are per load level (record.serve), not a single stream's."""
+        return self.record.serve is not None
+
+    @property
     def gate_passed(self) -> bool:
         return self.status != "accuracy_regression" and not self.regressed
 
@@ -286,6 +291,8 @@ def cell_view(record: CellRecord | Sequence[CellRecord], derived: DerivedEntry |
         view.scope = latency.scope
     view.processes = group
     _use_processes(view, group, derived)
+    if record.serve is not None:
+        _fill_server(view)
     _fill_accuracy(view, record.accuracy)
     view.map_delta = _f(derived.map_delta.AP) if derived.map_delta is not None else None
     view.regressed = bool(derived.gate and derived.gate.regressed)
@@ -336,6 +343,24 @@ def _process_reasons(group: list[CellRecord], between: list[str]) -> str | None:
     others = [r.reason for r in group if r.reason and not (r.latency is not None and r.latency.unstable_reasons)]
     parts += list(dict.fromkeys(o for o in others if o))
     return "; ".join(parts) or None
+
+
+def _fill_server(view: CellView) -> None:
+    """A server cell (harness.report.serve draws its levels): scope `server`, and its headline
+    level's client latencies as the figures the table of all cells shows; its rate is the
+    closed loop's peak answers per second."""
+    serve = view.record.serve
+    assert serve is not None
+    view.scope = "server"
+    view.timer = "client clock (HTTP on loopback)"
+    view.timed_region = "one HTTP request on loopback: upload, decode, queue, the end-to-end stages, the JSON answer"
+    level = serve.headline
+    if level is not None and level.latency_ms is not None:
+        q = level.latency_ms
+        view.samples = list(level.samples_ms)
+        view.median, view.p90, view.p99, view.mean = q.p50, q.p90, q.p99, q.mean
+        view.ci = q.p50_ci95
+    view.throughput = serve.peak_throughput_rps or max((lv.throughput_rps for lv in serve.levels), default=None)
 
 
 def _fill_accuracy(view: CellView, accuracy: Accuracy | None) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 from harness.report import fmt
 from harness.report.ladder import ladder_markdown
 from harness.report.rundata import CellView
+from harness.report.serve import LEVEL_CSV_COLUMNS, level_csv_rows
+from harness.report.serve import markdown as serve_markdown
 from harness.report.throughput import CROSS_SCOPE_LABEL, ThroughputGroup, ThroughputRow
 
 CSV_COLUMNS = [
@@ -92,6 +94,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
     )
     lines += _throughput_markdown(ctx["throughput"])
     lines += ladder_markdown(ctx.get("ladders") or [])
+    lines += serve_markdown(views)
     lines += ["", "## All cells", ""]
     rows = [
         [
@@ -203,23 +206,29 @@ def _cell(value: float | None, digits: int = 6) -> str:
 def results_csv(views: list[CellView]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS + LEVEL_CSV_COLUMNS)
     for v in views:
-        writer.writerow([
-            fmt.csv_text(v.cell_id), fmt.csv_text(v.model), fmt.csv_text(v.variant or ""),
-            fmt.csv_text(v.source), fmt.csv_text(v.runtime), fmt.csv_text(v.runtime_name),
-            fmt.csv_text(v.precision), v.batch, v.resolution, fmt.csv_text(v.scope),
-            fmt.csv_text(v.device), fmt.csv_text((v.gpu.name or "") if v.gpu else ""),
-            fmt.csv_text((v.gpu.uuid or "") if v.gpu else ""),
-            fmt.csv_text(v.record.environment.hostname or ""),
-            fmt.csv_text(v.timer or ""), v.status,
-            fmt.csv_text(v.reason or ""), fmt.csv_text(";".join(v.flags)),
-            str(v.random_weights).lower(), str(v.is_reference).lower(), len(v.samples),
-            _cell(v.median), _cell(v.p90), _cell(v.p99), _cell(v.mean), _cell(v.cov, 4),
-            _cell(v.ci[0] if v.ci else None), _cell(v.ci[1] if v.ci else None),
-            _cell(v.throughput), _cell(v.ap, 4), _cell(v.ap50, 4), _cell(v.mask_ap, 4),
-            _cell(v.map_delta, 4), "" if v.images is None else v.images,
-            fmt.csv_text(v.record.fingerprint or ""),
-            v.weights_word, fmt.csv_text(";".join(v.unpredictable)), v.ap_over or "",
-        ])
+        for level in level_csv_rows(v):
+            writer.writerow(_cell_row(v) + level)
     return buffer.getvalue()
+
+
+def _cell_row(v: CellView) -> list[object]:
+    """The cell's own columns (a server cell repeats them on each of its level rows)."""
+    return [
+        fmt.csv_text(v.cell_id), fmt.csv_text(v.model), fmt.csv_text(v.variant or ""),
+        fmt.csv_text(v.source), fmt.csv_text(v.runtime), fmt.csv_text(v.runtime_name),
+        fmt.csv_text(v.precision), v.batch, v.resolution, fmt.csv_text(v.scope),
+        fmt.csv_text(v.device), fmt.csv_text((v.gpu.name or "") if v.gpu else ""),
+        fmt.csv_text((v.gpu.uuid or "") if v.gpu else ""),
+        fmt.csv_text(v.record.environment.hostname or ""),
+        fmt.csv_text(v.timer or ""), v.status,
+        fmt.csv_text(v.reason or ""), fmt.csv_text(";".join(v.flags)),
+        str(v.random_weights).lower(), str(v.is_reference).lower(), len(v.samples),
+        _cell(v.median), _cell(v.p90), _cell(v.p99), _cell(v.mean), _cell(v.cov, 4),
+        _cell(v.ci[0] if v.ci else None), _cell(v.ci[1] if v.ci else None),
+        _cell(v.throughput), _cell(v.ap, 4), _cell(v.ap50, 4), _cell(v.mask_ap, 4),
+        _cell(v.map_delta, 4), "" if v.images is None else v.images,
+        fmt.csv_text(v.record.fingerprint or ""),
+        v.weights_word, fmt.csv_text(";".join(v.unpredictable)), v.ap_over or "",
+    ]

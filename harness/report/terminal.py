@@ -61,7 +61,7 @@ def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = Non
                 view.precision,
                 str(view.batch),
                 str(view.resolution),
-                "e2e" if view.scope == "end_to_end" else view.scope,
+                "server" if view.is_server else "e2e" if view.scope == "end_to_end" else view.scope,
                 str(view.repeats),
                 shown,
                 _figure(view.median, 2) if measured and view.median is not None else "-",

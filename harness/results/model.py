@@ -27,6 +27,8 @@ from pydantic import (
     model_serializer,
 )
 
+from harness.results.serve import ServeResult
+
 # Bump for every change of the written shape, add a migration (harness.results.migrate) and a
 # line to the version history in docs/results-schema.md.
 SCHEMA_VERSION = 2
@@ -146,6 +148,8 @@ class CellIdentity(Frozen):
     dataset: DatasetRef | None
     max_map_drop: float | None  # the plan's accuracy gate, AP points; None = no gate
     max_class_drop: float | None = None  # the gate on the class that lost the most AP, points
+    # "server": an HTTP endpoint under load (CellRecord.serve); None: the single-stream loop.
+    scenario: Literal["server"] | None = None
 
     @property
     def runtime_key(self) -> str:
@@ -821,6 +825,7 @@ class CellRecord(Frozen):
     placement: Placement | None = None
     controls: Controls | None = None
     process: ProcessFacts | None = None
+    serve: ServeResult | None = None  # a server cell's levels and monitoring figures
 
 
 # ----------------------------------------------------------------------------- derived

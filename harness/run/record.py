@@ -77,6 +77,7 @@ def identity_of(cell: Cell) -> CellIdentity:
         ),
         max_map_drop=cell.accuracy.max_map_drop,
         max_class_drop=cell.accuracy.max_class_drop,
+        scenario="server" if cell.scenario == "server" else None,
     )
 
 

@@ -136,6 +136,8 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int
     try:
         runtime_cls = check_availability(run)
         device = capture_environment(run)
+        if cell.scenario == "server":
+            return serve_endpoint(run, device)
         source, runtime = build_source_and_runtime(run, runtime_cls)
         prepare = prepare_runtime(run, runtime, source)
         settings = runtime.settings()
@@ -409,6 +411,31 @@ def build_record(run: CellRun, measured: Measured, **fields: Any) -> Record:
                                        precision=run.cell.precision, settings=fields["settings"])
     return run.record(cast(Status, worst_status(flags)), reason="; ".join(reasons) or None, flags=flags,
                       latency=latency, fingerprint=fingerprint, **fields)
+
+
+def serve_endpoint(run: CellRun, device: str) -> Record:
+    """A server cell: the endpoint in a process of its own, driven level by level on loopback
+    (harness.serve.scenario); its record carries the levels in `serve`."""
+    from harness.serve.scenario import ScenarioEnded, run_server_scenario
+
+    try:
+        outcome = run_server_scenario(run.cell, run.run_dir, run.log, run.phase, nvml.parse_cuda_index(device))
+    except ScenarioEnded as end:
+        raise CellEnded(cast(Status, end.status), end.reason) from None
+    run.random_weights = outcome.random_weights
+    flags = [*outcome.flags, *(["random_weights"] if run.random_weights else [])]
+    fingerprint = None
+    with contextlib.suppress(Exception):
+        from harness.environment.fingerprint import fingerprint as make_fingerprint
+
+        fingerprint = make_fingerprint(run.environment, runtime=run.cell.runtime.name,
+                                       precision=run.cell.precision, settings=outcome.settings)
+    if outcome.failed:
+        return run.record("failed", reason=outcome.failed, failure_kind="cell", flags=flags, prepare=outcome.prepare,
+                          settings=outcome.settings, serve=outcome.serve, fingerprint=fingerprint)
+    return run.record(worst_status(flags), reason="; ".join(outcome.reasons) or None, flags=flags,
+                      prepare=outcome.prepare, settings=outcome.settings, monitor=outcome.monitor,
+                      serve=outcome.serve, fingerprint=fingerprint)
 
 
 # -- helpers of the steps ----------------------------------------------------------------------
