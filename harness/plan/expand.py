@@ -181,11 +181,14 @@ def _runtime_cells(
     if not scopes:
         only = ", ".join(sorted(runtime.scopes))
         return [], [(rt_where, f"{runtime.name} only has the {only} scope, which the plan's scopes leave out")]
-    problems: Problems = []
     cells: list[Cell] = []
     protocol = _merge_protocol(plan.protocol, model)
     batches = model.batch_sizes or plan.batch_sizes
-    for precision, batch, res in itertools.product(precisions, batches, resolutions):
+    placements, problems = _nms_placements(plan, m_index, runtime, rt_where)
+    if problems:
+        return [], problems
+    nms_axis = bool(model.nms or plan.nms) and placements != [None]
+    for precision, batch, res, nms in itertools.product(precisions, batches, resolutions, placements):
         if precision not in runtime.precisions:
             ok = ", ".join(sorted(runtime.precisions))
             problems.append((pr_field, f"runtime {runtime.name} cannot run {precision} (it runs {ok})"))
@@ -196,13 +199,15 @@ def _runtime_cells(
         for s_index, scope in enumerate(scopes):
             cells.append(
                 Cell(
-                    cell_id=make_cell_id(model.name, spec.key, precision, batch, res, scope),
+                    cell_id=make_cell_id(model.name, spec.key, precision, batch, res, scope, nms if nms_axis else None),
                     model=model,
                     runtime=spec,
                     precision=precision,
                     batch=batch,
                     resolution=res,
                     scope=scope,
+                    nms=nms,
+                    nms_axis=nms_axis,
                     device=device,
                     protocol=protocol,
                     dataset=plan.dataset,
@@ -216,6 +221,46 @@ def _runtime_cells(
                 )
             )
     return cells, problems
+
+
+def _nms_placements(
+    plan: Plan, m_index: int, runtime: RuntimePlugin, rt_where: str
+) -> tuple[list[str | None], Problems]:
+    """The NMS placements a model's cells of one runtime get: the model's own (`models[].nms`,
+    each one checked), else the plan's axis narrowed to what the model supports, else the
+    model's own placement (its source's first), or [None] for a model without NMS."""
+    model = plan.models[m_index]
+    supported = list(source_plugin(model.source or default_source()).nms_placements(model))
+    where = f"models[{m_index}].nms" if model.nms else "nms"
+    asked = model.nms or plan.nms
+    if not asked:
+        return [supported[0] if supported else None], []
+    if not supported:
+        if model.nms:
+            return [], [(where, f"model `{model.name}` has no NMS the harness can place (its outputs need none, "
+                                "or the model filters its own detections)")]
+        return [None], []  # the plan's axis is for the models that have one
+    problems: Problems = []
+    if model.nms:
+        for placement in model.nms:
+            if placement not in supported:
+                problems.append((where, f"model `{model.name}` cannot run its NMS {placement} "
+                                        f"(it supports {', '.join(supported)})"))
+        placements = list(dict.fromkeys(model.nms))
+    else:
+        placements = [p for p in dict.fromkeys(plan.nms or []) if p in supported]
+        if not placements:
+            problems.append((where, f"model `{model.name}` supports none of the plan's NMS placements "
+                                    f"(it supports {', '.join(supported)})"))
+    if "device" in placements and not runtime.device_nms:
+        if model.nms:
+            problems.append((rt_where, f"runtime {runtime.name} cannot hand its outputs to torch on its device, "
+                                       f"so NMS cannot run `device` there (models[{m_index}].nms asks for it)"))
+        placements = [p for p in placements if p != "device"]
+        if not placements and not problems:
+            problems.append((rt_where, f"runtime {runtime.name} cannot run any of the plan's NMS placements for "
+                                       f"model `{model.name}`"))
+    return list(placements), problems
 
 
 def _dataset_problems(plan: Plan, plan_dir: Path) -> Problems:
@@ -286,10 +331,12 @@ def _with_reference_first(cells: list[Cell]) -> list[Cell]:
         marked = [c for c in cells if c.precision == plugin(c.runtime.name).default_reference_precision]
     if not marked:
         return cells
-    ref_runtime, ref_precision = marked[0].runtime.key, marked[0].precision
+    ref_runtime, ref_precision, ref_nms = marked[0].runtime.key, marked[0].precision, marked[0].nms
 
     def is_ref(c: Cell) -> bool:
-        return c.runtime.key == ref_runtime and c.precision == ref_precision
+        # One NMS placement is the reference (the first asked for): the others are compared
+        # with it, which is how placements are checked to agree.
+        return c.runtime.key == ref_runtime and c.precision == ref_precision and c.nms == ref_nms
 
     ref = [c.model_copy(update={"is_reference": True}) for c in cells if is_ref(c)]
     return ref + [c for c in cells if not is_ref(c)]

@@ -71,6 +71,8 @@ def identity_of(cell: Cell) -> CellIdentity:
             subset=DatasetSubset(mode=dataset.subset.mode, n=dataset.subset.n, seed=dataset.subset.seed),
         ),
         max_map_drop=cell.accuracy.max_map_drop,
+        nms=cell.nms,
+        agreement_min_score=cell.accuracy.agreement_min_score,
     )
 
 

@@ -103,7 +103,8 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
         dataset = load_accuracy_dataset(run, source)
         gpu_index = nvml.parse_cuda_index(device)
         conditions = wait_for_gpu_conditions(run, gpu_index)
-        measured = measure_latency(run, runtime, dataset, gpu_index)
+        measured = measure_latency(run, runtime, dataset, gpu_index, source.forward_contents())
+        nms = runtime.nms_facts()  # before the accuracy pass feeds other images
         accuracy = accuracy_pass(run, runtime, source, dataset)
         outputs = save_outputs(run, runtime, source, dataset, measured, accuracy)
     except CellEnded as end:
@@ -111,7 +112,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
     if conditions:
         prepare["gpu_conditions"] = conditions
     runtime.close()
-    return build_record(run, measured, prepare=prepare, settings=settings, **outputs)
+    return build_record(run, measured, prepare=prepare, settings=settings, nms=nms, **outputs)
 
 
 def check_availability(run: CellRun) -> type[Runtime]:
@@ -207,8 +208,11 @@ def wait_for_gpu_conditions(run: CellRun, gpu_index: int | None) -> dict[str, An
     return wait_for_gpu(gpu_index, run.cell.gpu, run.log)
 
 
-def measure_latency(run: CellRun, runtime: Runtime, dataset: Dataset | None, gpu_index: int | None) -> Measured:
-    """The timed pass under the GPU monitor (harness.measure does the timing), as a Latency."""
+def measure_latency(
+    run: CellRun, runtime: Runtime, dataset: Dataset | None, gpu_index: int | None, forward: str | None = None
+) -> Measured:
+    """The timed pass under the GPU monitor (harness.measure does the timing), as a Latency.
+    `forward`: what the model's call holds besides the network (the source's words)."""
     from harness.environment.monitor import GpuMonitor
     from harness.measure.stats import build_latency
 
@@ -232,7 +236,7 @@ def measure_latency(run: CellRun, runtime: Runtime, dataset: Dataset | None, gpu
         result,
         scope=cell.scope,
         timer_name=timer_name,
-        timed_region=_timed_region(cell, stage_names),
+        timed_region=_timed_region(cell, stage_names, forward),
         batch=cell.batch,
         stage_samples=stage_samples,
         window_s=sustained.window_s if sustained else None,
@@ -334,14 +338,21 @@ def build_record(run: CellRun, measured: Measured, **fields: Any) -> Record:
 # -- helpers of the steps ----------------------------------------------------------------------
 
 
-def _timed_region(cell: Cell, stage_names: list[str]) -> str:
+def _timed_region(cell: Cell, stage_names: list[str], forward: str | None = None) -> str:
     if cell.scope == "model":
+        if forward:
+            return (
+                f"model forward: {forward}; input already on the device in the runtime's dtype, outputs left "
+                "on the device (no preprocessing or copies)"
+            )
         return (
             "model forward only: input already on the device in the runtime's dtype, outputs left "
             "on the device (no preprocessing, copies or postprocessing)"
         )
     decode = "JPEG decode, " if cell.time_decode else ""
-    return f"end to end: {decode}" + " -> ".join(stage_names) + " (images already decoded in memory)" * (not cell.time_decode)
+    inside = f"; infer holds {forward}" if forward else ""
+    return (f"end to end: {decode}" + " -> ".join(stage_names)
+            + " (images already decoded in memory)" * (not cell.time_decode) + inside)
 
 
 def _batch_paths(dataset: Dataset, batch: int) -> list[Path]:

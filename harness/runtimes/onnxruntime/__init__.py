@@ -54,6 +54,7 @@ def _plugin(name: str, provider: str, cls: str, device: Device, precisions: set[
         needs=frozenset({"onnx"}),
         libraries=libraries,
         export_keys=("opset", "dynamic_batch"),
+        device_nms=True,  # CPU: torch.from_numpy; CUDA: outputs bound to torch tensors
     )
 
 
