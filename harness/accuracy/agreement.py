@@ -37,7 +37,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    # Two identical boxes are the same box even when it has no area (a box clipped to the
+    # image border): IoU 1, not 0, or identical detections would count as lost on both sides.
+    same = np.all(a[:, None, :] == b[None, :, :], axis=-1)
+    return np.where(same, 1.0, iou)
 
 
 def match_detections(

@@ -96,9 +96,11 @@ def _detection_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> 
         return DetectionAgreement(reason=f"no detections file: {', '.join(missing)}")
     ref_results, results = (json.loads(p.read_text(encoding="utf-8")) for p in paths)
     image_ids = sorted({int(r["image_id"]) for r in ref_results} | {int(r["image_id"]) for r in results})
+    min_score = record.identity.agreement_min_score
     agreement = detection_agreement(
         detections_from_coco_results(ref_results, image_ids),
         detections_from_coco_results(results, image_ids),
+        **({} if min_score is None else {"min_score": min_score}),
     )
     per_image = agreement.pop("per_image")
     worst = sorted(range(len(image_ids)), key=lambda i: (-per_image[i], image_ids[i]))[:WORST_IMAGES]
@@ -112,6 +114,10 @@ def _raw_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> RawAgr
     from harness.accuracy.agreement import load_outputs_npz, raw_output_agreement
 
     res, ref_res = record.identity.resolution, ref.identity.resolution
+    nms, ref_nms = record.identity.nms, ref.identity.nms
+    if nms != ref_nms and "in_graph" in (nms, ref_nms):
+        return RawAgreement(reason=f"NMS {nms} vs the reference's {ref_nms}: one file ends with NMS in its graph, "
+                                   "the other with the raw head, so their outputs do not compare (detections do)")
     if res != ref_res:
         return RawAgreement(reason=f"different input resolution ({res} vs the reference's {ref_res}): raw outputs do not compare")
     paths = [cell_file(r, run_dir, "outputs", ".npz") for r in (ref, record)]

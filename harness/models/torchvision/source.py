@@ -46,6 +46,9 @@ from harness.models.torchvision import VARIANTS, TorchvisionOptions, Variant
 from harness.plan.schema import DecoderSpec, Preprocess
 
 RANDOM_SEED = 0
+# The random-weights recipe, part of the weights' identity (export cache keys): bump it when
+# harness.models.random_init changes what a seeded model computes.
+RANDOM_INIT = "bn-synthetic-1"
 # The size BatchNorm statistics of random weights are estimated at (any size: the weights do
 # not depend on the cell's resolution, so one network serves every resolution).
 CALIBRATION_SIZE = 224
@@ -197,7 +200,9 @@ class TorchvisionSource(ModelSource):
         return file_sha256(self.weights_path) if self.weights_path else None
 
     def weights_identity(self) -> str:
-        return f"random:seed{RANDOM_SEED}" if self.weights_path is None else f"sha256:{self._weights_sha256}"
+        if self.weights_path is None:
+            return f"random:seed{RANDOM_SEED}:{RANDOM_INIT}"
+        return f"sha256:{self._weights_sha256}"
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
