@@ -42,6 +42,7 @@ from harness.report.rundata import (
     show_value,
     verdicts,
 )
+from harness.report.nms import counts_text, nms_rows
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
 from harness.results import DerivedEntry, TraceRow, Window
 
@@ -410,6 +411,8 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
         "dist_svg": charts.latency_distribution(_dist_rows(views)),
         "pareto": _pareto_charts(views),
         "stage_svg": charts.stage_breakdown(_stage_bars(views)),
+        "nms_rows": nms_rows(views),
+        "nms_counts": counts_text,
         "sustained": _sustained_series(views),
         "gallery": gallery,
         "gallery_left_out": gallery_left_out,
