@@ -103,7 +103,7 @@ def _greedy_in_order(b: np.ndarray, iou_threshold: float, c: np.ndarray | None =
             sup = np.triu(_suppresses(b[idx], b[idx], iou_threshold, ci, ci), k=1)  # only a higher rank suppresses
             keep = np.ones(idx.size, bool)
             while True:
-                new = ~sup[keep].any(axis=0)
+                new = np.asarray(~sup[keep].any(axis=0))
                 if np.array_equal(new, keep):
                     break
                 keep = new

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harness.models.plugin import CAPABILITIES, SourcePlugin
 from harness.models.registry import default_source, source_names, source_plugin
 from harness.plan.cells import Cell, PlanProblem, make_cell_id
-from harness.plan.schema import LatencyProtocol, ModelSpec, Plan, RuntimeSpec
+from harness.plan.schema import LatencyProtocol, ModelSpec, NmsPlacement, Plan, RuntimeSpec
 from harness.runtimes.plugin import RuntimePlugin, SettingsProblem
 from harness.runtimes.registry import default_runtime, plugin, runtime_names
 
@@ -206,7 +206,7 @@ def _runtime_cells(
                     batch=batch,
                     resolution=res,
                     scope=scope,
-                    nms=nms,
+                    nms=cast("NmsPlacement | None", nms),
                     nms_axis=nms_axis,
                     device=device,
                     protocol=protocol,

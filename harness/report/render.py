@@ -23,6 +23,7 @@ from harness import files
 from harness.environment import monitor
 from harness.environment.nvml import SLOWDOWN_REASONS  # constants only; imports no NVML
 from harness.report import charts, fmt
+from harness.report.nms import counts_text, nms_rows
 from harness.report.published import (
     gpu_name,
     latency_detail,
@@ -42,7 +43,6 @@ from harness.report.rundata import (
     show_value,
     verdicts,
 )
-from harness.report.nms import counts_text, nms_rows
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
 from harness.results import DerivedEntry, TraceRow, Window
 

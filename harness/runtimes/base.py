@@ -152,8 +152,10 @@ class Runtime(ABC):
 
     def _nms_stages(self) -> Any:
         """The cell's NmsStages (one per runtime: its counts are the record's), or None when
-        the harness runs no NMS stage for it."""
-        if self.cell.nms not in ("host", "device"):
+        the harness runs no NMS stage for it. Only a plan that names the `nms` axis gets the
+        split stages; otherwise a raw head is decoded in one `postprocess` stage, as before
+        (the same host NMS inside it)."""
+        if self.cell.nms not in ("host", "device") or not self.cell.nms_axis:
             return None
         if "_nms" not in self.__dict__:
             from harness.models.nms import NmsStages
@@ -174,7 +176,7 @@ class Runtime(ABC):
     def nms_facts(self) -> dict[str, Any] | None:
         """The record's `nms`: where the cell's NMS ran, what ran it, the candidate counts of
         the last end-to-end batch (None before any, and for NMS inside the model)."""
-        if self.cell.nms is None:
+        if self.cell.nms is None or not self.cell.nms_axis:
             return None
         nms = self._nms_stages()
         if nms is not None:

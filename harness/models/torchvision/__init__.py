@@ -20,6 +20,13 @@ from harness.models.plugin import Problems, SourceOptions, SourcePlugin
 WEIGHTS_HELP = "`random` (torchvision's own init, seeded: stated on purpose) or a path to a checkpoint (a state dict)"
 
 
+# The builders' keywords for the score threshold, the NMS IoU and the detections kept.
+_KEYWORDS = {
+    "rcnn": ("box_score_thresh", "box_nms_thresh", "box_detections_per_img"),
+    "one_stage": ("score_thresh", "nms_thresh", "detections_per_img"),
+}
+
+
 @dataclass(frozen=True)
 class Variant:
     builder: str  # the torchvision.models.detection function
@@ -28,35 +35,42 @@ class Variant:
     # How images become the input: letterbox (aspect kept, like torchvision's min_size /
     # max_size resize) or stretch (SSD's fixed_size resize).
     resize: Literal["letterbox", "stretch"]
-    # The builder's keyword for the score threshold, the NMS IoU and the detections kept.
-    score_kw: str
-    nms_kw: str
-    detections_kw: str
     # Input sides must be a multiple of this (the FPN's coarsest stride); 1: any size.
     multiple: int = 32
 
+    def _keywords(self) -> tuple[str, str, str]:
+        return _KEYWORDS["rcnn" if self.family == "rcnn" else "one_stage"]
 
-_RCNN = {"score_kw": "box_score_thresh", "nms_kw": "box_nms_thresh", "detections_kw": "box_detections_per_img"}
-_ONE_STAGE = {"score_kw": "score_thresh", "nms_kw": "nms_thresh", "detections_kw": "detections_per_img"}
+    @property
+    def score_kw(self) -> str:
+        return self._keywords()[0]
+
+    @property
+    def nms_kw(self) -> str:
+        return self._keywords()[1]
+
+    @property
+    def detections_kw(self) -> str:
+        return self._keywords()[2]
+
 
 # torchvision's resize for the FPN models is "short side to min_size (800), long side at most
 # max_size (1333)", a shape that follows each image. A deployment with a fixed input (ONNX,
 # TensorRT, batching) picks a square: the native resolution is min_size, where a square image
 # is resized exactly as torchvision resizes it.
 VARIANTS: dict[str, Variant] = {
-    "fasterrcnn_resnet50_fpn": Variant("fasterrcnn_resnet50_fpn", "rcnn", 800, "letterbox", **_RCNN),
-    "fasterrcnn_resnet50_fpn_v2": Variant("fasterrcnn_resnet50_fpn_v2", "rcnn", 800, "letterbox", **_RCNN),
-    "fasterrcnn_mobilenet_v3_large_fpn": Variant("fasterrcnn_mobilenet_v3_large_fpn", "rcnn", 800, "letterbox", **_RCNN),
-    "fasterrcnn_mobilenet_v3_large_320_fpn": Variant(
-        "fasterrcnn_mobilenet_v3_large_320_fpn", "rcnn", 320, "letterbox", **_RCNN
-    ),
-    "retinanet_resnet50_fpn": Variant("retinanet_resnet50_fpn", "retinanet", 800, "letterbox", **_ONE_STAGE),
-    "retinanet_resnet50_fpn_v2": Variant("retinanet_resnet50_fpn_v2", "retinanet", 800, "letterbox", **_ONE_STAGE),
-    "fcos_resnet50_fpn": Variant("fcos_resnet50_fpn", "fcos", 800, "letterbox", **_ONE_STAGE),
-    "ssdlite320_mobilenet_v3_large": Variant(
-        "ssdlite320_mobilenet_v3_large", "ssd", 320, "stretch", multiple=1, **_ONE_STAGE
-    ),
-    "ssd300_vgg16": Variant("ssd300_vgg16", "ssd", 300, "stretch", multiple=1, **_ONE_STAGE),
+    v.builder: v
+    for v in (
+        Variant("fasterrcnn_resnet50_fpn", "rcnn", 800, "letterbox"),
+        Variant("fasterrcnn_resnet50_fpn_v2", "rcnn", 800, "letterbox"),
+        Variant("fasterrcnn_mobilenet_v3_large_fpn", "rcnn", 800, "letterbox"),
+        Variant("fasterrcnn_mobilenet_v3_large_320_fpn", "rcnn", 320, "letterbox"),
+        Variant("retinanet_resnet50_fpn", "retinanet", 800, "letterbox"),
+        Variant("retinanet_resnet50_fpn_v2", "retinanet", 800, "letterbox"),
+        Variant("fcos_resnet50_fpn", "fcos", 800, "letterbox"),
+        Variant("ssdlite320_mobilenet_v3_large", "ssd", 320, "stretch", multiple=1),
+        Variant("ssd300_vgg16", "ssd", 300, "stretch", multiple=1),
+    )
 }
 
 
