@@ -90,6 +90,8 @@ def _map_deltas(acc: Accuracy, ref_acc: Accuracy) -> dict[str, MapDelta]:
 def _detection_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> DetectionAgreement:
     from harness.accuracy.agreement import detection_agreement, detections_from_coco_results
 
+    if ref.files.agreement_detections and record.files.agreement_detections:
+        return _all_class_agreement(record, ref, run_dir)
     paths = [cell_file(r, run_dir, "detections", ".json") for r in (ref, record)]
     missing = [str(p.relative_to(run_dir)) for p in paths if not p.is_file()]
     if missing:
@@ -106,6 +108,29 @@ def _detection_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> 
     worst = sorted(range(len(image_ids)), key=lambda i: (-per_image[i], image_ids[i]))[:WORST_IMAGES]
     agreement["worst_images"] = [
         {"image_id": image_ids[i], "disagreement": round(per_image[i], 6)} for i in worst if per_image[i] > 0
+    ]
+    return DetectionAgreement.model_validate(agreement)
+
+
+def _all_class_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> DetectionAgreement:
+    """Agreement over every detection of the agreement images, whatever its class (the COCO
+    results hold only the dataset's classes): the same model on both sides, so its class
+    indices compare as they are."""
+    from harness.accuracy.agreement import detection_agreement, load_model_detections
+
+    paths = [run_dir / str(r.files.agreement_detections) for r in (ref, record)]
+    missing = [str(p.relative_to(run_dir)) for p in paths if not p.is_file()]
+    if missing:
+        return DetectionAgreement(reason=f"no detections file: {', '.join(missing)}")
+    (ref_ids, ref_dets), (ids, dets) = (load_model_detections(p) for p in paths)
+    if ref_ids != ids:
+        return DetectionAgreement(reason="the agreement detections were taken on different images")
+    min_score = record.identity.agreement_min_score
+    agreement = detection_agreement(ref_dets, dets, **({} if min_score is None else {"min_score": min_score}))
+    per_image = agreement.pop("per_image")
+    worst = sorted(range(len(ids)), key=lambda i: (-per_image[i], ids[i]))[:WORST_IMAGES]
+    agreement["worst_images"] = [
+        {"image_id": ids[i], "disagreement": round(per_image[i], 6)} for i in worst if per_image[i] > 0
     ]
     return DetectionAgreement.model_validate(agreement)
 

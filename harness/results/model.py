@@ -639,6 +639,8 @@ class CellFiles(Sparse):
     log: str | None = None
     detections: str | None = None  # COCO results of the accuracy pass
     outputs: str | None = None  # raw outputs on the agreement images (.npz)
+    # Every detection of the agreement images, all classes, model class indices (.json)
+    agreement_detections: str | None = None
     monitor_trace: str | None = None  # the full NVML trace when longer than the record's
     gallery: list[str] | None = None
 

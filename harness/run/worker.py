@@ -286,11 +286,26 @@ def accuracy_pass(run: CellRun, runtime: Runtime, source: ModelSource, dataset: 
     from harness.accuracy.evaluate import run_accuracy_pass
 
     run.phase("accuracy")
-    return run_accuracy_pass(
-        runtime.predict, cell.batch, dataset, source.class_names, source.family,
+    keep = cell.accuracy.agreement_images
+    seen: list[Any] = []  # every class's detections of the first images, for agreement
+
+    def predict(images: list[np.ndarray]) -> Any:
+        out = runtime.predict(images)
+        if len(seen) < keep:
+            seen.extend(out)
+        return out
+
+    result = run_accuracy_pass(
+        predict, cell.batch, dataset, source.class_names, source.family,
         run_dir / "detections" / f"{cell.cell_id}.json", evaluator=cell.accuracy.evaluator,
         workers=cell.accuracy.loader_workers, log=run.log, random_weights=run.random_weights,
     )
+    if seen and result is not None and source.family == "detection":
+        from harness.accuracy.agreement import save_model_detections
+
+        ids = list(dataset.image_ids[:keep])
+        save_model_detections(run_dir / "detections" / f"{cell.cell_id}.all-classes.json", ids, seen[: len(ids)])
+    return result
 
 
 def save_outputs(
@@ -304,6 +319,8 @@ def save_outputs(
     monitor = _keep_trace_small(measured.monitor, run_dir, cell.cell_id, saved)
     if accuracy is not None and dataset is not None:
         saved["detections"] = f"detections/{cell.cell_id}.json"
+        if (run_dir / "detections" / f"{cell.cell_id}.all-classes.json").is_file():
+            saved["agreement_detections"] = f"detections/{cell.cell_id}.all-classes.json"
         if outputs_path := _save_raw_outputs(cell, runtime, source, dataset, run_dir):
             saved["outputs"] = outputs_path
     return {"monitor": monitor, "accuracy": accuracy, "files": saved}
