@@ -148,3 +148,22 @@ def test_plan_errors_name_the_field(tmp_path: Path) -> None:
         with pytest.raises(PlanProblem) as err:
             expand(Plan.model_validate({"name": "t", "device": "cpu", "models": [spec]}), tmp_path)
         assert any(where == field and words in what for where, what in err.value.problems), err.value.problems
+
+
+@pytest.mark.gpu
+def test_device_nms_on_the_gpu_keeps_what_the_host_keeps(tmp_path: Path) -> None:
+    from harness.models import nms as nms_mod
+
+    host = _sources(tmp_path, nms=["host"])["host"]
+    batch, metas = host.preprocess([_image()], RES)
+    with torch.inference_mode():
+        raw = host.torch_model("cuda:0")(torch.from_numpy(batch).to("cuda:0"))[0]
+    config = host.nms_config()
+    stages = nms_mod.NmsStages(config, "device", device="cuda:0")
+    cands = stages.count(nms_mod.candidates_torch(raw, config.score_threshold))
+    device = nms_mod.finish(nms_mod.to_host(stages.device_nms(cands)), metas, config.top_k)[0]
+    [on_host] = host.decode({"output0": raw.float().cpu().numpy()}, metas)
+    assert stages.candidates[0] > len(device) > 10
+    assert "cuda:0" in stages.implementation()
+    np.testing.assert_array_equal(device.class_ids, on_host.class_ids)
+    np.testing.assert_allclose(device.boxes_xyxy, on_host.boxes_xyxy, atol=1e-3)
