@@ -61,7 +61,8 @@ def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = Non
                     ap += "*"
                     unpredictable.setdefault(ident.model, list(acc.mapping.unpredictable_classes))
             table.add_row(
-                Padding(escape(ident.runtime_key), (0, 0, 0, 2)),
+                Padding(escape(ident.runtime_key + (f" nms-{ident.nms.replace('_', '-')}" if ident.nms else "")),
+                        (0, 0, 0, 2)),
                 ident.precision,
                 str(ident.batch),
                 str(ident.resolution),

@@ -137,7 +137,8 @@ class CellIdentity(Frozen):
     protocol: Protocol
     dataset: DatasetRef | None
     max_map_drop: float | None  # the plan's accuracy gate, AP points; None = no gate
-    # Where the model's NMS ran: in_graph | host | device; None: no NMS the harness places.
+    # Where the model's NMS ran, in a plan with an `nms` axis: in_graph | host | device; None
+    # otherwise (no axis, or a model without NMS).
     nms: str | None = None
     # Detections below this score take no part in the detection agreement (the plan's
     # accuracy.agreement_min_score); None: the default 0.3 (files written before it existed).

@@ -71,7 +71,9 @@ def identity_of(cell: Cell) -> CellIdentity:
             subset=DatasetSubset(mode=dataset.subset.mode, n=dataset.subset.n, seed=dataset.subset.seed),
         ),
         max_map_drop=cell.accuracy.max_map_drop,
-        nms=cell.nms,
+        # Only a plan with an NMS axis names placements (its cell ids do too): other plans'
+        # records stay as they were.
+        nms=cell.nms if cell.nms_axis else None,
         agreement_min_score=cell.accuracy.agreement_min_score,
     )
 
