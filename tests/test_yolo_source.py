@@ -2,7 +2,8 @@
 exported by Ultralytics' own exporter (raw head and NMS in the graph), each ONNX file computing
 what its PyTorch model computes on the same tensor (max difference asserted); the three NMS
 placements give the same detections; a .pt checkpoint loads with weights_only=True and one
-that needs code to unpickle is refused; nothing is written outside the artifacts folder."""
+that needs code to unpickle is refused. Ultralytics runs offline, its settings in a temporary
+folder."""
 
 from __future__ import annotations
 
