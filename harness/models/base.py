@@ -18,7 +18,6 @@ import numpy as np
 from harness.models.detections import Detections
 
 if TYPE_CHECKING:
-    from harness.models.nms import NmsConfig
     from harness.plan.cells import Cell
 
 
@@ -32,6 +31,17 @@ class ImageMeta:
     scale_y: float
     pad_x: float = 0.0  # letterbox offset in model pixels
     pad_y: float = 0.0
+
+
+@dataclass(frozen=True)
+class NmsConfig:
+    """What a model's NMS needs to know, whatever its placement (harness.models.nms runs it)."""
+
+    iou_threshold: float
+    class_agnostic: bool
+    score_threshold: float  # candidates score strictly above it
+    top_k: int  # detections kept per image after NMS
+    output: str  # the raw output holding (B, 4 + C, A) predictions
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.models.base import ImageMeta
+from harness.models.base import ImageMeta, NmsConfig
 from harness.models.detections import Detections
 from harness.models.preprocess import model_to_original
 
@@ -47,17 +47,6 @@ _BLOCK = 256
 # Below this many candidates, class-aware NMS masks IoU by class in one pass; above, it runs
 # each class on its own (measured on 2 cores: 300 candidates of 80 classes 1.3 ms vs 6 ms).
 _SMALL = 1024
-
-
-@dataclass(frozen=True)
-class NmsConfig:
-    """What a model's NMS needs to know, whatever its placement."""
-
-    iou_threshold: float
-    class_agnostic: bool
-    score_threshold: float  # candidates score strictly above it
-    top_k: int  # detections kept per image after NMS
-    output: str  # the raw output holding (B, 4 + C, A) predictions
 
 
 # -- numpy ----------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ class OnnxFileSource(ModelSource):
         spec = self.decoder_spec
         if spec.kind != "yolo_raw":
             return None
-        from harness.models.nms import NmsConfig
+        from harness.models.base import NmsConfig
         from harness.plan.schema import NmsSpec
 
         nms = spec.nms or NmsSpec()
