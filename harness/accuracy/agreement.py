@@ -11,6 +11,7 @@ Two levels, because they fail differently:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    # Two identical boxes are the same box even when it has no area (a box clipped to the
+    # image border): IoU 1, not 0, or identical detections would count as lost on both sides.
+    same = np.all(a[:, None, :] == b[None, :, :], axis=-1)
+    return np.where(same, 1.0, iou)
 
 
 def match_detections(
@@ -282,3 +287,36 @@ def detections_from_coco_results(results: Iterable[Mapping[str, Any]], image_ids
             )
         )
     return out
+
+
+def save_model_detections(path: Path, image_ids: Sequence[int], detections: Sequence[Detections]) -> None:
+    """Detections as the model gave them (every class, model class indices, boxes xyxy in
+    original pixels), for detection agreement beyond the dataset's classes: the COCO results
+    file holds only detections of classes the dataset has, which for a random-weights model on
+    a small dataset can be none. JSON lists, one entry per image, written atomically."""
+    rows = [
+        {
+            "image_id": int(image_id),
+            "boxes_xyxy": np.asarray(det.boxes_xyxy, np.float64).round(4).tolist(),
+            "scores": np.asarray(det.scores, np.float64).round(7).tolist(),
+            "class_ids": np.asarray(det.class_ids, np.int64).tolist(),
+        }
+        for image_id, det in zip(image_ids, detections, strict=True)
+    ]
+    files.write_replace(Path(path), json.dumps(rows, separators=(",", ":")))
+
+
+def load_model_detections(path: Path) -> tuple[list[int], list[Detections]]:
+    from harness.models.detections import Detections
+
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    ids = [int(r["image_id"]) for r in rows]
+    dets = [
+        Detections(
+            boxes_xyxy=np.asarray(r["boxes_xyxy"], np.float32).reshape(-1, 4),
+            scores=np.asarray(r["scores"], np.float32),
+            class_ids=np.asarray(r["class_ids"], np.int64),
+        )
+        for r in rows
+    ]
+    return ids, dets

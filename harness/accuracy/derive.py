@@ -91,15 +91,19 @@ def _map_deltas(acc: Accuracy, ref_acc: Accuracy) -> dict[str, MapDelta]:
 def _detection_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> DetectionAgreement:
     from harness.accuracy.agreement import detection_agreement, detections_from_coco_results
 
+    if ref.files.agreement_detections and record.files.agreement_detections:
+        return _all_class_agreement(record, ref, run_dir)
     paths = [cell_file(r, run_dir, "detections", ".json") for r in (ref, record)]
     missing = [str(p.relative_to(run_dir)) for p in paths if not p.is_file()]
     if missing:
         return DetectionAgreement(reason=f"no detections file: {', '.join(missing)}")
     ref_results, results = (json.loads(p.read_text(encoding="utf-8")) for p in paths)
     image_ids = sorted({int(r["image_id"]) for r in ref_results} | {int(r["image_id"]) for r in results})
+    min_score = record.identity.agreement_min_score
     agreement = detection_agreement(
         detections_from_coco_results(ref_results, image_ids),
         detections_from_coco_results(results, image_ids),
+        **({} if min_score is None else {"min_score": min_score}),
     )
     per_image = agreement.pop("per_image")
     worst = sorted(range(len(image_ids)), key=lambda i: (-per_image[i], image_ids[i]))[:WORST_IMAGES]
@@ -109,10 +113,37 @@ def _detection_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> 
     return DetectionAgreement.model_validate(agreement)
 
 
+def _all_class_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> DetectionAgreement:
+    """Agreement over every detection of the agreement images, whatever its class (the COCO
+    results hold only the dataset's classes): the same model on both sides, so its class
+    indices compare as they are."""
+    from harness.accuracy.agreement import detection_agreement, load_model_detections
+
+    paths = [run_dir / str(r.files.agreement_detections) for r in (ref, record)]
+    missing = [str(p.relative_to(run_dir)) for p in paths if not p.is_file()]
+    if missing:
+        return DetectionAgreement(reason=f"no detections file: {', '.join(missing)}")
+    (ref_ids, ref_dets), (ids, dets) = (load_model_detections(p) for p in paths)
+    if ref_ids != ids:
+        return DetectionAgreement(reason="the agreement detections were taken on different images")
+    min_score = record.identity.agreement_min_score
+    agreement = detection_agreement(ref_dets, dets, **({} if min_score is None else {"min_score": min_score}))
+    per_image = agreement.pop("per_image")
+    worst = sorted(range(len(ids)), key=lambda i: (-per_image[i], ids[i]))[:WORST_IMAGES]
+    agreement["worst_images"] = [
+        {"image_id": ids[i], "disagreement": round(per_image[i], 6)} for i in worst if per_image[i] > 0
+    ]
+    return DetectionAgreement.model_validate(agreement)
+
+
 def _raw_agreement(record: CellRecord, ref: CellRecord, run_dir: Path) -> RawAgreement:
     from harness.accuracy.agreement import load_outputs_npz, raw_output_agreement
 
     res, ref_res = record.identity.resolution, ref.identity.resolution
+    nms, ref_nms = record.identity.nms, ref.identity.nms
+    if nms != ref_nms and "in_graph" in (nms, ref_nms):
+        return RawAgreement(reason=f"NMS {nms} vs the reference's {ref_nms}: one file ends with NMS in its graph, "
+                                   "the other with the raw head, so their outputs do not compare (detections do)")
     if res != ref_res:
         return RawAgreement(reason=f"different input resolution ({res} vs the reference's {ref_res}): raw outputs do not compare")
     paths = [cell_file(r, run_dir, "outputs", ".npz") for r in (ref, record)]

@@ -34,6 +34,17 @@ class ImageMeta:
 
 
 @dataclass(frozen=True)
+class NmsConfig:
+    """What a model's NMS needs to know, whatever its placement (harness.models.nms runs it)."""
+
+    iou_threshold: float
+    class_agnostic: bool
+    score_threshold: float  # candidates score strictly above it
+    top_k: int  # detections kept per image after NMS
+    output: str  # the raw output holding (B, 4 + C, A) predictions
+
+
+@dataclass(frozen=True)
 class OnnxArtifact:
     path: Path
     input_name: str
@@ -44,9 +55,13 @@ class OnnxArtifact:
     cached: bool
     bytes: int
     sha256: str
+    # The dynamic axes given to the exporter ({name: {axis: label}}); None when not known
+    # (a user's file) or none were given.
+    dynamic_axes: dict[str, dict[str, str]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "dynamic_axes": self.dynamic_axes,
             "path": str(self.path),
             "input_name": self.input_name,
             "output_names": self.output_names,
@@ -98,6 +113,22 @@ class ModelSource(ABC):
     def torch_model(self, device: str) -> Any:
         """The core torch module (fp32, eval) on `device`; model-scope torch timing calls it."""
         raise NotImplementedError(f"{type(self).__name__} has no PyTorch model")
+
+    def nms_config(self) -> NmsConfig | None:
+        """The NMS the harness runs for this cell when its placement is `host` or `device`
+        (harness.models.nms); None for a model whose outputs need none."""
+        return None
+
+    def in_graph_nms(self, runtime: str) -> dict[str, Any] | None:
+        """For a cell whose NMS runs inside the model (`in_graph`): which NMS that is, in the
+        record's `nms` words (implementation, thresholds); None: the model has none."""
+        return None
+
+    def forward_contents(self) -> str | None:
+        """What the model-scope call holds besides the network itself, when it holds more (a
+        torchvision detector's own normalisation, box decoding and NMS), for the record's
+        `timed_region`; None: the network alone."""
+        return None
 
     def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool, opset: int = 17) -> OnnxArtifact:
         """An ONNX file for this model at the cell's resolution (exported once at `opset`, then

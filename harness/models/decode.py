@@ -29,6 +29,7 @@ import numpy as np
 
 from harness.models.base import ImageMeta
 from harness.models.detections import Detections
+from harness.models.nms import nms_numpy
 from harness.models.preprocess import model_to_original, scratch_array
 from harness.plan.schema import DecoderSpec, NmsSpec
 
@@ -380,35 +381,16 @@ def decode_rfdetr(
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy NMS (torchvision.ops.nms semantics: suppress IoU > threshold), indices kept in
-    descending score order."""
-    if boxes.shape[0] == 0:
-        return np.zeros((0,), np.int64)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        union = areas[i] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, np.int64)
+    descending score order: `harness.models.nms.nms_numpy`, vectorised."""
+    return nms_numpy(boxes, scores, iou_threshold)
 
 
 def batched_nms(
     boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float
 ) -> np.ndarray:
-    """Class-aware NMS by the coordinate-offset trick (boxes of different classes never
-    overlap once shifted apart), as torchvision.ops.batched_nms."""
-    if boxes.shape[0] == 0:
-        return np.zeros((0,), np.int64)
-    offset = (boxes.max() + 1.0) * classes.astype(boxes.dtype)
-    return nms(boxes + offset[:, None], scores, iou_threshold)
+    """Class-aware NMS (a box is suppressed only by a box of its own class), as
+    torchvision.ops.batched_nms."""
+    return nms_numpy(boxes, scores, iou_threshold, classes)
 
 
 def _single_output(outputs: dict[str, np.ndarray], spec: DecoderSpec, key: str) -> np.ndarray:

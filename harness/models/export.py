@@ -105,10 +105,12 @@ def read_onnx_io(path: Path) -> tuple[str, list[str], int | None, bool]:
 
 
 def artifact_from_file(
-    path: Path, *, export_s: float | None, cached: bool, sha256: str | None = None
+    path: Path, *, export_s: float | None, cached: bool, sha256: str | None = None,
+    dynamic_axes: dict[str, dict[str, str]] | None = None,
 ) -> OnnxArtifact:
     input_name, output_names, opset, dynamic = read_onnx_io(path)
     return OnnxArtifact(
+        dynamic_axes=dynamic_axes,
         path=path,
         input_name=input_name,
         output_names=output_names,
@@ -131,7 +133,8 @@ def _cached(folder: Path) -> OnnxArtifact | None:
         return None
     if meta.get("bytes") != onnx_path.stat().st_size:
         return None  # a truncated or replaced file: export again
-    return artifact_from_file(onnx_path, export_s=None, cached=True, sha256=meta.get("sha256"))
+    return artifact_from_file(onnx_path, export_s=None, cached=True, sha256=meta.get("sha256"),
+                              dynamic_axes=meta.get("dynamic_axes"))
 
 
 def export_rfdetr_onnx(
@@ -161,20 +164,10 @@ def export_rfdetr_onnx(
         "rfdetr": getattr(rfdetr, "__version__", None) or _dist_version("rfdetr"),
         "exporter": "rfdetr.RFDETR.export(format=onnx)",
     }
-    key = cache_key(fields)
-    folder = Path(cache_dir) / "onnx" / key
-    hit = _cached(folder)
-    if hit is not None:
-        print(f"[export] ONNX cache hit {folder}", file=log, flush=True)
-        return hit
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
-    try:
-        print(f"[export] exporting ONNX to {folder} ({json.dumps(fields, sort_keys=True)})",
-              file=log, flush=True)
+    def write(staging: Path) -> dict[str, Any]:
         model = build_model()
-        start = time.perf_counter()
+        started = time.perf_counter()
         with redirect_fds(log):
             written = model.export(
                 output_dir=str(staging / "rfdetr-out"),
@@ -186,16 +179,50 @@ def export_rfdetr_onnx(
                 dynamic_batch=dynamic_batch,
                 output_name="model",
             )
-        export_s = time.perf_counter() - start
         written_path = Path(written) if written else next((staging / "rfdetr-out").glob("*.onnx"))
-        onnx_path = staging / ONNX_FILE
-        os.replace(written_path, onnx_path)
+        os.replace(written_path, staging / ONNX_FILE)
         # A model over 2 GB would carry external data files; RF-DETR sizes stay well below.
         shutil.rmtree(staging / "rfdetr-out", ignore_errors=True)
-        artifact = artifact_from_file(onnx_path, export_s=export_s, cached=False)
+        return {"export_s": time.perf_counter() - started}
+
+    return cached_onnx_export(write, cache_dir=cache_dir, key_fields=fields, log=log)
+
+
+def cached_onnx_export(
+    write: Callable[[Path], dict[str, Any] | None],
+    *,
+    cache_dir: Path,
+    key_fields: dict[str, Any],
+    log: TextIO,
+) -> OnnxArtifact:
+    """The ONNX file keyed by `key_fields` (everything that decides the graph: model, weights,
+    resolution, batch mode, opset, exporter and its version), from the cache or written now.
+
+    `write(staging)` exports into `staging / model.onnx` (called only on a cache miss) and may
+    return facts for meta.json and the artifact (`dynamic_axes`, and `export_s` when the
+    export alone is to be timed, without building the model first).
+    """
+    key = cache_key(key_fields)
+    folder = Path(cache_dir) / "onnx" / key
+    hit = _cached(folder)
+    if hit is not None:
+        print(f"[export] ONNX cache hit {folder}", file=log, flush=True)
+        return hit
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    try:
+        print(f"[export] exporting ONNX to {folder} ({json.dumps(key_fields, sort_keys=True, default=str)})",
+              file=log, flush=True)
+        start = time.perf_counter()
+        extra = write(staging) or {}
+        export_s = float(extra.get("export_s") or (time.perf_counter() - start))
+        onnx_path = staging / ONNX_FILE
+        dynamic_axes = extra.get("dynamic_axes")
+        artifact = artifact_from_file(onnx_path, export_s=export_s, cached=False, dynamic_axes=dynamic_axes)
         meta = {
             "key": key,
-            "key_fields": fields,
+            "key_fields": key_fields,
             "export_s": export_s,
             "bytes": artifact.bytes,
             "sha256": artifact.sha256,
@@ -203,9 +230,10 @@ def export_rfdetr_onnx(
             "output_names": artifact.output_names,
             "opset": artifact.opset,
             "dynamic_batch": artifact.dynamic_batch,
+            "dynamic_axes": dynamic_axes,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        files.write_new(staging / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+        files.write_new(staging / META_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
         try:
             os.rename(staging, folder)
         except OSError:

@@ -51,6 +51,10 @@ def _any_resolution(spec: Any, resolution: int) -> str | None:
     return None
 
 
+def _no_nms(spec: Any) -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class SourcePlugin:
     name: str  # what a plan writes in `models[].source`
@@ -67,6 +71,10 @@ class SourcePlugin:
     # The model's own input sizes when the plan gives none; None: the plan must give them.
     native_resolutions: Callable[[Any], list[int] | None] = _no_native
     resolution_problem: Callable[[Any, int], str | None] = _any_resolution
+    # The NMS placements a spec's model supports (in_graph, host, device), its own first (what
+    # a cell gets when the plan asks for none); () for a model without NMS or whose NMS is
+    # not the harness's to move (an NMS-free head, a file that filters its own detections).
+    nms_placements: Callable[[Any], tuple[str, ...]] = _no_nms
     # Whether a spec asks for random weights (stated in `bench validate` and the report).
     random_weights: Callable[[Any], bool] = lambda spec: False
     # True when the weights are part of the model's file (an ONNX file): the harness cannot

@@ -19,6 +19,7 @@ from harness.plan.schema import (
     HostControls,
     LatencyProtocol,
     ModelSpec,
+    NmsPlacement,
     Precision,
     RuntimeSpec,
     Scope,
@@ -36,6 +37,10 @@ class Cell(BaseModel):
     batch: int
     resolution: int
     scope: Scope
+    # Where the model's NMS runs (None: the model has none, or runs its own built-in one).
+    nms: NmsPlacement | None = None
+    # True when the plan asked for NMS placements: the cell id then names the placement.
+    nms_axis: bool = False
     # "auto", "cpu", "cuda:N": the device this cell asks for. "auto" resolves at run time to
     # cuda:0 when a GPU is present, else cpu.
     device: str
@@ -86,5 +91,12 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "-" for c in text)
 
 
-def make_cell_id(model: str, runtime: str, precision: str, batch: int, res: int, scope: str) -> str:
-    return "__".join([_slug(model), _slug(runtime), precision, f"b{batch}", f"r{res}", scope])
+def make_cell_id(
+    model: str, runtime: str, precision: str, batch: int, res: int, scope: str, nms: str | None = None
+) -> str:
+    """`model__runtime__precision__bN__rN[__nms-PLACEMENT]__scope`: the NMS part only for cells
+    of a plan that asks for NMS placements (the scope stays last: `config_key` cuts it off)."""
+    parts = [_slug(model), _slug(runtime), precision, f"b{batch}", f"r{res}"]
+    if nms is not None:
+        parts.append(f"nms-{nms.replace('_', '-')}")
+    return "__".join([*parts, scope])

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harness.models.plugin import CAPABILITIES, SourcePlugin
 from harness.models.registry import default_source, source_names, source_plugin
 from harness.plan.cells import Cell, PlanProblem, make_cell_id
-from harness.plan.schema import LatencyProtocol, ModelSpec, Plan, RuntimeSpec, Scope
+from harness.plan.schema import LatencyProtocol, ModelSpec, NmsPlacement, Plan, RuntimeSpec, Scope
 from harness.plan.server import ServerSpec
 from harness.runtimes.plugin import RuntimePlugin, SettingsProblem
 from harness.runtimes.registry import default_runtime, plugin, runtime_names
@@ -197,7 +197,6 @@ def _runtime_cells(
     if not scopes:
         only = ", ".join(sorted(runtime.scopes))
         return [], [(rt_where, f"{runtime.name} only has the {only} scope, which the plan's scopes leave out")]
-    problems: Problems = []
     cells: list[Cell] = []
     protocol = _merge_protocol(plan.protocol, model)
     batches = model.batch_sizes or plan.batch_sizes
@@ -206,7 +205,11 @@ def _runtime_cells(
         # A server cell's one process is a whole load sweep; more are asked for explicitly.
         repeats = REPEATS_ON_CPU if on_cpu or plan.scenario == "server" else REPEATS_ON_GPU
         protocol = protocol.model_copy(update={"repeats": repeats})
-    for precision, batch, res in itertools.product(precisions, batches, resolutions):
+    placements, problems = _nms_placements(plan, m_index, runtime, rt_where)
+    if problems:
+        return [], problems
+    nms_axis = bool(model.nms or plan.nms) and placements != [None]
+    for precision, batch, res, nms in itertools.product(precisions, batches, resolutions, placements):
         if precision not in runtime.precisions:
             ok = ", ".join(sorted(runtime.precisions))
             problems.append((pr_field, f"runtime {runtime.name} cannot run {precision} (it runs {ok})"))
@@ -219,13 +222,16 @@ def _runtime_cells(
             cells.append(
                 Cell(
                     # A server cell's id says so where a scope would: it serves end to end.
-                    cell_id=make_cell_id(model.name, spec.key, precision, batch, res, "server" if server else scope),
+                    cell_id=make_cell_id(model.name, spec.key, precision, batch, res, "server" if server else scope,
+                                         nms if nms_axis else None),
                     model=model,
                     runtime=spec,
                     precision=precision,
                     batch=batch,
                     resolution=res,
                     scope=scope,
+                    nms=cast("NmsPlacement | None", nms),
+                    nms_axis=nms_axis,
                     device=device,
                     protocol=protocol,
                     dataset=plan.dataset,
@@ -278,6 +284,44 @@ def _server_problems(plan: Plan, plan_dir: Path, check_paths: bool) -> Problems:
             problems.append(("server.monitoring.baseline", f"`{baseline}` does not exist (looked for {path}); "
                                                            "expected a run folder or its results.json"))
     return problems
+def _nms_placements(
+    plan: Plan, m_index: int, runtime: RuntimePlugin, rt_where: str
+) -> tuple[list[str | None], Problems]:
+    """The NMS placements a model's cells of one runtime get: the model's own (`models[].nms`,
+    each one checked), else the plan's axis narrowed to what the model supports, else the
+    model's own placement (its source's first), or [None] for a model without NMS."""
+    model = plan.models[m_index]
+    supported = list(source_plugin(model.source or default_source()).nms_placements(model))
+    where = f"models[{m_index}].nms" if model.nms else "nms"
+    asked = model.nms or plan.nms
+    if not asked:
+        return [supported[0] if supported else None], []
+    if not supported:
+        if model.nms:
+            return [], [(where, f"model `{model.name}` has no NMS the harness can place (its outputs need none, "
+                                "or the model filters its own detections)")]
+        return [None], []  # the plan's axis is for the models that have one
+    problems: Problems = []
+    if model.nms:
+        for placement in model.nms:
+            if placement not in supported:
+                problems.append((where, f"model `{model.name}` cannot run its NMS {placement} "
+                                        f"(it supports {', '.join(supported)})"))
+        placements = list(dict.fromkeys(model.nms))
+    else:
+        placements = [p for p in dict.fromkeys(plan.nms or []) if p in supported]
+        if not placements:
+            problems.append((where, f"model `{model.name}` supports none of the plan's NMS placements "
+                                    f"(it supports {', '.join(supported)})"))
+    if "device" in placements and not runtime.device_nms:
+        if model.nms:
+            problems.append((rt_where, f"runtime {runtime.name} cannot hand its outputs to torch on its device, "
+                                       f"so NMS cannot run `device` there (models[{m_index}].nms asks for it)"))
+        placements = [p for p in placements if p != "device"]
+        if not placements and not problems:
+            problems.append((rt_where, f"runtime {runtime.name} cannot run any of the plan's NMS placements for "
+                                       f"model `{model.name}`"))
+    return list(placements), problems
 
 
 def _dataset_problems(plan: Plan, plan_dir: Path) -> Problems:
@@ -348,10 +392,12 @@ def _with_reference_first(cells: list[Cell]) -> list[Cell]:
         marked = [c for c in cells if c.precision == plugin(c.runtime.name).default_reference_precision]
     if not marked:
         return cells
-    ref_runtime, ref_precision = marked[0].runtime.key, marked[0].precision
+    ref_runtime, ref_precision, ref_nms = marked[0].runtime.key, marked[0].precision, marked[0].nms
 
     def is_ref(c: Cell) -> bool:
-        return c.runtime.key == ref_runtime and c.precision == ref_precision
+        # One NMS placement is the reference (the first asked for): the others are compared
+        # with it, which is how placements are checked to agree.
+        return c.runtime.key == ref_runtime and c.precision == ref_precision and c.nms == ref_nms
 
     ref = [c.model_copy(update={"is_reference": True}) for c in cells if is_ref(c)]
     return ref + [c for c in cells if not is_ref(c)]

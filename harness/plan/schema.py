@@ -18,6 +18,12 @@ from harness.plan.strict import Strict
 # activations quantized at run time from their observed range (no calibration).
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int8-dynamic"]
 Scope = Literal["model", "end_to_end"]
+# Where the non-maximum suppression of a model that needs one runs (docs/models.md):
+#   in_graph  inside the model: ONNX NonMaxSuppression in the exported file, or the eager
+#             model's own NMS (the torch runtime); timed inside `infer`
+#   host      on the CPU after the device-to-host copy (the harness's vectorised numpy NMS)
+#   device    torchvision's batched_nms on the runtime's device, before the copy
+NmsPlacement = Literal["in_graph", "host", "device"]
 
 class SustainedSpec(Strict):
     """Run a cell for a set time and keep latency per window (thermal soak, clock drift)."""
@@ -152,6 +158,8 @@ class ModelSpec(Strict):
     batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] | None = None
     resolutions: list[Annotated[int, Field(ge=32, le=4096)]] | None = None
     scopes: list[Scope] | None = None
+    # NMS placements to time, replacing the plan's `nms` for this model.
+    nms: list[NmsPlacement] | None = None
     protocol: ProtocolOverride | None = None
 
     @field_validator("runtimes", mode="before")
@@ -216,6 +224,10 @@ class AccuracySpec(Strict):
     # Exit non-zero when a cell is past max_map_drop.
     gate: bool = False
     agreement_images: Annotated[int, Field(ge=1)] = 8
+    # Detections scoring below it take no part in the detection agreement with the reference.
+    # 0.3 suits trained weights; random weights score far lower, so a plan of random-weight
+    # models sets it lower (0 compares every kept detection).
+    agreement_min_score: Annotated[float, Field(ge=0, le=1)] = 0.3
     gallery_images: Annotated[int, Field(ge=0)] = 4
     evaluator: Literal["pycocotools", "faster-coco-eval"] = "pycocotools"
     loader_workers: Annotated[int, Field(ge=0)] = 2
@@ -274,6 +286,9 @@ class Plan(Strict):
     # None: each model's native resolution.
     resolutions: list[Annotated[int, Field(ge=32, le=4096)]] | None = None
     scopes: Annotated[list[Scope], Field(min_length=1)] = ["model"]
+    # NMS placements as a plan axis (models whose decoder needs NMS); None: each model's own
+    # placement, and cell ids without an NMS part. The first placement is the reference's.
+    nms: Annotated[list[NmsPlacement], Field(min_length=1)] | None = None
     protocol: LatencyProtocol = LatencyProtocol()
     dataset: DatasetSpec | None = None
     accuracy: AccuracySpec = AccuracySpec()

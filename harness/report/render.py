@@ -23,6 +23,7 @@ from harness import files
 from harness.environment import monitor
 from harness.environment.nvml import SLOWDOWN_REASONS  # constants only; imports no NVML
 from harness.report import charts, fmt, ladder
+from harness.report.nms import counts_text, nms_rows
 from harness.report.published import (
     gpu_name,
     latency_detail,
@@ -469,6 +470,8 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
         "pareto": _pareto_charts(single),
         "stage_svg": charts.stage_breakdown(_stage_bars(single)),
         "serve": serve_context(views),
+        "nms_rows": nms_rows(single),
+        "nms_counts": counts_text,
         "sustained": _sustained_series(views),
         "gallery": gallery,
         "gallery_left_out": gallery_left_out,

@@ -166,8 +166,9 @@ class CellView:
 
     @property
     def config_label(self) -> str:
-        """runtime · precision · batch · resolution, the words a reader scans for."""
-        return f"{self.runtime} · {self.precision} · b{self.batch} · {self.resolution}px"
+        """runtime · precision · batch · resolution [· NMS placement], the words a reader scans for."""
+        label = f"{self.runtime} · {self.precision} · b{self.batch} · {self.resolution}px"
+        return label if self.identity.nms is None else f"{label} · NMS {self.identity.nms.replace('_', '-')}"
 
     @property
     def weights_word(self) -> str:

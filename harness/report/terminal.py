@@ -57,7 +57,8 @@ def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = Non
                     unpredictable.setdefault(view.model, list(acc.mapping.unpredictable_classes))
             measured = view.median is not None
             table.add_row(
-                Padding(escape(view.runtime), (0, 0, 0, 2)),
+                Padding(escape(view.runtime + (f" nms-{view.identity.nms.replace('_', '-')}" if view.identity.nms else "")),
+                        (0, 0, 0, 2)),
                 view.precision,
                 str(view.batch),
                 str(view.resolution),

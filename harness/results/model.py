@@ -150,6 +150,12 @@ class CellIdentity(Frozen):
     max_class_drop: float | None = None  # the gate on the class that lost the most AP, points
     # "server": an HTTP endpoint under load (CellRecord.serve); None: the single-stream loop.
     scenario: Literal["server"] | None = None
+    # Where the model's NMS ran, in a plan with an `nms` axis: in_graph | host | device; None
+    # otherwise (no axis, or a model without NMS).
+    nms: str | None = None
+    # Detections below this score take no part in the detection agreement (the plan's
+    # accuracy.agreement_min_score); None: the default 0.3 (files written before it existed).
+    agreement_min_score: float | None = None
 
     @property
     def runtime_key(self) -> str:
@@ -157,10 +163,11 @@ class CellIdentity(Frozen):
         return self.runtime_label or self.runtime
 
     @property
-    def configuration(self) -> tuple[str, str, str, int, int]:
-        """(model, runtime key, precision, batch, resolution): the cells that share an artifact
-        and its accuracy pass (the two scopes of one configuration)."""
-        return (self.model, self.runtime_key, self.precision, self.batch, self.resolution)
+    def configuration(self) -> tuple[str, str, str, int, int] | tuple[str, str, str, int, int, str]:
+        """(model, runtime key, precision, batch, resolution[, nms placement]): the cells that
+        share an artifact and its accuracy pass (the two scopes of one configuration)."""
+        base = (self.model, self.runtime_key, self.precision, self.batch, self.resolution)
+        return base if self.nms is None else (*base, self.nms)
 
 
 # ----------------------------------------------------------------------------- latency
@@ -403,6 +410,8 @@ class Artifact(Frozen):
     output_names: list[str] | None = None
     dynamic_batch: bool | None = None
     opset: int | None = None
+    # The export's dynamic axes, as given to the exporter ({input or output: {axis: name}}).
+    dynamic_axes: dict[str, dict[str, str]] | None = None
     export_s: float | None = None
     cached: bool | None = None
 
@@ -781,12 +790,31 @@ class ProcessFacts(Frozen):
 # ----------------------------------------------------------------------------- the record
 
 
+class NmsFacts(Frozen):
+    """The cell's NMS: where it ran, what ran it, and how many candidates it had to sort out
+    (the end-to-end scope's last timed batch; the same images every iteration)."""
+
+    placement: str  # in_graph | host | device
+    implementation: str  # in words: which function or graph op
+    iou_threshold: float | None = None
+    score_threshold: float | None = None  # candidates score strictly above it
+    class_agnostic: bool | None = None
+    top_k: int | None = None  # detections kept per image after NMS
+    # Candidates entering NMS and detections leaving it, per image of the batch; None where
+    # the NMS ran inside the model and the harness cannot see them (in_graph).
+    candidates: list[int] | None = None
+    kept: list[int] | None = None
+    note: str | None = None
+
+
 class CellFiles(Sparse):
     """The cell's files, as paths relative to the run folder."""
 
     log: str | None = None
     detections: str | None = None  # COCO results of the accuracy pass
     outputs: str | None = None  # raw outputs on the agreement images (.npz)
+    # Every detection of the agreement images, all classes, model class indices (.json)
+    agreement_detections: str | None = None
     monitor_trace: str | None = None  # the full NVML trace when longer than the record's
     gallery: list[str] | None = None
 
@@ -814,6 +842,7 @@ class CellRecord(Frozen):
     finished_at: str
     random_weights: bool = False  # the model source drew its weights at random
     latency: Latency | None = None
+    nms: NmsFacts | None = None  # a model whose NMS the harness places
     prepare: Prepare = Prepare()
     settings: FreeForm = Field(default_factory=dict)  # read back from the runtime library
     accuracy: Accuracy | None = None

@@ -78,6 +78,10 @@ def identity_of(cell: Cell) -> CellIdentity:
         max_map_drop=cell.accuracy.max_map_drop,
         max_class_drop=cell.accuracy.max_class_drop,
         scenario="server" if cell.scenario == "server" else None,
+        # Only a plan with an NMS axis names placements (its cell ids do too): other plans'
+        # records stay as they were.
+        nms=cell.nms if cell.nms_axis else None,
+        agreement_min_score=cell.accuracy.agreement_min_score,
     )
 
 

@@ -144,7 +144,8 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int
         dataset = load_accuracy_dataset(run, source)
         gpu_index = nvml.parse_cuda_index(device)
         conditions = wait_for_gpu_conditions(run, gpu_index)
-        measured = measure_latency(run, runtime, dataset, gpu_index)
+        measured = measure_latency(run, runtime, dataset, gpu_index, source.forward_contents())
+        nms = runtime.nms_facts()  # before the accuracy pass feeds other images
         accuracy = accuracy_pass(run, runtime, source, dataset)
         outputs = save_outputs(run, runtime, source, dataset, measured, accuracy)
     except CellEnded as end:
@@ -152,7 +153,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int
     if conditions:
         prepare["gpu_conditions"] = conditions
     runtime.close()
-    return build_record(run, measured, prepare=prepare, settings=settings, **outputs)
+    return build_record(run, measured, prepare=prepare, settings=settings, nms=nms, **outputs)
 
 
 # What `hold_host_fixed` did in this process (main() calls it before anything heavy loads).
@@ -278,8 +279,11 @@ def wait_for_gpu_conditions(run: CellRun, gpu_index: int | None) -> dict[str, An
     return wait_for_gpu(gpu_index, run.cell.gpu, run.log)
 
 
-def measure_latency(run: CellRun, runtime: Runtime, dataset: Dataset | None, gpu_index: int | None) -> Measured:
-    """The timed pass under the GPU monitor (harness.measure does the timing), as a Latency."""
+def measure_latency(
+    run: CellRun, runtime: Runtime, dataset: Dataset | None, gpu_index: int | None, forward: str | None = None
+) -> Measured:
+    """The timed pass under the GPU monitor (harness.measure does the timing), as a Latency.
+    `forward`: what the model's call holds besides the network (the source's words)."""
     from harness.environment.monitor import GpuMonitor
     from harness.measure.stats import build_latency
 
@@ -312,7 +316,7 @@ def measure_latency(run: CellRun, runtime: Runtime, dataset: Dataset | None, gpu
         result,
         scope=cell.scope,
         timer_name=timer_name,
-        timed_region=_timed_region(cell, stage_names),
+        timed_region=_timed_region(cell, stage_names, forward),
         batch=cell.batch,
         stage_samples=stage_samples,
         window_s=sustained.window_s if sustained else None,
@@ -364,11 +368,26 @@ def accuracy_pass(run: CellRun, runtime: Runtime, source: ModelSource, dataset: 
     from harness.accuracy.evaluate import run_accuracy_pass
 
     run.phase("accuracy")
-    return run_accuracy_pass(
-        runtime.predict, cell.batch, dataset, source.class_names, source.family,
+    keep = cell.accuracy.agreement_images
+    seen: list[Any] = []  # every class's detections of the first images, for agreement
+
+    def predict(images: list[np.ndarray]) -> Any:
+        out = runtime.predict(images)
+        if len(seen) < keep:
+            seen.extend(out)
+        return out
+
+    result = run_accuracy_pass(
+        predict, cell.batch, dataset, source.class_names, source.family,
         run_dir / "detections" / f"{cell.cell_id}.json", evaluator=cell.accuracy.evaluator,
         workers=cell.accuracy.loader_workers, log=run.log, random_weights=run.random_weights,
     )
+    if seen and result is not None and source.family == "detection":
+        from harness.accuracy.agreement import save_model_detections
+
+        ids = list(dataset.image_ids[:keep])
+        save_model_detections(run_dir / "detections" / f"{cell.cell_id}.all-classes.json", ids, seen[: len(ids)])
+    return result
 
 
 def save_outputs(
@@ -382,6 +401,8 @@ def save_outputs(
     monitor = _keep_trace_small(measured.monitor, run_dir, run.key, saved)
     if accuracy is not None and dataset is not None:
         saved["detections"] = f"detections/{cell.cell_id}.json"
+        if (run_dir / "detections" / f"{cell.cell_id}.all-classes.json").is_file():
+            saved["agreement_detections"] = f"detections/{cell.cell_id}.all-classes.json"
         if outputs_path := _save_raw_outputs(cell, runtime, source, dataset, run_dir):
             saved["outputs"] = outputs_path
     return {"monitor": monitor, "accuracy": accuracy, "files": saved}
@@ -441,14 +462,21 @@ def serve_endpoint(run: CellRun, device: str) -> Record:
 # -- helpers of the steps ----------------------------------------------------------------------
 
 
-def _timed_region(cell: Cell, stage_names: list[str]) -> str:
+def _timed_region(cell: Cell, stage_names: list[str], forward: str | None = None) -> str:
     if cell.scope == "model":
+        if forward:
+            return (
+                f"model forward: {forward}; input already on the device in the runtime's dtype, outputs left "
+                "on the device (no preprocessing or copies)"
+            )
         return (
             "model forward only: input already on the device in the runtime's dtype, outputs left "
             "on the device (no preprocessing, copies or postprocessing)"
         )
     decode = "JPEG decode, " if cell.time_decode else ""
-    return f"end to end: {decode}" + " -> ".join(stage_names) + " (images already decoded in memory)" * (not cell.time_decode)
+    inside = f"; infer holds {forward}" if forward else ""
+    return (f"end to end: {decode}" + " -> ".join(stage_names)
+            + " (images already decoded in memory)" * (not cell.time_decode) + inside)
 
 
 def _batch_paths(dataset: Dataset, batch: int) -> list[Path]:

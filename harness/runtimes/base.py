@@ -114,7 +114,9 @@ class Runtime(ABC):
 
     # -- end-to-end scope ------------------------------------------------------------------
     def stages(self) -> list[Stage]:
-        """Decoded images (list of HxWx3 uint8 RGB) in, detections out."""
+        """Decoded images (list of HxWx3 uint8 RGB) in, detections out. A model whose NMS the
+        plan puts on the host or the device gets its decoding split into `candidates` and `nms`
+        stages, where that placement runs them (harness.models.nms)."""
         metas: dict[str, Any] = {}
 
         def preprocess(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -124,13 +126,63 @@ class Runtime(ABC):
         def postprocess(outputs: dict[str, np.ndarray]) -> list[Detections]:
             return self.source.decode(outputs, metas["meta"])
 
-        return [
+        front = [
             Stage("preprocess", preprocess),
             Stage("h2d", self.to_device, asynchronous=True),
             Stage("infer", self.run_model, asynchronous=True),
-            Stage("d2h", self.to_host),
-            Stage("postprocess", postprocess),
         ]
+        nms = self._nms_stages()
+        if nms is None:
+            return [*front, Stage("d2h", self.to_host), Stage("postprocess", postprocess)]
+        from harness.models import nms as nms_mod
+
+        top_k = nms.config.top_k
+
+        def finish(kept: list[Any]) -> list[Detections]:
+            return nms_mod.finish(kept, metas["meta"], top_k)
+
+        if nms.placement == "host":
+            middle = [Stage("d2h", self.to_host)]
+            middle += [Stage(name, fn, asynchronous=wait) for name, fn, wait in nms_mod.host_pipeline(nms)]
+        else:
+            middle = [Stage(name, fn, asynchronous=wait)
+                      for name, fn, wait in nms_mod.device_pipeline(nms, self.device_tensors)]
+            middle.append(Stage("d2h", nms_mod.to_host))
+        return [*front, *middle, Stage("postprocess", finish)]
+
+    def _nms_stages(self) -> Any:
+        """The cell's NmsStages (one per runtime: its counts are the record's), or None when
+        the harness runs no NMS stage for it. Only a plan that names the `nms` axis gets the
+        split stages; otherwise a raw head is decoded in one `postprocess` stage, as before
+        (the same host NMS inside it)."""
+        if self.cell.nms not in ("host", "device") or not self.cell.nms_axis:
+            return None
+        if "_nms" not in self.__dict__:
+            from harness.models.nms import NmsStages
+
+            config = self.source.nms_config()
+            self.__dict__["_nms"] = None if config is None else NmsStages(config, self.cell.nms, device=self.device_name())
+        return self.__dict__["_nms"]
+
+    def device_tensors(self, outputs: Any) -> dict[str, Any]:
+        """`run_model`'s outputs as torch tensors on the runtime's device, named as the decoder
+        expects, without a copy (the `device` NMS placement; plug-ins with `device_nms`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hand its outputs to torch on its device")
+
+    def device_name(self) -> str:
+        """The device the runtime's outputs are on, in torch's words (cpu, cuda:N)."""
+        return "cpu"
+
+    def nms_facts(self) -> dict[str, Any] | None:
+        """The record's `nms`: where the cell's NMS ran, what ran it, the candidate counts of
+        the last end-to-end batch (None before any, and for NMS inside the model)."""
+        if self.cell.nms is None or not self.cell.nms_axis:
+            return None
+        nms = self._nms_stages()
+        if nms is not None:
+            return nms.facts()  # type: ignore[no-any-return]
+        facts = self.source.in_graph_nms(self.plugin.name)
+        return None if facts is None else {"placement": self.cell.nms, **facts}
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """The end-to-end path without timing: what the accuracy pass calls."""

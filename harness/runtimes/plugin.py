@@ -80,6 +80,9 @@ class RuntimePlugin:
     default_reference_precision: str | None = None
     # "module:function" with the CellCheck signature, for checks that need the whole cell.
     cell_check: str | None = None
+    # True when the runtime can hand its raw outputs to torch on its own device without a copy
+    # (`Runtime.device_tensors`), so the `device` NMS placement can run there.
+    device_nms: bool = False
     # Settings keys that the model source reads when it exports (opset, dynamic batch).
     export_keys: tuple[str, ...] = field(default=())
     # The runtime a plan gets when it names none (exactly one plug-in says so).

@@ -35,6 +35,8 @@ PLUGINS = [
         implementation="harness.models.onnx_file.source:OnnxFileSource",
         provides=frozenset({"onnx"}),
         check=_check,
+        # A raw YOLO head needs NMS after the model: the harness's, on the host or the device.
+        nms_placements=lambda spec: ("host", "device") if spec.decoder and spec.decoder.kind == "yolo_raw" else (),
         # The harness cannot tell trained weights from random ones in a file; the plan can say.
         random_weights=lambda spec: spec.weights == "random",
         weights_in_file=True,

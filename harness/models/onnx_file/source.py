@@ -104,6 +104,19 @@ class OnnxFileSource(ModelSource):
     def output_names(self) -> list[str]:
         return list(self._artifact.output_names)
 
+    def nms_config(self) -> Any:
+        """A raw YOLO head's NMS, as its decoder spec says (the `host` and `device` placements)."""
+        spec = self.decoder_spec
+        if spec.kind != "yolo_raw":
+            return None
+        from harness.models.base import NmsConfig
+        from harness.plan.schema import NmsSpec
+
+        nms = spec.nms or NmsSpec()
+        output = spec.outputs.get("predictions") or self.output_names()[0]
+        return NmsConfig(iou_threshold=nms.iou_threshold, class_agnostic=nms.class_agnostic,
+                         score_threshold=spec.score_threshold, top_k=spec.top_k, output=output)
+
     def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool, opset: int = 17) -> OnnxArtifact:
         """The user's file as it is. A static-batch file can't be run at another batch, so say
         so here rather than with an ORT shape error mid-measurement."""

@@ -36,12 +36,13 @@ def _check(spec: Any, plan_dir: Path | None) -> Problems:
 _CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
-def checkpoint_problem(weights: str, plan_dir: Path) -> str | None:
+def checkpoint_problem(weights: str, plan_dir: Path, weights_help: str = WEIGHTS_HELP) -> str | None:
     """Why `weights` cannot be a PyTorch checkpoint file, or None (the file's contents are
-    checked by rfdetr when the model is built)."""
+    checked by the model's source when the model is built). `weights_help`: what the source
+    accepts as `weights`, for the message."""
     path = Path(weights).expanduser()
     path = path if path.is_absolute() else plan_dir / path
-    expected = f"expected {WEIGHTS_HELP}"
+    expected = f"expected {weights_help}"
     if not path.exists():
         return f"checkpoint `{weights}` does not exist (looked for {path}); {expected}"
     if not path.is_file():

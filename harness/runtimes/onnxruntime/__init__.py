@@ -106,6 +106,7 @@ def _plugin(name: str, provider: str, cls: str, device: Device, precisions: set[
         libraries=libraries,
         export_keys=("opset", "dynamic_batch"),
         cell_check="harness.runtimes.onnxruntime:cell_problems",
+        device_nms=True,  # CPU: torch.from_numpy; CUDA: outputs bound to torch tensors
     )
 
 

@@ -463,6 +463,13 @@ class OrtRuntime(Runtime):
     def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, outputs, strict=True))
 
+    def device_tensors(self, outputs: Any) -> dict[str, Any]:
+        """The CPU outputs as torch tensors sharing their memory (the `device` NMS placement on
+        a CPU cell runs torchvision's CPU kernel on them)."""
+        import torch
+
+        return {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs, strict=True)}
+
     # -- what it ran with ------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -596,13 +603,23 @@ class _OrtGpuRuntime(OrtRuntime):
 
     def _bind_outputs(self, batch: int) -> None:
         """Preallocate outputs on the device when their shapes are known (static except the
-        batch axis), so a run allocates nothing; otherwise let ORT allocate on the device."""
+        batch axis), so a run allocates nothing; otherwise let ORT allocate on the device.
+        A cell whose NMS runs on the device gets torch tensors as outputs, so torchvision's
+        NMS reads ORT's results where they are, without a copy."""
         self._binding.clear_binding_outputs()
         values = []
+        as_torch = self.cell.nms == "device"
         for node in self.session.get_outputs():
             dims = list(node.shape)
             known = all(isinstance(d, int) for d in dims[1:]) and dims
             dtype = _ORT_TYPES.get(node.type)
+            if as_torch:
+                if not (known and dtype is not None):
+                    raise CellSkipped(
+                        f"NMS on the device needs outputs of known shape; {node.name} is {dims} ({node.type})"
+                    )
+                values.append(self._torch_output(node.name, [batch, *dims[1:]], dtype))
+                continue
             if known and dtype is not None:
                 shape = [batch, *dims[1:]]
                 value = self._ort.OrtValue.ortvalue_from_shape_and_type(
@@ -616,6 +633,21 @@ class _OrtGpuRuntime(OrtRuntime):
         self._outputs = values if all(v is not None for v in values) else None
         self._bound_batch = batch
 
+    def _torch_output(self, name: str, shape: list[int], dtype: Any) -> Any:
+        import torch
+
+        tensor = torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=f"cuda:{self.device_id}")
+        self._binding.bind_output(name, "cuda", self.device_id, dtype, shape, tensor.data_ptr())
+        return tensor
+
+    def device_tensors(self, outputs: Any) -> dict[str, Any]:
+        if self.cell.nms != "device":
+            raise NotImplementedError("outputs are bound as torch tensors only for NMS on the device")
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def device_name(self) -> str:
+        return f"cuda:{self.device_id}"
+
     def run_model(self, inputs: Any) -> Any:
         if inputs is not self._bound_input:
             self._binding.bind_ortvalue_input(self.input_name, inputs)
@@ -627,6 +659,8 @@ class _OrtGpuRuntime(OrtRuntime):
         return self._outputs if self._outputs is not None else self._binding.get_outputs()
 
     def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
+        if self.cell.nms == "device":  # torch tensors (see _bind_outputs)
+            return {name: value.cpu().numpy() for name, value in zip(self.output_names, outputs, strict=True)}
         return {name: value.numpy() for name, value in zip(self.output_names, outputs, strict=True)}
 
     def timer_stream(self) -> Any | None:

@@ -19,6 +19,7 @@ PLUGINS = [
         needs=frozenset({"torch"}),
         libraries=("torch", "torchvision", "rfdetr"),
         default_reference_precision="fp32",
+        device_nms=True,
         default=True,
     )
 ]

@@ -108,8 +108,15 @@ class TorchEagerRuntime(TorchDevice, Runtime):
 
     def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
         return {
-            name: tensor.float().cpu().numpy() for name, tensor in zip(self._names, outputs, strict=False)
+            name: (tensor.float() if tensor.is_floating_point() else tensor).cpu().numpy()
+            for name, tensor in zip(self._names, outputs, strict=False)
         }
+
+    def device_tensors(self, outputs: Any) -> dict[str, Any]:
+        return dict(zip(self._names, outputs, strict=False))
+
+    def device_name(self) -> str:
+        return self.device
 
     def settings(self) -> dict[str, Any]:
         import torch
