@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from harness.plan.schema import (
     AccuracySpec,
+    BudgetLimits,
     DatasetSpec,
     GpuConditions,
     HostControls,
@@ -52,6 +53,9 @@ class Cell(BaseModel):
     run_accuracy: bool = False
     # This cell is its model's reference for mAP deltas and output agreement.
     is_reference: bool = False
+    # The limits this cell is judged against: the plan's `budgets` with its model's over them
+    # (None: no budget applies).
+    budgets: BudgetLimits | None = None
 
     @property
     def source(self) -> str:

@@ -72,6 +72,7 @@ def identity_of(cell: Cell) -> CellIdentity:
             subset=DatasetSubset(mode=dataset.subset.mode, n=dataset.subset.n, seed=dataset.subset.seed),
         ),
         max_map_drop=cell.accuracy.max_map_drop,
+        budgets=cell.budgets.flat() if cell.budgets is not None else None,
     )
 
 
