@@ -4,7 +4,7 @@ split the harness makes (the score threshold's validation split, a calibration s
 An image's rank is `harness.accuracy.datasets.selection_rank(seed, image_id)`, the rule a
 `subset: {mode: random}` and TensorRT's calibration choice already use: it depends on the image
 and the seed alone, so a split does not change with the order of the dataset's images or the
-numpy version, and an image keeps its side when others are added. The selected side is always
+numpy version. The selected side is always
 the images of the LOWEST ranks, so with one seed the `n` images any of these rules picks first
 are nested: a calibration set of n images chosen this way lies inside a validation split of
 m >= n images, and neither touches the report split (the rest).

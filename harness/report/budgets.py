@@ -59,7 +59,7 @@ def budget_label(key: str, limit: float) -> str:
         "artifact_mb": "artifact", "energy_per_image_j": "energy/image", "map_drop": "mAP drop",
         "min_map": "mAP", "sustained_slowdown_pct": "sustained slowdown",
     }.get(key, key)
-    return f"{name} {sign} {limit:g} {unit}".strip()
+    return f"{name} {sign} {limit:,g} {unit}".strip()
 
 
 # ----------------------------------------------------------------------------- figures
@@ -229,7 +229,7 @@ def verdict_text(v: BudgetVerdict) -> str:
         return f"not measured: {v.detail}" if v.detail else "not measured"
     unit, direction, _ = BUDGETS.get(v.budget, (v.unit, "max", v.budget))
     op = ("≤" if v.verdict == "pass" else ">") if direction == "max" else ("≥" if v.verdict == "pass" else "<")
-    return f"{v.verdict}: {fmt.sig(v.value)} {op} {v.limit:g} {unit}"
+    return f"{v.verdict}: {fmt.sig(v.value)} {op} {v.limit:,g} {unit}"
 
 
 # ----------------------------------------------------------------------------- the table
