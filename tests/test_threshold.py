@@ -99,7 +99,7 @@ def test_the_threshold_is_the_f1_optimum_a_brute_force_count_finds() -> None:
     rng = np.random.default_rng(0)
     anns, dets = [], []
     for image in range(1, 41):
-        for k in range(int(rng.integers(1, 5))):
+        for _ in range(int(rng.integers(1, 5))):
             box = (float(rng.uniform(0, 400)), float(rng.uniform(0, 400)), 40.0, 40.0)
             anns.append(_ann(image, 1, box))
             if rng.random() < 0.8:  # found, with a good score

@@ -637,11 +637,16 @@ def resource_scatter(
     models = sorted({p.model for p in points})
     color = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(runtimes)}
     shape = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
+    placed: list[tuple[float, float]] = []
     for p in points:
         x, y = xs(p.x), ys(p.y)
         tip = f"{p.label}\nmedian {fmt.ms(p.x)} ms · {y_label} {fmt.sig(p.y)} {y_unit} · status {p.status}"
         body.append(f'<g class="ch-point"><title>{_e(tip)}</title>{_marker(shape[p.model], x, y, color[p.runtime], p.status not in STATUS_COLORS)}</g>')
-        body.append(f'<text class="ch-sub" x="{x + 9:.1f}" y="{y - 8:.1f}">{_e(_clip(p.short, 30))}</text>')
+        ty = y - 8
+        while any(abs(tx - (x + 9)) < 150 and abs(py - ty) < 13 for tx, py in placed):
+            ty += 14  # two points (nearly) on top of each other: their labels stack
+        placed.append((x + 9, ty))
+        body.append(f'<text class="ch-sub" x="{x + 9:.1f}" y="{ty:.1f}">{_e(_clip(p.short, 30))}</text>')
     lx, ly = width - right + 24, top + 14
     body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">runtime (colour)</text>')
     for r in runtimes:

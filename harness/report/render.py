@@ -85,8 +85,19 @@ def template_env() -> Any:
         ms=fmt.ms, num=fmt.num, signed=fmt.signed, pct=fmt.pct, short_hash=fmt.short_hash,
         status_word=lambda s: STATUS_WORDS.get(s, s), show=show_value, sortkey=_sortkey,
         speedup=fmt.speedup, share=fmt.share, rate=fmt.rate, points=fmt.points, mb=fmt.mb, sig=fmt.sig,
+        code_spans=code_spans,
     )
     return env
+
+
+def code_spans(text: str | None) -> Any:
+    """Plain text with `backticked` plan fields shown as code (the rest escaped)."""
+    import html as html_lib
+
+    from markupsafe import Markup
+
+    parts = html_lib.escape(text or "").split("`")
+    return Markup("".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts)))
 
 
 def _sortkey(value: float | None) -> str:
