@@ -124,8 +124,11 @@ def _accuracy(ap: float) -> dict[str, Any]:
     }
 
 
-def build(base: Path, plan_text: str = PLAN) -> tuple[Path, LoadedPlan]:
-    """The run folder, finalized (results.json, report.html, summary.md, results.csv)."""
+def build(base: Path, plan_text: str = PLAN,
+          figures: dict[tuple[str, str], tuple[float, int, float | None, float]] | None = None) -> tuple[Path, LoadedPlan]:
+    """The run folder, finalized (results.json, report.html, summary.md, results.csv);
+    `figures` replaces FIGURES' entries."""
+    table = {**FIGURES, **(figures or {})}
     base.mkdir(parents=True, exist_ok=True)
     weights = base / "weights" / "nano.pth"
     weights.parent.mkdir(exist_ok=True)
@@ -137,7 +140,7 @@ def build(base: Path, plan_text: str = PLAN) -> tuple[Path, LoadedPlan]:
                             {"cell_ids": [c.cell_id for c in loaded.cells], "plan_dir": str(base)})
     for i, unit in enumerate(plan_units(loaded.cells)):
         cell = unit.cell
-        median, device_mb, joules, ap = FIGURES[(cell.model.name, cell.runtime.name)]
+        median, device_mb, joules, ap = table[(cell.model.name, cell.runtime.name)]
         samples = _samples(median, 200, seed=i)
         measure_s = sum(samples) / 1000.0
         result = MeasureResult(samples_ms=samples, host_samples_ms=samples,
@@ -161,7 +164,9 @@ def build(base: Path, plan_text: str = PLAN) -> tuple[Path, LoadedPlan]:
         resources = resources_block(
             device="cuda:0", images=len(samples), prepare=prepare,
             baseline={"process_baseline_bytes": 0, "device_used_baseline_bytes": 2_000 * MB},
-            torch_peak=peak, monitor=monitor, rapl=None, host_after_measure=host_memory_now(), measure_s=measure_s,
+            torch_peak=peak, monitor=monitor, rapl=None, measure_s=measure_s,
+            # A worker's figure, fixed: this test process's own RSS would differ between runs.
+            host_after_measure={**host_memory_now(), "peak_rss_bytes": 900 * MB},
         )
         fields: dict[str, Any] = {"repeat": unit.repeat, "latency": latency, "monitor": monitor, "resources": resources,
                                   "prepare": prepare}

@@ -29,8 +29,10 @@ kept in the trace but a clock still ramping up there is expected. Without measur
 all samples are judged and the summary says so.
 
 Cost, and why it stays out of the measurement: one daemon thread, the NVML handle fetched
-once, six NVML reads per sample (each a ctypes call that releases the GIL while the driver
-answers) and one tuple appended; dicts are built only in `stop()`. The time each sample took
+once, six NVML reads per sample plus the two memory queries (each a ctypes call that releases
+the GIL while the driver answers; pynvml's process list asks for the count, then the entries)
+and one tuple appended; dicts are built only in `stop()`. The figures below predate the memory
+queries; docs/performance.md says how their cost is measured. The time each sample took
 is kept (`summary.sample_cost_us`), so every record shows what watching cost; at 20 ms that
 is the sample cost / 20 ms of one CPU core, and the measuring thread only waits for the GIL
 while the sampler runs Python between NVML calls. The harness never changes a GPU setting:

@@ -227,6 +227,11 @@ def device_memory(device: str, baseline: dict[str, Any], torch_peak: TorchPeak |
                        "the device's used memory above its baseline, other processes' changes included")
     else:
         reasons.append(out.get("process_reason") or "NVML gave no memory reading during the measurement")
+    if out.get("peak_bytes") is not None and out["peak_bytes"] < 0:
+        reasons.append(f"the reading during the measurement ({out['peak_bytes']:+d} bytes against the baseline) fell "
+                       "below the baseline: no figure")
+        out["peak_bytes"] = None
+        out.pop("method", None)
     if reasons:
         out["reason"] = "; ".join(reasons)
     return out
