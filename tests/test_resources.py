@@ -431,3 +431,41 @@ def test_the_block_validates_as_the_record_writes_it(fake_nvml: FakeNvml) -> Non
     typed = Resources.model_validate(block)
     assert typed.energy.method == "nvml_energy_counter" and typed.device_memory.peak_bytes == 800_000_000
     assert typed.host_memory.end_peak_rss_bytes is not None and typed.artifact.bytes == os.stat(__file__).st_size
+
+
+def test_every_reading_happens_between_the_timed_loops() -> None:
+    """The counter, the allocator's reset and read, and RAPL are read in the phase callbacks:
+    after the last warm-up call and before the first timed one, and after the last timed one."""
+    from harness.measure.protocol import measure
+    from harness.measure.timers import PerfCounterTimer
+    from harness.plan.schema import LatencyProtocol
+
+    calls: list[int] = []
+    seen: dict[str, int] = {}
+
+    class Runtime:
+        def reset_device_memory_peak(self) -> None:
+            seen["reset"] = len(calls)
+
+        def device_memory_peak(self) -> dict[str, int]:
+            seen["read"] = len(calls)
+            return {"allocated_bytes": 1, "reserved_bytes": 1}
+
+    def energy() -> float:
+        seen.setdefault("counter_start", len(calls))
+        seen["counter_end"] = len(calls)
+        return float(len(calls))
+
+    monitor = GpuMonitor(0, 20.0, sampler=lambda: (1980, 2619, 50.0, 100.0, 99, 40, 0), energy_reader=energy, sample=False)
+    peak = TorchPeak(Runtime())  # type: ignore[arg-type]
+
+    def on_phase(name: str) -> None:
+        monitor.phase(name)
+        peak.phase(name)
+
+    protocol = LatencyProtocol(warmup_iterations=7, warmup_seconds=0, min_iterations=25, min_seconds=0, max_iterations=25)
+    result = measure(lambda: calls.append(1), protocol, PerfCounterTimer(), on_phase=on_phase)
+    assert result.warmup_iterations == 7 and len(result.samples_ms) == 25
+    assert seen == {"reset": 7, "counter_start": 7, "read": 32, "counter_end": 32}
+    counter = monitor.stop()["energy_counter"]
+    assert counter["start"] == 7.0 and counter["end"] == 32.0
