@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--threshold", type=float, default=5.0, metavar="PCT",
                          help="fail (exit 1) when a cell is significantly slower by more than PCT percent (default 5)")
     compare.add_argument("--alpha", type=float, default=0.01, help="1 - the level of the change intervals (default 0.01: 99%% intervals)")
+    compare.add_argument("--memory-threshold", type=float, default=10.0, metavar="PCT",
+                         help="peak device memory or host RSS growth (%%) that counts as a regression (default 10)")
     compare.add_argument("--force", action="store_true", help="compare even when the environments' fingerprints differ")
     compare.add_argument("--out", metavar="DIR", help="folder for compare.html and compare.md")
 
@@ -152,6 +154,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         code, text = compare_runs(
             Path(args.a), Path(args.b), threshold_pct=args.threshold, alpha=args.alpha,
+            memory_threshold_pct=args.memory_threshold,
             force=args.force, out_dir=Path(args.out) if args.out else None,
         )
         print(text)
@@ -224,6 +227,16 @@ def _validate(args: argparse.Namespace) -> int:
     random = [m.name for m in loaded.plan.models if m.weights == "random"]
     if random:
         print(f"note: random weights for {', '.join(random)}: latency is real, mAP will be meaningless")
+    from harness.report.budgets import budget_label
+
+    budgets: dict[str, str] = {}
+    for cell in loaded.cells:
+        if cell.budgets is not None:
+            budgets.setdefault(cell.model.name, ", ".join(budget_label(k, v) for k, v in cell.budgets.flat().items()))
+    for model, text in budgets.items():
+        print(f"budgets for {model}: {text}")
+    if loaded.plan.budgets is not None and loaded.plan.budgets.gate:
+        print("budgets.gate: a failed budget makes `bench` exit 1")
     return 0
 
 

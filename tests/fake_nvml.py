@@ -70,6 +70,14 @@ class FakeGpu:
     util_gpu: int = 0
     util_mem: int = 0
     power_usage_mw: int = 72_000
+    # The total-energy counter (mJ since the driver loaded, nvmlDeviceGetTotalEnergyConsumption):
+    # a test advances it between readings, or lists the function in `unsupported` (a GPU
+    # without a counter: pre-Volta, many vGPUs).
+    energy_mj: int = 1_000_000
+    memory_used_bytes: int = 1_500_000_000
+    # (pid, usedGpuMemory) of the compute processes NVML lists; None memory: the driver gives
+    # no per-process figure (pynvml reads NVML_VALUE_NOT_AVAILABLE as None).
+    compute_processes: list[tuple[int, int | None]] = field(default_factory=list)
     # Function names (e.g. "nvmlDeviceGetEccMode") that raise NVML_ERROR_NOT_SUPPORTED.
     unsupported: set[str] = field(default_factory=set)
 
@@ -158,7 +166,18 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> Any:
         return self._get(
-            "nvmlDeviceGetMemoryInfo", gpu, SimpleNamespace(total=gpu.memory_total_bytes)
+            "nvmlDeviceGetMemoryInfo", gpu,
+            SimpleNamespace(total=gpu.memory_total_bytes, used=gpu.memory_used_bytes,
+                            free=gpu.memory_total_bytes - gpu.memory_used_bytes),
+        )
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, gpu: FakeGpu) -> int:
+        return self._get("nvmlDeviceGetTotalEnergyConsumption", gpu, gpu.energy_mj)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu) -> list[Any]:
+        return self._get(
+            "nvmlDeviceGetComputeRunningProcesses", gpu,
+            [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.compute_processes],
         )
 
     def nvmlDeviceGetCudaComputeCapability(self, gpu: FakeGpu) -> tuple[int, int]:

@@ -304,3 +304,27 @@ def test_a_damaged_cell_file_is_refused_not_papered_over_by_results_json(
     assert main(["report", str(b)]) == 2
     assert str(broken) in capsys.readouterr().err
     assert not (b / "compare.html").exists()
+
+
+def test_memory_growth_past_the_threshold_is_a_regression(tmp_path: Path) -> None:
+    """Device memory 1700 -> 2040 MB (+20%) on one cell: compare flags it, as it does a slowdown;
+    +5% on another stays under the 10% default; energy per image is shown, not gated."""
+    import resource_runs
+
+    a, _ = resource_runs.build(tmp_path / "a")
+    b, _ = resource_runs.build(tmp_path / "b", figures={("det-a", "onnxruntime-cuda"): (6.0, 2040, 1.0, 0.400),
+                                                        ("det-b", "onnxruntime-cuda"): (6.0, 1155, None, 0.409)})
+    code, text = compare_runs(a, b, out_dir=tmp_path / "out")
+    assert code == 1, text
+    line = next(x for x in text.splitlines() if x.startswith("det-a__onnxruntime-cuda"))
+    assert "memory grew past +10%: device memory +20.0% (1,700.0 → 2,040.0 MB)" in line
+    other = next(x for x in text.splitlines() if x.startswith("det-b__onnxruntime-cuda"))
+    assert "device memory +5.0%" in other and "memory grew" not in other
+    assert "FAIL: 1 cell(s)" in text and "det-a__onnxruntime-cuda__fp32__b1__r384__model" in text.splitlines()[-2]
+    torch_line = next(x for x in text.splitlines() if x.startswith("det-a__torch"))
+    assert "energy/image" in torch_line
+    assert compare_runs(a, b, out_dir=tmp_path / "out2", memory_threshold_pct=25)[0] == 0
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| memory | energy/image |" in md and "+20.0%" in md
+    html = (tmp_path / "out" / "compare.html").read_text()
+    assert "memory (A → B)" in html and "past +10%" in html

@@ -135,14 +135,17 @@ def test_sorting_a_column_in_chromium(tmp_path: Path) -> None:
     run = tmp_path / "cpu-quick-a"
     shutil.copytree(RUNS / "gpu-demo", run)
     html = render_run(run)["html"].read_text()
-    click = "<script>document.querySelectorAll('#cells-table thead th')[7].click();</script></body>"
+    # The median column, found by its header (columns were added before it over time).
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", html.split('id="cells-table"', 1)[1].split("</thead>", 1)[0])
+    column = heads.index("median ms")
+    click = f"<script>document.querySelectorAll('#cells-table thead th')[{column}].click();</script></body>"
     page = tmp_path / "clicked.html"
     page.write_text(html.replace("</body>", click))
     seen = visit(page, tmp_path)
     assert seen.console == []
     table = seen.dom.split('id="cells-table"', 1)[1].split("</table>", 1)[0]
     rows = table.split("<tbody>", 1)[1].split("<tr")[1:]
-    keys = [re.findall(r"<td([^>]*)>", row)[7] for row in rows]  # the median column's cells
+    keys = [re.findall(r"<td([^>]*)>", row)[column] for row in rows]  # the median column's cells
     medians = [re.search(r'data-sort="([^"]*)"', k).group(1) for k in keys]  # type: ignore[union-attr]
     assert len(medians) == 14
     numbers = [float(m) for m in medians if m]
@@ -157,3 +160,29 @@ def test_compare_page_in_chromium(tmp_path: Path) -> None:
     seen = visit(tmp_path / "out" / "compare.html", tmp_path)
     assert seen.requests == [] and seen.console == []
     assert 'data-charts="2"' in seen.dom and 'data-charts-drawn="2"' in seen.dom
+
+
+def test_budget_report_in_chromium(tmp_path: Path) -> None:
+    """The ship/no-ship table, the checklist, the memory and energy table and the two resource
+    charts of a GPU-like run (tests/resource_runs.py), read in the browser."""
+    import re
+
+    import resource_runs
+
+    run_dir, _ = resource_runs.build(tmp_path / "run")
+    report = run_dir / "report.html"
+    seen = visit(report, tmp_path)
+    assert seen.requests == [], f"the report made requests: {seen.requests}"
+    assert seen.console == [], f"console messages: {seen.console}"
+    charts = re.search(r'data-charts="(\d+)"', seen.dom)
+    drawn = re.search(r'data-charts-drawn="(\d+)"', seen.dom)
+    assert charts and drawn and int(charts.group(1)) >= 4 and charts.group(1) == drawn.group(1)
+    assert 'id="chart-memory-model"' in seen.dom and 'id="chart-energy-model"' in seen.dom
+    ship = seen.dom.split('id="ship"', 1)[1].split("</section>", 1)[0]
+    assert "Fastest that meets every budget" in ship and ship.count('class="badge o-no_ship"') == 3
+    shot = screenshot(report, tmp_path / "budgets.png", tmp_path, height=3000)
+    from PIL import Image, ImageStat
+
+    with Image.open(shot) as img:
+        top = img.convert("L").crop((0, 0, 1280, 1500))
+        assert ImageStat.Stat(top).stddev[0] > 20, "the top of the page looks blank"

@@ -28,6 +28,7 @@ from harness.errors import UserError
 if TYPE_CHECKING:
     from harness.accuracy.datasets import Dataset
     from harness.models.detections import Detections
+    from harness.plan.schema import ThresholdSplit
 
 EVALUATORS = ("pycocotools", "faster-coco-eval")
 FAMILY_IOU_TYPES = {
@@ -208,8 +209,10 @@ def evaluate(
     evaluator: str = "pycocotools",
     *,
     category_ids: Sequence[int] | None = None,
+    image_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """COCO metrics of `results` (COCO results entries) on the dataset's selected images.
+    """COCO metrics of `results` (COCO results entries) on the dataset's selected images (or
+    on `image_ids`, a part of them: the report split).
 
     `category_ids` restricts the evaluation to those categories (the ones the model knows;
     see categories.check_mapping); None evaluates every category of the dataset.
@@ -221,8 +224,9 @@ def evaluate(
     gt = _gt_for(dataset, evaluator)
     names = dataset.category_names
     cats = sorted(int(c) for c in (category_ids if category_ids is not None else names))
+    evaluated = list(dataset.image_ids) if image_ids is None else sorted(int(i) for i in image_ids)
     out: dict[str, Any] = {
-        "images": len(dataset.image_ids),
+        "images": len(evaluated),
         "evaluator": evaluator_version(evaluator),
         "primary": PRIMARY_IOU_TYPE[family],
         "notes": [],
@@ -244,7 +248,7 @@ def evaluate(
                 if ann.get("category_id") in kp_cats and "num_keypoints" not in ann:
                     ann["num_keypoints"] = int(sum(1 for v in ann.get("keypoints", [])[2::3] if v > 0))
         out[iou_type] = _evaluate_one(gt, _results_for(iou_type, results), iou_type,
-                                      dataset.image_ids, type_cats, names, evaluator)
+                                      evaluated, type_cats, names, evaluator)
     out["per_class"] = dict(out[out["primary"]]["per_class"])
     if not out["notes"]:
         del out["notes"]
@@ -266,6 +270,7 @@ def run_accuracy_pass(
     log: TextIO | None = None,
     random_weights: bool = False,
     max_dets_per_image: int | None = None,
+    threshold_split: ThresholdSplit | None = None,
 ) -> dict[str, Any]:
     """Predict every selected image with `predict` (the runtime object the latency pass
     timed), `batch` images per call: the last batch is padded to `batch` by repeating its last
@@ -275,7 +280,11 @@ def run_accuracy_pass(
     `mapping` names it), and returns the metrics (harness.results.Accuracy) plus
     predict_images_per_s (images / time inside predict: preprocessing, the forward pass and
     output decoding; JPEG decoding is outside), wall_images_per_s (the whole pass, waiting for
-    JPEG decoding included) and results_file."""
+    JPEG decoding included) and results_file.
+
+    With `threshold_split` the selected images are split (harness.accuracy.splits): the
+    F1-optimal score threshold is chosen on the validation split and every mAP is computed on
+    the report split alone (`score_threshold` says which images, by their ids' hash)."""
     from harness.accuracy.categories import check_mapping
     from harness.accuracy.loader import iter_batches
 
@@ -313,8 +322,16 @@ def run_accuracy_pass(
     results = to_coco_results(detections, check.mapping, family, max_dets_per_image=max_dets_per_image)
     write_json_atomic(Path(out_path), results)
     t0 = time.perf_counter()
-    metrics = evaluate(dataset, results, family, evaluator, category_ids=check.annotated_category_ids)
+    report_ids: list[int] | None = None
+    threshold: dict[str, Any] | None = None
+    if threshold_split is not None:
+        threshold, report_ids = _score_threshold(dataset, results, threshold_split, check.annotated_category_ids)
+        say(f"score threshold {threshold.get('threshold')} (F1 {threshold.get('validation_f1')}) on "
+            f"{threshold['validation']['images']} validation images; mAP on the {len(report_ids)} others")
+    metrics = evaluate(dataset, results, family, evaluator, category_ids=check.annotated_category_ids,
+                       image_ids=report_ids)
     eval_s = time.perf_counter() - t0
+    fingerprint = dataset.fingerprint if report_ids is None else _fingerprint(dataset, report_ids)
     metrics.update(
         {
             "predict_images_per_s": n / predict_s if predict_s > 0 else None,
@@ -329,8 +346,8 @@ def run_accuracy_pass(
             "dataset": {
                 "annotations": str(dataset.annotations),
                 "images_dir": str(dataset.images_dir),
-                "fingerprint": dataset.fingerprint,
-                **dataset.split_facts(),
+                "fingerprint": fingerprint,
+                **_split_facts(dataset, report_ids),
             },
             "mapping": check.as_dict(),
             "random_weights": random_weights,
@@ -338,7 +355,52 @@ def run_accuracy_pass(
     )
     if random_weights:
         metrics["note"] = RANDOM_WEIGHTS_NOTE
+    if threshold is not None:
+        metrics["score_threshold"] = threshold
     primary = metrics.get(metrics["primary"], {})
     say(f"{metrics['primary']} AP {primary.get('AP')} AP50 {primary.get('AP50')}; "
         f"{metrics['predict_images_per_s'] or 0:.3g} images/s in predict() ({wall_s:.1f} s wall, eval {eval_s:.1f} s)")
     return metrics
+
+
+def _split_facts(dataset: Dataset, report_ids: Sequence[int] | None) -> dict[str, Any]:
+    """The dataset's splits, with the evaluation split narrowed to the images mAP was computed
+    on when a score-threshold split took the others."""
+    from harness.accuracy.calibration import ids_sha256
+
+    facts = dataset.split_facts()
+    if report_ids is not None:
+        ids = sorted(report_ids)
+        facts["evaluation_split"] = {"count": len(ids), "sha256": ids_sha256(ids), "image_ids": ids}
+    return facts
+
+
+def _fingerprint(dataset: Dataset, image_ids: Sequence[int]) -> str:
+    """The dataset fingerprint's rule, over the images evaluated (the report split)."""
+    import hashlib
+
+    text = f"{dataset.annotations.name}:" + ",".join(map(str, sorted(image_ids)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _score_threshold(dataset: Dataset, results: Sequence[dict[str, Any]], spec: ThresholdSplit,
+                     category_ids: Sequence[int] | set[int]) -> tuple[dict[str, Any], list[int]]:
+    """(the record's `accuracy.score_threshold`, the report split's ids)."""
+    from harness.accuracy.splits import split_image_ids
+    from harness.accuracy.threshold import choose_threshold
+
+    try:
+        split = split_image_ids(dataset.image_ids, fraction=spec.fraction, seed=spec.seed)
+    except ValueError as exc:
+        raise UserError(f"accuracy.threshold_split: {exc}") from None
+    chosen = choose_threshold(results, dataset.raw["annotations"], split.selected, split.rest,
+                              category_ids=category_ids, iou_threshold=spec.iou_threshold)
+    facts = split.facts()
+    return {
+        **chosen,
+        "iou_threshold": spec.iou_threshold,
+        "seed": spec.seed,
+        "fraction": spec.fraction,
+        "validation": facts["selected"],
+        "report": facts["rest"],
+    }, list(split.rest)

@@ -15,13 +15,24 @@ trace and a summary, and decides whether the measurement was throttled:
   * a power or thermal slowdown reason was active (sw_power_cap, hw_slowdown,
     sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown).
 
+Memory and energy (harness.run.resources turns them into the record's `resources`): each
+sample also reads this process's device memory (NVML's compute-process list, what nvidia-smi
+shows) and the device's used memory, timed on their own (`summary.memory_cost_us`); and at the
+measurement phase's first and last boundary -- `phase("measure")` and the next non-measure
+phase, both called between the timed loops -- the main thread reads NVML's total-energy
+counter (`energy_counter`). With `sample=False` (the plan's `gpu.monitor: false`) no thread
+runs: one full sample is taken at each of those two boundaries instead, so the counter, the
+memory and the clocks are still read, outside the timed region.
+
 The verdict looks at the measure-phase samples ("measure", "sustained"); warm-up samples are
 kept in the trace but a clock still ramping up there is expected. Without measure samples,
 all samples are judged and the summary says so.
 
 Cost, and why it stays out of the measurement: one daemon thread, the NVML handle fetched
-once, six NVML reads per sample (each a ctypes call that releases the GIL while the driver
-answers) and one tuple appended; dicts are built only in `stop()`. The time each sample took
+once, six NVML reads per sample plus the two memory queries (each a ctypes call that releases
+the GIL while the driver answers; pynvml's process list asks for the count, then the entries)
+and one tuple appended; dicts are built only in `stop()`. The figures below predate the memory
+queries; docs/performance.md says how their cost is measured. The time each sample took
 is kept (`summary.sample_cost_us`), so every record shows what watching cost; at 20 ms that
 is the sample cost / 20 ms of one CPU core, and the measuring thread only waits for the GIL
 while the sampler runs Python between NVML calls. The harness never changes a GPU setting:
@@ -44,6 +55,7 @@ about 30% of samples.
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import threading
 import time
@@ -75,7 +87,10 @@ MAX_CONSECUTIVE_ERRORS = 50
 
 class GpuMonitor:
     """Samples one GPU on a daemon thread. `sampler` replaces NVML (tests, other backends):
-    a callable returning a `Sample`; `clock` must be monotonic seconds."""
+    a callable returning a `Sample`; `memory_sampler` one returning (this process's device
+    bytes, device used bytes), `energy_reader` one returning the cumulative energy in mJ;
+    `clock` must be monotonic seconds. `sample=False`: no thread, a sample at the measurement
+    phase's start and end only."""
 
     def __init__(
         self,
@@ -83,9 +98,18 @@ class GpuMonitor:
         interval_ms: float = 20.0,
         *,
         sampler: Callable[[], Sample] | None = None,
+        memory_sampler: Callable[[], nvml.MemoryReading] | None = None,
+        energy_reader: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sample: bool = True,
     ):
         self.device_index = device_index
+        self.sampling = sample
+        self._memory_sampler = memory_sampler
+        self._energy_reader = energy_reader
+        self._energy: dict[str, Any] = {}
+        self._memory_errors = 0
+        self._memory_reason: str | None = None
         self.interval_ms = float(interval_ms)
         self.result: dict[str, Any] | None = None
         self._interval_s = self.interval_ms / 1000.0
@@ -122,14 +146,40 @@ class GpuMonitor:
             except nvml.NvmlUnavailable as exc:
                 self._reason = str(exc)
                 return
+        if not self.sampling:
+            return  # boundary samples only (phase())
         self._thread = threading.Thread(target=self._run, name="gpu-monitor", daemon=True)
         self._thread.start()
 
     def phase(self, name: str) -> None:
-        """Label the following samples. The first measure phase sets t_s = 0."""
-        if name in MEASURE_PHASES and self._measure_t0 is None:
+        """Label the following samples. The first measure phase sets t_s = 0 and reads the
+        energy counter; leaving the measure phases reads it again (both on the caller's
+        thread, between the timed loops)."""
+        entering = name in MEASURE_PHASES and self._measure_t0 is None
+        leaving = self._phase in MEASURE_PHASES and name not in MEASURE_PHASES and "end" not in self._energy
+        if entering:
             self._measure_t0 = self._clock()
+            self._read_energy("start")
+            if not self.sampling:
+                self._phase = name
+                self.sample_now()
+        if leaving:
+            if not self.sampling:
+                self.sample_now()
+            self._read_energy("end")
         self._phase = name
+
+    def _read_energy(self, which: str) -> None:
+        if self._energy_reader is None:
+            return
+        try:
+            value = self._energy_reader()
+        except Exception as exc:  # noqa: BLE001 -- a lost counter must not stop the measurement
+            self._energy.setdefault("reason", f"reading the energy counter at the phase's {which} failed: "
+                                              f"{nvml.describe_error(exc)}")
+            return
+        self._energy[which] = value
+        self._energy[f"{which}_t_mono_s"] = self._clock()
 
     def sample_now(self) -> None:
         """Take one sample on the calling thread (the thread uses the same code)."""
@@ -143,7 +193,19 @@ class GpuMonitor:
             self._errors += 1
             self._last_error = nvml.describe_error(exc)
             return
-        self._rows.append((self._clock(), self._phase, *sample, time.perf_counter() - before))
+        own: int | None = None
+        used: int | None = None
+        memory_s = 0.0
+        if self._memory_sampler is not None:
+            started = time.perf_counter()
+            try:
+                own, used = self._memory_sampler()
+            except Exception as exc:  # noqa: BLE001 -- memory is a figure, not a reason to stop
+                self._memory_errors += 1
+                self._memory_reason = f"reading NVML's memory failed: {nvml.describe_error(exc)}"
+            memory_s = time.perf_counter() - started
+        now = time.perf_counter()
+        self._rows.append((self._clock(), self._phase, *sample, own, used, now - before, memory_s))
         self._errors = 0
 
     def stop(self) -> dict[str, Any]:
@@ -203,35 +265,57 @@ class GpuMonitor:
             "name": nvml.as_text(name) if name is not None else None,
             "uuid": nvml.as_text(uuid) if uuid is not None else None,
         }
-        return _nvml_sampler(nv, handle, self._unsupported)
+        sampler = _nvml_sampler(nv, handle, self._unsupported)
+        if self._memory_sampler is None:
+            self._memory_sampler = nvml.memory_reader(nv, handle, os.getpid(), self._unsupported)
+        if self._energy_reader is None:
+            self._energy_reader = nvml.energy_counter_reader(nv, handle, self._unsupported)
+        return sampler
 
     # -- result ----------------------------------------------------------------------------
     def _build_result(self) -> dict[str, Any]:
         origin = self._measure_t0 if self._measure_t0 is not None else self._started_t0 or 0.0
         trace: list[dict[str, Any]] = []
         costs_us: list[float] = []
+        memory_us: list[float] = []
+        with_memory = self._memory_sampler is not None
         for row in self._rows:
-            t_abs, phase, *values, cost_s = row
+            t_abs, phase, *values, own, used, cost_s, memory_s = row
             entry: dict[str, Any] = {
                 "t_s": round(t_abs - origin, 6),
                 "t_mono_s": t_abs,
                 "phase": phase,
             }
             entry.update(zip(SAMPLE_FIELDS, values, strict=True))
+            if with_memory:
+                entry["process_memory_bytes"] = own
+                entry["device_memory_used_bytes"] = used
+                memory_us.append(memory_s * 1e6)
             trace.append(entry)
             costs_us.append(cost_s * 1e6)
         summary = summarize(trace)
         if costs_us:
-            summary["sample_cost_us"] = {
-                "p50": round(statistics.median(costs_us), 1),
-                "max": round(max(costs_us), 1),
-            }
+            summary["sample_cost_us"] = _cost(costs_us)
+        if memory_us:
+            summary["memory_cost_us"] = _cost(memory_us)
         if len(trace) > 1:
             gaps = [b["t_mono_s"] - a["t_mono_s"] for a, b in itertools.pairwise(trace)]
             summary["interval_ms_actual_p50"] = round(statistics.median(gaps) * 1000, 2)
         reason = self._reason
         if reason is None and not trace:
             reason = self._last_error or "no samples were taken"
+        if not self.sampling and self._sampler is not None:
+            off = "sampling switched off by the plan (gpu.monitor: false): one sample at the measurement phase's start and end"
+            reason = off if reason is None else f"{off}; {reason}"
+        energy: dict[str, Any] | None = None
+        if self._sampler is not None or self._energy_reader is not None:
+            energy = {"unit": "mJ", **{k: v for k, v in self._energy.items() if k != "reason"}}
+            why = self._energy.get("reason") or self._unsupported.get("energy_counter")
+            if self._energy_reader is None and why is None:
+                why = "no energy counter reader"
+            if why:
+                energy["reason"] = why
+        memory_reason = self._memory_reason or _memory_gap(trace, self._unsupported, with_memory)
         return {
             "available": self._sampler is not None and bool(trace),
             "reason": reason,
@@ -243,7 +327,29 @@ class GpuMonitor:
             "t_s_origin": "measure" if self._measure_t0 is not None else "start",
             "trace": trace,
             "summary": summary,
+            "energy_counter": energy,
+            "memory_reason": memory_reason,
+            "sampling": self.sampling,
         }
+
+
+def _cost(values_us: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values_us), 1), "max": round(max(values_us), 1)}
+
+
+def _memory_gap(trace: list[dict[str, Any]], unsupported: dict[str, str], with_memory: bool) -> str | None:
+    """Why the trace holds no reading of this process's device memory, or None if it does."""
+    if not trace:
+        return None
+    if not with_memory:
+        return "no memory reader"
+    if any(row.get("process_memory_bytes") is not None for row in trace if row.get("phase") in MEASURE_PHASES):
+        return None
+    if "process_memory" in unsupported:
+        return f"NVML's compute-process list is not available: {unsupported['process_memory']}"
+    return (f"this process (pid {os.getpid()}) never appeared among NVML's compute processes while it was "
+            "measured: in a container without the host's PID namespace NVML lists host pids, or the "
+            "driver gives no per-process figure")
 
 
 def _nvml_sampler(nv: ModuleType, handle: Any, unsupported: dict[str, str]) -> Callable[[], Sample]:
@@ -294,6 +400,15 @@ def _spread(values: list[float]) -> dict[str, float | None]:
     return {"min": min(values), "p50": statistics.median(values), "max": max(values)}
 
 
+def _memory_spreads(judged: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("process_memory_bytes", "device_memory_used_bytes"):
+        values = [r[key] for r in judged if r.get(key) is not None]
+        if values:
+            out[key] = _spread(values)
+    return out
+
+
 def summarize(trace: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary of a trace (see the module docstring for the throttle rule)."""
     measured = [row for row in trace if row.get("phase") in MEASURE_PHASES]
@@ -310,6 +425,7 @@ def summarize(trace: list[dict[str, Any]]) -> dict[str, Any]:
         "mem_mhz": _spread([r["mem_mhz"] for r in judged if r.get("mem_mhz") is not None]),
         "temp_c": _spread([r["temp_c"] for r in judged if r.get("temp_c") is not None]),
         "power_w": _spread([r["power_w"] for r in judged if r.get("power_w") is not None]),
+        **_memory_spreads(judged),
         "start_sm_mhz": None,
         "clock_drop_share": None,
         "slowdown_share": None,

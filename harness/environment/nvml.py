@@ -161,6 +161,81 @@ def _int_reader(fn: Callable[[Any], Any], handle: Any) -> Callable[[], int]:
     return read
 
 
+def energy_counter_reader(pynvml: ModuleType, handle: Any, reasons: dict[str, str]) -> Callable[[], float] | None:
+    """A reader of the GPU's total energy since the driver loaded, in mJ
+    (nvmlDeviceGetTotalEnergyConsumption, Volta and newer), tried once here; None with
+    `reasons["energy_counter"]` set when this GPU or driver has none (older GPUs, many vGPUs):
+    the caller then integrates power samples and says so, never reporting 0."""
+    fn = getattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", None)
+    if fn is None:
+        reasons["energy_counter"] = "pynvml offers no nvmlDeviceGetTotalEnergyConsumption"
+        return None
+    try:
+        fn(handle)
+    except Exception as exc:  # noqa: BLE001 -- NotSupported on pre-Volta GPUs and vGPUs
+        reasons["energy_counter"] = describe_error(exc)
+        return None
+
+    def read() -> float:
+        return float(fn(handle))
+
+    return read
+
+
+# What an NVML process entry holds when the driver cannot say (NVML_VALUE_NOT_AVAILABLE);
+# pynvml turns it into None in recent versions.
+_NOT_AVAILABLE = (1 << 64) - 1
+
+MemoryReading = tuple[int | None, int | None]  # (this process's bytes or None, device used bytes or None)
+
+
+def memory_reader(pynvml: ModuleType, handle: Any, pid: int, reasons: dict[str, str]) -> Callable[[], MemoryReading] | None:
+    """A reader of (this process's device memory, the device's used memory) in bytes, each
+    query tried once here. The process's entry comes from nvmlDeviceGetComputeRunningProcesses
+    (what nvidia-smi lists, CUDA context included); it is None while the process is not listed
+    (no CUDA context yet, or a container whose PID namespace hides the host pid NVML reports)
+    or when the driver gives no per-process figure. Two NVML calls per reading: the process
+    list (pynvml asks for the count first, then the entries) and the device's memory info."""
+    get_procs = getattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", None)
+    get_info = getattr(pynvml, "nvmlDeviceGetMemoryInfo", None)
+    has_procs = has_info = False
+    if get_procs is None:
+        reasons["process_memory"] = "pynvml offers no nvmlDeviceGetComputeRunningProcesses"
+    else:
+        has_procs = call(reasons, "process_memory", get_procs, handle) is not None
+    if get_info is None:
+        reasons["device_memory_used"] = "pynvml offers no nvmlDeviceGetMemoryInfo"
+    else:
+        has_info = call(reasons, "device_memory_used", get_info, handle) is not None
+    if not (has_procs or has_info):
+        return None
+
+    def read() -> MemoryReading:
+        own: int | None = None
+        if has_procs:
+            assert get_procs is not None
+            for proc in get_procs(handle):
+                if int(proc.pid) == pid:
+                    used = getattr(proc, "usedGpuMemory", None)
+                    own = None if used is None or int(used) == _NOT_AVAILABLE else int(used)
+                    break
+        used_total = int(get_info(handle).used) if has_info and get_info is not None else None
+        return own, used_total
+
+    return read
+
+
+def process_listed(pynvml: ModuleType, handle: Any, pid: int) -> bool | None:
+    """Whether NVML lists `pid` among the GPU's compute processes (None: it cannot say)."""
+    fn = getattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", None)
+    if fn is None:
+        return None
+    try:
+        return any(int(p.pid) == pid for p in fn(handle))
+    except Exception:  # noqa: BLE001 -- NotSupported, NoPermission
+        return None
+
+
 def as_text(value: Any) -> str:
     """pynvml returns str in recent versions and bytes in old ones."""
     return value.decode() if isinstance(value, bytes) else str(value)

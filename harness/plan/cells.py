@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from harness.plan.schema import (
     AccuracySpec,
+    BudgetLimits,
     DatasetSpec,
     GpuConditions,
     HostControls,
@@ -61,6 +62,9 @@ class Cell(BaseModel):
     # server: the cell is an HTTP endpoint under load (harness/serve), `server` says which.
     scenario: Scenario = "single_stream"
     server: ServerSpec | None = None
+    # The limits this cell is judged against: the plan's `budgets` with its model's over them
+    # (None: no budget applies).
+    budgets: BudgetLimits | None = None
 
     @property
     def source(self) -> str:

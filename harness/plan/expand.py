@@ -16,7 +16,7 @@ from typing import Any, cast
 from harness.models.plugin import CAPABILITIES, SourcePlugin
 from harness.models.registry import default_source, source_names, source_plugin
 from harness.plan.cells import Cell, PlanProblem, make_cell_id
-from harness.plan.schema import LatencyProtocol, ModelSpec, NmsPlacement, Plan, RuntimeSpec, Scope
+from harness.plan.schema import BudgetLimits, LatencyProtocol, ModelSpec, NmsPlacement, Plan, RuntimeSpec, Scope
 from harness.plan.server import ServerSpec
 from harness.runtimes.plugin import RuntimePlugin, SettingsProblem
 from harness.runtimes.registry import default_runtime, plugin, runtime_names
@@ -37,6 +37,15 @@ def _merge_protocol(base: LatencyProtocol, model: ModelSpec) -> LatencyProtocol:
         k: v for k, v in model.protocol.model_dump(exclude_unset=True).items() if v is not None
     }
     return LatencyProtocol.model_validate({**base.model_dump(), **changes})
+
+
+def _budgets(plan: Plan, model: ModelSpec) -> BudgetLimits | None:
+    """The limits a model's cells are judged against: the plan's, the model's over them."""
+    if plan.budgets is None and model.budgets is None:
+        return None
+    base = plan.budgets if plan.budgets is not None else BudgetLimits()
+    merged = base.merged(model.budgets)
+    return merged if merged.flat() else None
 
 
 def _resolutions(plan: Plan, model: ModelSpec, source: SourcePlugin, where: str) -> tuple[list[int], str]:
@@ -245,6 +254,7 @@ def _runtime_cells(
                     run_accuracy=bool(plan.dataset) and plan.accuracy.enabled and s_index == 0 and not server,
                     scenario=plan.scenario,
                     server=(plan.server or ServerSpec()) if server else None,
+                    budgets=_budgets(plan, model),
                 )
             )
     return cells, problems

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from harness.plan.server import Scenario, ServerSpec
 from harness.plan.strict import Strict
@@ -135,6 +135,65 @@ class DecoderSpec(Strict):
     outputs: dict[str, str] = Field(default_factory=dict)
 
 
+class LatencyBudget(Strict):
+    """Latency limits in ms per batch: the cell's figures over its processes (p50: the headline,
+    the median of the process medians; p90 and p99 over every sample of every process)."""
+
+    p50: Annotated[float, Field(gt=0)] | None = None
+    p90: Annotated[float, Field(gt=0)] | None = None
+    p99: Annotated[float, Field(gt=0)] | None = None
+
+
+class BudgetLimits(Strict):
+    """What a configuration must meet to ship; each limit is judged per cell as pass, fail or
+    not measured (with the reason). MB are 10^6 bytes. A model's `budgets` override the plan's
+    key by key (`latency_ms` percentile by percentile); a key a model sets to null removes the
+    plan's limit for that model."""
+
+    latency_ms: LatencyBudget | None = None
+    min_images_per_s: Annotated[float, Field(gt=0)] | None = None  # throughput over processes
+    # Peak device memory of the timed phase (the torch allocator's peak on torch paths; NVML's
+    # reading of the process above its baseline before the session on the others).
+    device_memory_mb: Annotated[float, Field(gt=0)] | None = None
+    host_memory_mb: Annotated[float, Field(gt=0)] | None = None  # the worker's peak RSS
+    artifact_mb: Annotated[float, Field(gt=0)] | None = None  # the file that ran, on disk
+    energy_per_image_j: Annotated[float, Field(gt=0)] | None = None  # joules per image, measurement phase
+    # AP points (COCO AP50:95 x 100) the cell may lose against its model's reference cell.
+    map_drop: Annotated[float, Field(ge=0)] | None = None
+    min_map: Annotated[float, Field(ge=0, le=100)] | None = None  # AP points, absolute
+    # Last sustained window's median against the first's, percent (protocol.sustained).
+    sustained_slowdown_pct: Annotated[float, Field(ge=0)] | None = None
+
+    def flat(self) -> dict[str, float]:
+        """The limits that are set, as {"latency_ms.p99": 33.0, "device_memory_mb": 2000.0}."""
+        out: dict[str, float] = {}
+        for key, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{sub}": float(v) for sub, v in value.items() if v is not None})
+            else:
+                out[key] = float(value)
+        return out
+
+    def merged(self, override: BudgetLimits | None) -> BudgetLimits:
+        """These limits with `override`'s explicitly set keys replacing them (None removes)."""
+        data = {k: v for k, v in self.model_dump().items() if k in BudgetLimits.model_fields}
+        if override is None:
+            return BudgetLimits.model_validate(data)
+        for key in override.model_fields_set:
+            value = getattr(override, key)
+            if key == "latency_ms" and value is not None and data.get("latency_ms") is not None:
+                data["latency_ms"] = {**data["latency_ms"], **value.model_dump(exclude_unset=True)}
+            else:
+                data[key] = value.model_dump() if isinstance(value, BaseModel) else value
+        return BudgetLimits.model_validate(data)
+
+
+class PlanBudgets(BudgetLimits):
+    # Exit 1 when a cell fails a budget (as `accuracy.gate` does for a tripped mAP gate); a
+    # budget that was not measured never trips it (the report says so).
+    gate: bool = False
+
+
 class ModelSpec(Strict):
     name: Annotated[str, Field(min_length=1, max_length=120)]
     # A model-source plug-in's name (harness/models/); none: the default source's (RF-DETR).
@@ -161,6 +220,8 @@ class ModelSpec(Strict):
     # NMS placements to time, replacing the plan's `nms` for this model.
     nms: list[NmsPlacement] | None = None
     protocol: ProtocolOverride | None = None
+    # This model's limits, key by key over the plan's `budgets`.
+    budgets: BudgetLimits | None = None
 
     @field_validator("runtimes", mode="before")
     @classmethod
@@ -213,6 +274,19 @@ class DatasetSpec(Strict):
         return self
 
 
+class ThresholdSplit(Strict):
+    """Choose the score threshold on a validation split of the plan's dataset and report mAP on
+    the rest (harness.accuracy.splits: images ranked by a seeded hash of their id, the rule
+    TensorRT's calibration choice and `subset: {mode: random}` use, so those nest for one seed)."""
+
+    # Share of the dataset's selected images in the validation split (at least one image on
+    # each side); the rest is the report split, the one every mAP of the run is computed on.
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    seed: int = 0
+    # A detection counts as a true positive at this IoU with an unmatched box of its class.
+    iou_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+
+
 class AccuracySpec(Strict):
     enabled: bool = True
     # A cell whose AP50:95 falls more than this (absolute, 0..1 scale x100 = points) below
@@ -231,6 +305,10 @@ class AccuracySpec(Strict):
     gallery_images: Annotated[int, Field(ge=0)] = 4
     evaluator: Literal["pycocotools", "faster-coco-eval"] = "pycocotools"
     loader_workers: Annotated[int, Field(ge=0)] = 2
+    # The F1-optimal score threshold, chosen on a validation split disjoint from the reported
+    # one (the ship checklist's "score threshold chosen on validation"); None: no split, the
+    # mAP is over every selected image and no threshold is chosen.
+    threshold_split: ThresholdSplit | None = None
 
 
 class GpuConditions(Strict):
@@ -303,6 +381,9 @@ class Plan(Strict):
     # endpoint under load (harness/serve), with `server:` saying which load.
     scenario: Scenario = "single_stream"
     server: ServerSpec | None = None
+    # What a configuration must meet to ship (per model: ModelSpec.budgets), and whether a
+    # failed budget makes `bench` exit 1.
+    budgets: PlanBudgets | None = None
 
     @field_validator("runtimes", mode="before")
     @classmethod

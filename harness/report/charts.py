@@ -579,3 +579,89 @@ def downsample(points: list[tuple[float, float]], limit: int = 600) -> list[tupl
     arr = np.asarray(points, dtype=float)
     chunks = np.array_split(arr, limit)
     return [(float(c[:, 0].mean()), float(c[:, 1].mean())) for c in chunks if len(c)]
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+@dataclass
+class ScatterPoint:
+    label: str  # full description (tooltip)
+    short: str  # printed beside the point
+    model: str
+    runtime: str
+    x: float  # latency, ms
+    y: float  # the resource (MB, J per image)
+    status: str = "ok"
+
+
+def resource_scatter(
+    points: list[ScatterPoint],
+    title: str,
+    y_label: str,
+    y_unit: str,
+    *,
+    y_limit: float | None = None,
+    x_limit: float | None = None,
+    x_label: str = "median latency per batch (ms)",
+) -> Markup:
+    """Latency (x) against a resource (y) per configuration: colour by runtime, shape by model,
+    every point labelled; a budget the cells share is drawn as a dashed line (the corner below
+    and left of both lines is where configurations meet them)."""
+    if not points:
+        return Markup("")
+    width, height, left, right, top, bottom = 960, 400, 76, 230, 20, 56
+    xs_v = [p.x for p in points] + ([x_limit] if x_limit else [])
+    ys_v = [p.y for p in points] + ([y_limit] if y_limit else [])
+
+    def scale(values: list[float], a: float, b: float) -> Scale:
+        lo, hi = min(values), max(values)
+        if lo > 0 and hi / lo > 6:
+            return Scale(lo / 1.25, hi * 1.25, a, b, True)
+        span = hi - lo or hi * 0.2 or 1.0
+        return Scale(max(lo - span * 0.15, 0), hi + span * 0.15, a, b)
+
+    xs = scale(xs_v, left, width - right)
+    ys = scale(ys_v, height - bottom, top)
+    body = _x_axis(xs, height - bottom, top, x_label + (", log scale" if xs.log else ""))
+    body += _y_axis(ys, left, left, width - right, y_label + (", log scale" if ys.log else ""))
+    if y_limit is not None:
+        y = ys(y_limit)
+        body.append(f'<line class="ch-front" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        body.append(f'<text class="ch-note" x="{width - right - 4}" y="{y - 5:.1f}" text-anchor="end">'
+                    f'budget {_e(f"{y_limit:g}")} {_e(y_unit)}</text>')
+    if x_limit is not None:
+        x = xs(x_limit)
+        body.append(f'<line class="ch-front" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}"/>')
+        body.append(f'<text class="ch-note" x="{x + 4:.1f}" y="{top + 12}">budget {_e(f"{x_limit:g}")} ms</text>')
+    runtimes = sorted({p.runtime for p in points})
+    models = sorted({p.model for p in points})
+    color = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(runtimes)}
+    shape = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
+    placed: list[tuple[float, float]] = []
+    for p in points:
+        x, y = xs(p.x), ys(p.y)
+        tip = f"{p.label}\nmedian {fmt.ms(p.x)} ms · {y_label} {fmt.sig(p.y)} {y_unit} · status {p.status}"
+        body.append(f'<g class="ch-point"><title>{_e(tip)}</title>{_marker(shape[p.model], x, y, color[p.runtime], p.status not in STATUS_COLORS)}</g>')
+        ty = y - 8
+        while any(abs(tx - (x + 9)) < 150 and abs(py - ty) < 13 for tx, py in placed):
+            ty += 14  # two points (nearly) on top of each other: their labels stack
+        placed.append((x + 9, ty))
+        body.append(f'<text class="ch-sub" x="{x + 9:.1f}" y="{ty:.1f}">{_e(_clip(p.short, 30))}</text>')
+    lx, ly = width - right + 24, top + 14
+    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">runtime (colour)</text>')
+    for r in runtimes:
+        ly += 18
+        body.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" rx="2" fill="{_e(color[r])}"/>')
+        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(r, 28))}</text>')
+    ly += 28
+    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">model (shape)</text>')
+    for m in models:
+        ly += 18
+        body.append(_marker(shape[m], lx + 6, ly - 4, "#555", False))
+        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(m, 28))}</text>')
+    if y_limit is not None or x_limit is not None:
+        ly += 28
+        body.append(f'<path class="ch-front" d="M{lx},{ly - 4}h16"/>')
+        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">budget</text>')
+    return _svg(width, height, body, title)

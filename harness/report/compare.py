@@ -5,10 +5,15 @@ the raw samples, and the change in mAP. Two numbers compare only when they were 
 under the same conditions, so the environments' fingerprints must match; when they don't,
 the comparison is refused (exit 2) and the differing fields are listed, unless forced.
 
+Memory is compared too, as latency is gated: a cell whose peak device memory or peak host RSS
+(the worst process, harness.measure.resources) grew by more than `memory_threshold_pct` from A
+to B is a regression; energy per image is shown beside it, not gated (it follows the host's
+and the GPU's state more than the code).
+
 Exit status, for CI:
   0  no matched cell is significantly slower than the threshold allows
   1  at least one matched cell is significantly slower (p < alpha) by more than threshold_pct,
-     or measured in A but failed in B
+     grew in memory by more than memory_threshold_pct, or was measured in A but failed in B
   2  refused: fingerprints differ, or a matched cell was measured under another latency
      protocol or on another dataset (and not forced), or the runs share no cell
 
@@ -58,10 +63,31 @@ class CellComparison:
     # Server cells: their levels at equal load (harness.report.serve.compare_levels).
     levels: list[Any] = field(default_factory=list)
     unmatched_levels: list[str] = field(default_factory=list)
+    memory: list[MemoryChange] = field(default_factory=list)
+    energy_change_pct: float | None = None  # joules per image, B against A
+
+    @property
+    def memory_grew(self) -> list[MemoryChange]:
+        return [m for m in self.memory if m.grew]
 
     @property
     def p_value(self) -> float | None:
         return self.test.p_value if self.test else None
+
+
+@dataclass(frozen=True)
+class MemoryChange:
+    what: str  # "device memory" | "host RSS"
+    a_bytes: int
+    b_bytes: int
+    grew: bool  # past the memory threshold
+
+    @property
+    def change_pct(self) -> float:
+        return (self.b_bytes / self.a_bytes - 1.0) * 100.0 if self.a_bytes else 0.0
+
+    def text(self) -> str:
+        return (f"{self.what} {fmt.pct(self.change_pct)} ({fmt.mb(self.a_bytes)} → {fmt.mb(self.b_bytes)} MB)")
 
 
 @dataclass
@@ -192,13 +218,36 @@ def compare_server_cell(a: CellView, b: CellView, threshold_pct: float, alpha: f
     return c
 
 
-def compare_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float) -> CellComparison:
+def memory_changes(a: CellView, b: CellView, threshold_pct: float) -> list[MemoryChange]:
+    """Peak device memory and peak host RSS, A against B, where both sides measured them."""
+    out: list[MemoryChange] = []
+    ra, rb = a.resources, b.resources
+    if ra is None or rb is None:
+        return out
+    for what, attr in (("device memory", "device_memory_peak_bytes"), ("host RSS", "host_peak_rss_bytes")):
+        va, vb = getattr(ra, attr), getattr(rb, attr)
+        if va is None or vb is None or va <= 0:
+            continue
+        if attr == "device_memory_peak_bytes" and ra.device_memory_method != rb.device_memory_method:
+            continue  # read another way: not the same figure
+        out.append(MemoryChange(what, int(va), int(vb), vb > va * (1 + threshold_pct / 100.0)))
+    return out
+
+
+def compare_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float,
+                 memory_threshold_pct: float = 10.0) -> CellComparison:
     """B's latency against A's at the level of processes (the unit that varies): Welch's t-test
     on the logs of the process medians, the change with its (1 - alpha) interval, and a verdict
-    from where that interval lies against +-threshold_pct (see docs/report.md)."""
+    from where that interval lies against +-threshold_pct (see docs/report.md); and memory
+    growth past memory_threshold_pct, which is a regression too."""
     if a.is_server and b.is_server:
         return compare_server_cell(a, b, threshold_pct, alpha)
     c = CellComparison(a.cell_id, a, b, verdict="not compared")
+    c.memory = memory_changes(a, b, memory_threshold_pct)
+    ea = a.resources.joules_per_image if a.resources else None
+    eb = b.resources.joules_per_image if b.resources else None
+    if ea and eb:
+        c.energy_change_pct = (eb / ea - 1.0) * 100.0
     if a.metric is not None and b.metric is not None:
         c.map_change = b.metric - a.metric
     if a.measured and b.measured and a.median is not None and b.median is not None:
@@ -211,6 +260,11 @@ def compare_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float) -
     else:
         missing = [f"{name} {v.status}" for name, v in (("A", a), ("B", b)) if not v.measured]
         c.note = "no latency: " + ", ".join(missing)
+    if c.memory_grew:
+        c.regression = True
+        grew = "; ".join(m.text() for m in c.memory_grew)
+        c.note = f"{c.note}; memory grew past +{memory_threshold_pct:g}%: {grew}" if c.note else \
+            f"memory grew past +{memory_threshold_pct:g}%: {grew}"
     return c
 
 
@@ -246,6 +300,7 @@ def compare_runs(
     alpha: float = 0.01,
     force: bool = False,
     out_dir: Path | None = None,
+    memory_threshold_pct: float = 10.0,
 ) -> tuple[int, str]:
     """Compare run B against baseline A; (exit status, text summary). See the module doc."""
     a, b = Path(a), Path(b)
@@ -274,7 +329,7 @@ def compare_runs(
             "compare anyway (the report will say the comparison was forced). Nothing was written."
         )
 
-    rows = [compare_cell(ca, cb, threshold_pct, alpha) for ca, cb in matched]
+    rows = [compare_cell(ca, cb, threshold_pct, alpha, memory_threshold_pct) for ca, cb in matched]
     regressions = [r for r in rows if r.regression]
     code = EXIT_REGRESSION if regressions else EXIT_OK
     context = {
@@ -282,6 +337,7 @@ def compare_runs(
         "meta_a": meta_a, "meta_b": meta_b,
         "rows": rows, "regressions": regressions, "only_a": only_a, "only_b": only_b,
         "threshold_pct": threshold_pct, "alpha": alpha, "forced": bool(warning) and force,
+        "memory_threshold_pct": memory_threshold_pct,
         "problems": problems, "conditions": conditions, "warning": warning, "code": code,
         "plan_differs": meta_a.plan_sha256 != meta_b.plan_sha256,
         "flagged": [r for r in rows if _flags(r)],
@@ -377,6 +433,8 @@ def _text(header: str, ctx: dict[str, Any], wrote: str) -> str:
             f"{r.cell_id:<{w}} {fmt.ms(r.a.median):>9} {fmt.ms(r.b.median):>9} {f'{r.a.repeats}/{r.b.repeats}':>5} "
             f"{fmt.pct(r.change_pct):>8} {p:>8}  {verdict}"
             + (f"; mAP {fmt.signed(r.map_change)} pts" if r.map_change is not None else "")
+            + "".join(f"; {m.text()}" for m in r.memory if not m.grew)
+            + (f"; energy/image {fmt.pct(r.energy_change_pct)}" if r.energy_change_pct is not None else "")
             + (f" [{flags}]" if flags else "")
         )
     for r in ctx["rows"]:
@@ -408,11 +466,13 @@ def _text(header: str, ctx: dict[str, Any], wrote: str) -> str:
     if ctx["regressions"]:
         lines.append(
             f"FAIL: {len(ctx['regressions'])} cell(s) slower than A by more than {ctx['threshold_pct']:g}% "
-            f"over their whole {level} interval, or failing in B: "
+            f"over their whole {level} interval, grown in memory by more than {ctx['memory_threshold_pct']:g}%, "
+            "or failing in B: "
             + ", ".join(r.cell_id for r in ctx["regressions"])
         )
     else:
-        lines.append(f"OK: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval.")
+        lines.append(f"OK: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval, "
+                     f"none grown in memory by more than {ctx['memory_threshold_pct']:g}%.")
     lines.append(wrote)
     return "\n".join(lines)
 
@@ -438,15 +498,16 @@ def compare_markdown(ctx: dict[str, Any]) -> str:
     )
     lines += [
         verdict + f" ({TEST_WORDS}).", "",
-        "| cell | A median ms | B median ms | processes A/B | change | p | verdict | mAP change (pts) |",
-        "| :--- | ---: | ---: | ---: | ---: | ---: | :--- | ---: |",
+        "| cell | A median ms | B median ms | processes A/B | change | p | verdict | mAP change (pts) | memory | energy/image |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | :--- | ---: | :--- | ---: |",
     ]
     for r in ctx["rows"]:
         note = f" ({fmt.md(r.note)})" if r.note else ""
         lines.append(
             f"| {fmt.md(r.cell_id)} | {fmt.ms(r.a.median)} | {fmt.ms(r.b.median)} | {r.a.repeats}/{r.b.repeats} | {fmt.pct(r.change_pct)} | "
             f"{'–' if r.p_value is None else f'{r.p_value:.2g}'} | {fmt.md(r.verdict)}{note}"
-            + (f" ({fmt.md(_flags(r))})" if _flags(r) else "") + f" | {fmt.signed(r.map_change)} |"
+            + (f" ({fmt.md(_flags(r))})" if _flags(r) else "") + f" | {fmt.signed(r.map_change)} | "
+            + (fmt.md("; ".join(m.text() for m in r.memory)) or "–") + f" | {fmt.pct(r.energy_change_pct)} |"
         )
     for r in ctx["rows"]:
         if r.levels:

@@ -45,6 +45,25 @@ def rate(value: float | None, digits: int = 1) -> str:
     return f"{value:.2g}"
 
 
+def sig(value: float | None, digits: int = 3) -> str:
+    """A figure to `digits` significant figures, without exponent below a million (0.0412,
+    41.2, 4,120): energies and powers, whose sizes span decades."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = max(digits - 1 - magnitude, 0)
+    return f"{value:,.{decimals}f}"
+
+
+def mb(value: float | None, digits: int = 1) -> str:
+    """Bytes as MB (10^6 bytes, as the plan's budgets count them)."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value / 1e6:,.{digits}f}"
+
+
 def points(value: float | None, digits: int = 1) -> str:
     """A pycocotools figure (0..1; None or -1 when it has no data) as COCO points (0..100)."""
     if value is None or not math.isfinite(value) or value < 0:

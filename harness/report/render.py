@@ -86,9 +86,20 @@ def template_env() -> Any:
     env.filters.update(
         ms=fmt.ms, num=fmt.num, signed=fmt.signed, pct=fmt.pct, short_hash=fmt.short_hash,
         status_word=lambda s: STATUS_WORDS.get(s, s), show=show_value, sortkey=_sortkey,
-        speedup=fmt.speedup, share=fmt.share, rate=fmt.rate, points=fmt.points,
+        speedup=fmt.speedup, share=fmt.share, rate=fmt.rate, points=fmt.points, mb=fmt.mb, sig=fmt.sig,
+        code_spans=code_spans,
     )
     return env
+
+
+def code_spans(text: str | None) -> Any:
+    """Plain text with `backticked` plan fields shown as code (the rest escaped)."""
+    import html as html_lib
+
+    from markupsafe import Markup
+
+    parts = html_lib.escape(text or "").split("`")
+    return Markup("".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts)))
 
 
 def _sortkey(value: float | None) -> str:
@@ -426,14 +437,78 @@ def _per_class_drops(derived: DerivedEntry, n: int = 5) -> list[tuple[str, float
     return sorted(items, key=lambda kv: kv[1])[:n]
 
 
+def _common_limit(views: list[CellView], key: str) -> float | None:
+    """A budget's limit when every plotted cell has the same one (else no line is drawn)."""
+    limits = {(v.identity.budgets or {}).get(key) for v in views}
+    return next(iter(limits)) if len(limits) == 1 else None
+
+
+def _resource_charts(views: list[CellView]) -> list[dict[str, Any]]:
+    """Latency against device memory, and against energy per image, per configuration and
+    scope: where a reader would rather look than read the table. A CPU-only run plots host
+    RSS instead of device memory (its cells have none)."""
+    out: list[dict[str, Any]] = []
+    measured = [v for v in views if v.measured and v.median is not None and v.resources is not None]
+
+    def point(v: CellView, y: float) -> charts.ScatterPoint:
+        return charts.ScatterPoint(label=f"{v.model} — {v.config_label} · {v.scope}", short=f"{v.runtime} {v.precision} b{v.batch}",
+                                   model=v.model, runtime=v.runtime, x=float(v.median or 0), y=y, status=v.status)
+
+    for scope in sorted({v.scope for v in measured}, key=lambda s: (s != "model", s)):
+        cells = [v for v in measured if v.scope == scope]
+        words = scope.replace("_", "-")
+        device = [v for v in cells if v.resources and v.resources.device_memory_peak_bytes is not None]
+        if device:
+            pts = [point(v, (v.resources.device_memory_peak_bytes or 0) / 1e6) for v in device if v.resources]
+            svg = charts.resource_scatter(pts, f"Latency against device memory, {words} scope", "peak device memory (MB)", "MB",
+                                          y_limit=_common_limit(device, "device_memory_mb"), x_limit=_common_limit(device, "latency_ms.p50"))
+            out.append({"id": f"memory-{scope}", "title": f"Latency against device memory · {words} scope", "svg": svg,
+                        "text": "Left is faster, down uses less device memory; dashed: the plan's budget when every cell shares it."})
+        else:
+            host = [v for v in cells if v.resources and v.resources.host_peak_rss_bytes is not None]
+            why = next(((v.resources.reasons or {}).get("device_memory") for v in cells if v.resources), None)
+            if host:
+                pts = [point(v, (v.resources.host_peak_rss_bytes or 0) / 1e6) for v in host if v.resources]
+                svg = charts.resource_scatter(pts, f"Latency against host memory, {words} scope", "peak host RSS (MB)", "MB",
+                                              y_limit=_common_limit(host, "host_memory_mb"), x_limit=_common_limit(host, "latency_ms.p50"))
+                out.append({"id": f"memory-{scope}", "title": f"Latency against host memory · {words} scope", "svg": svg,
+                            "text": f"No device memory here ({why or 'not measured'}): the worker's peak RSS instead."})
+        energy = [v for v in cells if v.resources and v.resources.joules_per_image is not None]
+        if energy:
+            pts = [point(v, v.resources.joules_per_image or 0) for v in energy if v.resources]
+            svg = charts.resource_scatter(pts, f"Latency against energy per image, {words} scope", "energy per image (J)", "J",
+                                          y_limit=_common_limit(energy, "energy_per_image_j"), x_limit=_common_limit(energy, "latency_ms.p50"))
+            methods = sorted({v.resources.energy_method or "" for v in energy if v.resources})
+            out.append({"id": f"energy-{scope}", "title": f"Latency against energy per image · {words} scope", "svg": svg,
+                        "text": "Left is faster, down uses less energy per image (" + ", ".join(methods) + "; the whole device's energy over the measurement phase)."})
+        else:
+            why = next(((v.resources.reasons or {}).get("energy") for v in cells if v.resources), None)
+            out.append({"id": f"energy-{scope}", "title": f"Latency against energy per image · {words} scope", "svg": None,
+                        "text": f"Not drawn: no cell of this scope has an energy figure ({why or 'not measured'})."})
+    return out
+
+
 def build_context(run: LoadedRun) -> dict[str, Any]:
     """Everything the templates print, computed once (the Markdown and CSV use it too)."""
+    from harness.report.budgets import (
+        BUDGETS,
+        OUTCOME_WORDS,
+        attach,
+        budget_label,
+        budget_words,
+        ship_table,
+        verdict_text,
+    )
+    from harness.report.checklist import checklist
+
     run_dir = run.folder
     meta = run.results.run
-    views = cell_views(run)
+    views = attach(cell_views(run))
     # Server cells have their own section (harness.report.serve): their figures are per load
-    # level over HTTP, not a single stream's, so they enter no single-stream ranking or chart.
+    # level over HTTP, not a single stream's, so they enter no single-stream ranking, chart or
+    # ship table.
     single = [v for v in views if not v.is_server]
+    ship = ship_table(single)
     ref = load_reference()
     matches, unmatched = match_cells(single, ref)
     common_env, differing_env = environment_table(views)
@@ -489,6 +564,15 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
         "latency_detail": lambda m: latency_detail(m, ref),
         "env_sections": env_sections,
         "env_differing": differing_env,
+        "ship": ship,
+        "budget_label": budget_label,
+        "budget_words": budget_words,
+        "budget_units": {k: unit for k, (unit, _, _) in BUDGETS.items()},
+        "verdict_text": verdict_text,
+        "outcome_words": OUTCOME_WORDS,
+        "checklist": checklist(views, lambda v: [str(p.relative_to(run_dir)) for p in gallery_paths(run_dir, v)]),
+        "resource_views": [v for v in views if v.resources is not None],
+        "resource_charts": _resource_charts(views),
         "pairs": _pairs,
         "ladders": ladder.ladders(views),
         "keep_float_hint": ladder.keep_float_hint,

@@ -21,8 +21,10 @@ from harness.results import (
     MEASURED_STATUSES,
     STATUS_ORDER,
     Accuracy,
+    BudgetVerdict,
     CellIdentity,
     CellRecord,
+    CellResources,
     DerivedEntry,
     Environment,
     GpuInfo,
@@ -153,6 +155,10 @@ class CellView:
     process_medians: list[float] = field(default_factory=list)
     rerun_ci: tuple[float, float] | None = None  # where a re-run's headline is expected, 95%
     between_spread: float | None = None
+    # Memory, energy and artifact size over the processes (harness.measure.resources), and the
+    # cell's budgets judged (harness.report.budgets.attach fills them in).
+    resources: CellResources | None = None
+    budgets: list[BudgetVerdict] = field(default_factory=list)
 
     @property
     def repeats(self) -> int:
@@ -294,6 +300,12 @@ def cell_view(record: CellRecord | Sequence[CellRecord], derived: DerivedEntry |
     _use_processes(view, group, derived)
     if record.serve is not None:
         _fill_server(view)
+    view.resources = derived.resources
+    if view.resources is None:
+        # A run rebuilt from its cell files has no derived entries: the same derivation here.
+        from harness.measure.resources import resources_over_processes
+
+        view.resources = resources_over_processes(group)
     _fill_accuracy(view, record.accuracy)
     view.map_delta = _f(derived.map_delta.AP) if derived.map_delta is not None else None
     view.regressed = bool(derived.gate and derived.gate.regressed)

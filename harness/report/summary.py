@@ -23,6 +23,9 @@ CSV_COLUMNS = [
     "is_reference", "samples", "median_ms", "p90_ms", "p99_ms", "mean_ms", "cov",
     "median_ci95_lo_ms", "median_ci95_hi_ms", "throughput_ips", "ap", "ap50", "mask_ap",
     "map_delta_ap", "accuracy_images", "fingerprint", "weights", "unpredictable_classes", "ap_over",
+    "device_memory_peak_bytes", "device_memory_method", "process_memory_peak_bytes", "host_peak_rss_bytes",
+    "artifact_bytes", "artifact_kind", "joules_per_image", "images_per_joule", "mean_power_w", "peak_power_w",
+    "energy_method", "budget_outcome", "budgets_failed", "budgets_not_measured",
 ]
 
 
@@ -74,6 +77,8 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
     if ctx["unpredictable"]:
         lines += ["", "> [!WARNING]", "> **Classes the model cannot predict**: the mAP is COCO's over every annotated class."]
         lines += [f"> - {fmt.md(model)}: {fmt.md(note)}." for model, note in ctx["unpredictable"]]
+    lines += _ship_markdown(ctx)
+    lines += _checklist_markdown(ctx["checklist"])
     lines += ["", "## Verdicts", "", "Per model and scope, the fastest configuration that passed its accuracy gate.", ""]
     rows = []
     for verdict in ctx["verdicts"]:
@@ -111,6 +116,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         rows, "llllrllrrrrrrll",
     )
     lines += _nms_markdown(ctx["nms_rows"], ctx["nms_counts"])
+    lines += _resources_markdown(views)
     if ctx["matches"]:
         ref = ctx["ref"]
         lines += [
@@ -171,6 +177,75 @@ def _nms_markdown(rows: list[Any], counts: Any) -> list[str]:
     return lines
 
 
+def _ship_markdown(ctx: dict[str, Any]) -> list[str]:
+    """The ship/no-ship table: per model and scope, every configuration's budgets, fastest first."""
+    from harness.report.budgets import verdict_text
+
+    lines = ["", "## Ship or not", ""]
+    groups = ctx["ship"]
+    if not groups:
+        return lines + ["No budgets: the plan sets none (`budgets:` per plan or per model), so no configuration is judged."]
+    lines += ["Each configuration against the plan's budgets, on its figures over processes. **ships**: passes every "
+              "budget; **does not ship**: fails one; **not shown**: a budget could not be measured.", ""]
+    words = ctx["outcome_words"]
+    for g in groups:
+        lines += [f"### {fmt.md(g.model)} · {fmt.md(g.scope.replace('_', '-'))} scope", ""]
+        if g.fastest is not None:
+            lines += [f"Fastest that meets every budget: **{fmt.md(g.fastest.view.config_label)}**, median "
+                      f"{fmt.ms(g.fastest.view.median)} ms ({len(g.shipping)} of {len(g.rows)} ship).", ""]
+        else:
+            lines += [f"**No configuration meets every budget** ({len(g.rows)} judged).", ""]
+        rows = []
+        for r in g.rows:
+            cells = []
+            for key, _ in g.columns:
+                b = r.by_budget.get(key)
+                cells.append("–" if b is None else fmt.md(verdict_text(b)))
+            rows.append([fmt.md(r.view.config_label), fmt.ms(r.view.median), *cells, f"**{fmt.md(words[r.outcome])}**"])
+        lines += _md_table(["configuration", "median ms", *[fmt.md(label) for _, label in g.columns], "verdict"], rows,
+                           "lr" + "l" * len(g.columns) + "l")
+        lines.append("")
+    return lines
+
+
+def _checklist_markdown(items: list[tuple[str, list[Any]]]) -> list[str]:
+    lines = ["", "## Ship checklist", "", "Filled from this run: done with its evidence, or missing with the plan field that would provide it.", ""]
+    for model, checks in items:
+        lines += [f"### {fmt.md(model)}", ""]
+        for c in checks:
+            mark = "x" if c.done else " "
+            text = fmt.md(c.evidence) if c.done else f"missing: {fmt.md(c.missing)}"
+            if c.done and c.missing:
+                text += f" (missing: {fmt.md(c.missing)})"
+            elif not c.done and c.evidence:
+                text = f"{fmt.md(c.evidence)}; missing: {fmt.md(c.missing)}"
+            lines.append(f"- [{mark}] **{fmt.md(c.item)}**: {text}")
+        lines.append("")
+    return lines
+
+
+def _resources_markdown(views: list[CellView]) -> list[str]:
+    shown = [v for v in views if v.resources is not None]
+    if not shown:
+        return []
+    lines = ["", "## Memory and energy", "",
+             "Over each cell's processes: peak device memory of the timed phase and host RSS (the worst process), the "
+             "artifact on disk, energy over the measurement phase (the median process). MB are 10^6 bytes; – means "
+             "not measured (report.html says why).", ""]
+    rows = []
+    for v in shown:
+        r = v.resources
+        assert r is not None
+        rows.append([
+            fmt.md(v.model), fmt.md(v.config_label), fmt.md(v.scope),
+            fmt.mb(r.device_memory_peak_bytes) + (f" ({fmt.md(r.device_memory_method)})" if r.device_memory_method else ""),
+            fmt.mb(r.host_peak_rss_bytes), fmt.mb(r.artifact_bytes, 3), fmt.sig(r.joules_per_image), fmt.sig(r.images_per_joule),
+            fmt.sig(r.mean_power_w), fmt.sig(r.peak_power_w), fmt.md(r.energy_method or "–"),
+        ])
+    return lines + _md_table(["model", "configuration", "scope", "device MB", "host RSS MB", "artifact MB", "J/image",
+                              "images/J", "mean W", "peak W", "energy from"], rows, "llllrrrrrrl")
+
+
 def _flagged(value: str, v: CellView) -> str:
     """A number with the cell's flag beside it (unstable, throttled...), never apart from it."""
     return f"{value} ({fmt.md(v.status.replace('_', ' '))})" if v.status != "ok" else value
@@ -226,6 +301,24 @@ def _cell(value: float | None, digits: int = 6) -> str:
     return "" if value is None else f"{value:.{digits}g}"
 
 
+def _resource_cells(v: CellView) -> list[Any]:
+    from harness.report.budgets import outcome
+
+    r = v.resources
+    figures: list[Any] = [""] * 11 if r is None else [
+        "" if r.device_memory_peak_bytes is None else r.device_memory_peak_bytes, fmt.csv_text(r.device_memory_method or ""),
+        "" if r.process_memory_peak_bytes is None else r.process_memory_peak_bytes,
+        "" if r.host_peak_rss_bytes is None else r.host_peak_rss_bytes,
+        "" if r.artifact_bytes is None else r.artifact_bytes, r.artifact_kind or "",
+        _cell(r.joules_per_image), _cell(r.images_per_joule), _cell(r.mean_power_w), _cell(r.peak_power_w),
+        fmt.csv_text(r.energy_method or ""),
+    ]
+    result = outcome(v.budgets)
+    return [*figures, result or "",
+            ";".join(b.budget for b in v.budgets if b.verdict == "fail"),
+            ";".join(b.budget for b in v.budgets if b.verdict == "not_measured")]
+
+
 def results_csv(views: list[CellView]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -254,4 +347,5 @@ def _cell_row(v: CellView) -> list[object]:
         _cell(v.map_delta, 4), "" if v.images is None else v.images,
         fmt.csv_text(v.record.fingerprint or ""),
         v.weights_word, fmt.csv_text(";".join(v.unpredictable)), v.ap_over or "",
+        *_resource_cells(v),
     ]

@@ -27,8 +27,10 @@ def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = Non
     from rich.padding import Padding
     from rich.table import Table
 
+    from harness.report.budgets import attach
+
     groups: dict[str, list[CellView]] = {}  # model name -> its cells, in results order
-    for view in cell_views(results):
+    for view in attach(cell_views(results)):
         groups.setdefault(view.model, []).append(view)
     table = Table(title="summary", box=None, pad_edge=False)
     for col in SUMMARY_COLUMNS:
@@ -79,8 +81,32 @@ def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = Non
             f"{escape(', '.join(classes))}; they count as AP 0 in its mAP (check the model's class names).",
             soft_wrap=True,
         )
+    _print_ship(groups, console)
     if any(r.random_weights for r in results.cells):
         console.print("[yellow]random weights[/] were used: latency is real, mAP is meaningless.")
     if run_dir is not None:
         report = run_dir / "report.html"
         console.print(escape(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else "")), soft_wrap=True)
+
+
+def _print_ship(groups: dict[str, list[CellView]], console: Any) -> None:
+    """One line per model and scope with budgets: the fastest configuration meeting them all."""
+    from rich.markup import escape
+
+    from harness.report.budgets import OUTCOME_WORDS, ship_table
+
+    for group in ship_table([v for views in groups.values() for v in views]):
+        if group.fastest is not None:
+            best = group.fastest.view
+            text = (f"[green]ships[/]: {escape(group.model)} · {group.scope}: fastest meeting every budget is "
+                    f"{escape(best.config_label)} ({_figure(best.median, 2) if best.median is not None else '-'} ms); "
+                    f"{len(group.shipping)} of {len(group.rows)} ship")
+        else:
+            counts: dict[str, int] = {}
+            for row in group.rows:
+                counts[row.outcome] = counts.get(row.outcome, 0) + 1
+            failed = sorted({b.budget for row in group.rows for b in row.failed})
+            text = (f"[red]no ship[/]: {escape(group.model)} · {group.scope}: no configuration meets every budget ("
+                    + ", ".join(f"{n} {OUTCOME_WORDS[o]}" for o, n in counts.items())
+                    + (f"; failed: {escape(', '.join(failed))}" if failed else "") + ")")
+        console.print(text, soft_wrap=True)

@@ -156,6 +156,9 @@ class CellIdentity(Frozen):
     # Detections below this score take no part in the detection agreement (the plan's
     # accuracy.agreement_min_score); None: the default 0.3 (files written before it existed).
     agreement_min_score: float | None = None
+    # The limits the cell is judged against (the plan's `budgets` with its model's over them),
+    # flat: {"latency_ms.p99": 33.0, "device_memory_mb": 2000.0}; None: no budget applies.
+    budgets: dict[str, float] | None = None
 
     @property
     def runtime_key(self) -> str:
@@ -291,6 +294,35 @@ class ClassMapping(Frozen):
     warning: str | None = None
 
 
+class SplitFacts(Frozen):
+    """One side of the dataset split: how many images, and which (sha256 of their sorted ids)."""
+
+    images: int
+    ids_sha256: str
+
+
+class ScoreThreshold(Frozen):
+    """The F1-optimal score threshold, chosen on the validation split; the mAP of the record
+    is over the report split only (harness.accuracy.threshold)."""
+
+    threshold: float | None  # None: no detection of the validation split matched a box
+    iou_threshold: float  # a detection is a true positive at this IoU with a box of its class
+    seed: int
+    fraction: float  # share of the images in the validation split
+    validation: SplitFacts
+    report: SplitFacts
+    # At the threshold: precision, recall and F1 on the validation split (where it was chosen)
+    # and on the report split (held out: what a deployment at this threshold can expect).
+    validation_precision: float | None = None
+    validation_recall: float | None = None
+    validation_f1: float | None = None
+    report_precision: float | None = None
+    report_recall: float | None = None
+    report_f1: float | None = None
+    detections_considered: int = 0  # detections of the validation split that were ranked
+    reason: str | None = None  # why no threshold
+
+
 class Accuracy(Frozen):
     """The accuracy pass of a cell (harness.accuracy.evaluate.run_accuracy_pass)."""
 
@@ -317,6 +349,7 @@ class Accuracy(Frozen):
     mapping: ClassMapping | None = None  # None: not recorded (early schema 1 files)
     random_weights: bool
     note: str | None = None
+    score_threshold: ScoreThreshold | None = None  # accuracy.threshold_split
 
     @property
     def primary_metrics(self) -> CocoMetrics | KeypointMetrics | None:
@@ -357,6 +390,12 @@ class MonitorSummary(Frozen):
     throttled_why: str | None
     sample_cost_us: SampleCost | None = None
     interval_ms_actual_p50: float | None = None
+    # NVML's memory readings over the judged samples (bytes): this process's device memory
+    # (nvmlDeviceGetComputeRunningProcesses) and the whole device's used memory; and what the
+    # two memory queries cost per sample (part of sample_cost_us).
+    process_memory_bytes: Spread | None = None
+    device_memory_used_bytes: Spread | None = None
+    memory_cost_us: SampleCost | None = None
 
 
 class TraceRow(Frozen):
@@ -370,6 +409,8 @@ class TraceRow(Frozen):
     util_gpu: Number | None = None
     util_mem: Number | None = None
     clock_event_reasons: int | None = None  # NVML's bitmask
+    process_memory_bytes: int | None = None  # this process's device memory (NVML)
+    device_memory_used_bytes: int | None = None  # the device's used memory (NVML)
 
 
 class MonitorDevice(Frozen):
@@ -379,6 +420,18 @@ class MonitorDevice(Frozen):
     cuda_device_order: str | None = None
     name: str | None = None
     uuid: str | None = None
+
+
+class CounterReadings(Frozen):
+    """A cumulative energy counter read when the measurement phase began and when it ended
+    (NVML's total energy in mJ, RAPL's in uJ), with the monotonic time of each reading."""
+
+    start: float | None = None
+    end: float | None = None
+    unit: str  # mJ | uJ
+    start_t_mono_s: float | None = None
+    end_t_mono_s: float | None = None
+    reason: str | None = None  # why the counter was not read
 
 
 class Monitor(Frozen):
@@ -395,6 +448,11 @@ class Monitor(Frozen):
     trace: list[TraceRow]  # at most 2,000 rows; a longer trace is in files.monitor_trace
     summary: MonitorSummary
     trace_thinned_from: int | None = None  # rows of the full trace when the record's is thinned
+    # NVML's total-energy counter at the measurement phase's start and end (phase callbacks,
+    # outside the timed region); and why this process's device memory could not be sampled.
+    energy_counter: CounterReadings | None = None
+    memory_reason: str | None = None
+    sampling: bool | None = None  # False: gpu.monitor off (boundary readings only)
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -787,6 +845,85 @@ class ProcessFacts(Frozen):
     end: HostSnapshot | None = None
 
 
+# ----------------------------------------------------------------------------- resources
+
+
+class DeviceMemory(Frozen):
+    """Peak device memory of the timed phase (harness.run.resources). `peak_bytes` is the
+    headline, read as `method` says; null with `reason` where it cannot be had, never 0."""
+
+    peak_bytes: int | None = None
+    method: str | None = None  # torch_allocator | nvml_process | nvml_device_used
+    reason: str | None = None
+    # torch's caching allocator, reset at the measurement phase's start, read at its end
+    torch_allocated_peak_bytes: int | None = None
+    torch_reserved_peak_bytes: int | None = None
+    # NVML: this process's device memory (what nvidia-smi lists, CUDA context included),
+    # before the model or session was created and at its peak over the measurement phase
+    process_baseline_bytes: int | None = None
+    process_peak_bytes: int | None = None
+    process_samples: int | None = None
+    process_reason: str | None = None
+    # NVML: the whole device's used memory (every process on it), before and at the peak
+    device_used_baseline_bytes: int | None = None
+    device_used_peak_bytes: int | None = None
+
+
+class HostMemory(Frozen):
+    """The worker's resident memory. `peak_rss_bytes` is the process's high-water mark
+    (/proc/self/status VmHWM) read after the timed phase; `end_peak_rss_bytes` when the record
+    was built (the accuracy pass included); `ru_maxrss_bytes` is getrusage's figure (which on
+    Linux also counts the parent's pages a child held before its exec)."""
+
+    peak_rss_bytes: int | None = None
+    end_peak_rss_bytes: int | None = None
+    rss_after_measure_bytes: int | None = None
+    ru_maxrss_bytes: int | None = None
+    method: str | None = None
+    reason: str | None = None
+
+
+class ArtifactSize(Frozen):
+    """The file that ran, on disk: an ONNX file (with its external data files), a TensorRT
+    engine, a checkpoint. Null with `reason` when none exists (random weights built in memory)."""
+
+    kind: str | None = None  # onnx | engine | checkpoint
+    path: str | None = None
+    bytes: int | None = None
+    files: list[str] = Field(default_factory=list)  # every file counted, when more than one
+    reason: str | None = None
+
+
+class EnergyFigures(Frozen):
+    """Energy over the measurement phase (harness.environment.energy): what the counter (or
+    the integrated power samples) says the device used from the phase's first call to its
+    last, pauses included. Null with `reason` where it cannot be had, never 0."""
+
+    method: str | None = None  # nvml_energy_counter | nvml_power_integration | rapl
+    scope: str | None = None  # what the figure covers: "GPU cuda:0 (whole device)", "CPU packages"
+    joules: float | None = None
+    duration_s: float | None = None
+    images: int | None = None  # images in the measurement phase (calls x batch)
+    joules_per_image: float | None = None
+    images_per_joule: float | None = None
+    mean_power_w: float | None = None  # joules / duration_s
+    peak_power_w: float | None = None  # highest power sample in the phase
+    power_samples: int | None = None
+    counter_joules: float | None = None  # the counter's figure (when read)
+    integrated_joules: float | None = None  # the power samples' integral (a cross-check)
+    domains: list[str] = Field(default_factory=list)  # RAPL zones read
+    reason: str | None = None  # why null, or why the fallback was used
+
+
+class Resources(Frozen):
+    """Memory, energy and artifact size of one process's cell (harness.run.resources)."""
+
+    device_memory: DeviceMemory
+    host_memory: HostMemory
+    artifact: ArtifactSize
+    energy: EnergyFigures
+
+
 # ----------------------------------------------------------------------------- the record
 
 
@@ -855,6 +992,7 @@ class CellRecord(Frozen):
     controls: Controls | None = None
     process: ProcessFacts | None = None
     serve: ServeResult | None = None  # a server cell's levels and monitoring figures
+    resources: Resources | None = None  # memory, energy and artifact size (measured cells)
 
 
 # ----------------------------------------------------------------------------- derived
@@ -954,6 +1092,38 @@ class Gate(Sparse):
     class_regressed: bool | None = None  # the worst class passed max_class_drop
 
 
+class CellResources(Sparse):
+    """A cell's memory and energy over its processes (harness.measure.resources): the worst
+    peak of any process, the median of the per-process energy figures; `reasons` says why a
+    figure is null."""
+
+    processes: int
+    device_memory_peak_bytes: int | None = None
+    device_memory_method: str | None = None
+    process_memory_peak_bytes: int | None = None  # NVML's, CUDA context included
+    host_peak_rss_bytes: int | None = None
+    artifact_bytes: int | None = None
+    artifact_kind: str | None = None
+    joules_per_image: float | None = None
+    images_per_joule: float | None = None
+    mean_power_w: float | None = None
+    peak_power_w: float | None = None
+    energy_method: str | None = None
+    energy_scope: str | None = None
+    reasons: dict[str, str] | None = None
+
+
+class BudgetVerdict(Frozen):
+    """One budget judged on one cell (harness.report.budgets)."""
+
+    budget: str  # "latency_ms.p99", "device_memory_mb", ...
+    limit: float
+    unit: str
+    value: float | None = None  # the cell's figure in `unit`
+    verdict: Literal["pass", "fail", "not_measured"]
+    detail: str | None = None  # how the figure was taken, or why it was not measured
+
+
 class DerivedEntry(Sparse):
     """What finalize derives for one cell from the run folder (harness.accuracy.derive)."""
 
@@ -974,6 +1144,8 @@ class DerivedEntry(Sparse):
     gallery: list[str] | None = None
     gallery_error: str | None = None
     across_processes: AcrossProcesses | None = None
+    resources: CellResources | None = None
+    budgets: list[BudgetVerdict] | None = None
 
 
 def record_key(cell_id: str, repeat: int | None) -> str:

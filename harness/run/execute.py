@@ -4,8 +4,8 @@ decide which units of work run (harness.run.scheduler), hand them to a launcher
 write results.json and the report, print the summary.
 
 Exit status: 0 when every cell ran (skipped cells included: they say why) or a finished run
-had nothing left to do, 1 when a cell failed, the plan's accuracy gate tripped, a planned cell
-has no record, or the disk filled up; 2 for bad input (a plan whose cells share an id, a folder
+had nothing left to do, 1 when a cell failed, the plan's accuracy gate tripped, a cell failed a
+budget of a plan whose `budgets.gate` is true, a planned cell has no record, or the disk filled up; 2 for bad input (a plan whose cells share an id, a folder
 another process works in); 130 when interrupted (finished cells are kept and
 `bench run --resume RUN_FOLDER` picks up from there).
 """
@@ -143,6 +143,8 @@ def execute(
     results = finalize(store, loaded)
     print_summary(results, console, store.run_dir)
     code = 130 if interrupted else exit_status(results, loaded)
+    if not interrupted and budget_gate_tripped(results, loaded):
+        console.print("[red]budgets.gate[/]: a cell failed a budget of the plan, so the run exits 1", soft_wrap=True)
     if _report_lost(store, units, conflicts, console, interrupted) and code == 0:
         code = 1
     store.release_lock()
@@ -206,6 +208,10 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> ResultsFile:
     _draw_galleries(primaries, derived, store.run_dir, loaded)
     for cell_id, group in groups.items():
         derived[cell_id] = _cell_entry(group, derived.get(cell_id) or DerivedEntry())
+    try:
+        derived = _judge_budgets(records, derived, meta)
+    except Exception as exc:  # derived data must never lose measured data
+        derived_error = "; ".join(e for e in (derived_error, f"judging budgets failed: {exc!r}") if e)
     results = ResultsFile(
         run=meta.model_copy(update={"finished_at": utc_now(), "harness_version_finalized": __version__}),
         cells=records,
@@ -223,10 +229,26 @@ def finalize(store: RunStore, loaded: LoadedPlan) -> ResultsFile:
     return results
 
 
+def _judge_budgets(records: list[CellRecord], derived: dict[str, DerivedEntry], meta: Any) -> dict[str, DerivedEntry]:
+    """Each cell with budgets judged on its figures over processes, as the report shows them
+    (harness.report.budgets): the verdicts go into `derived[cell_id].budgets`."""
+    from harness.report.budgets import judge
+    from harness.report.rundata import cell_views
+
+    views = cell_views(ResultsFile(run=meta, cells=records, derived=derived))
+    out = dict(derived)
+    for view in views:
+        if view.identity.budgets:
+            out[view.cell_id] = (out.get(view.cell_id) or DerivedEntry()).model_copy(update={"budgets": judge(view)})
+    return out
+
+
 def _cell_entry(group: list[CellRecord], entry: DerivedEntry) -> DerivedEntry:
-    """A cell's derived entry completed with its processes: the latency over them and the
-    effective status (the worst of every process, a tripped gate, processes that disagree)."""
+    """A cell's derived entry completed with its processes: the latency over them, memory and
+    energy over them, and the effective status (the worst of every process, a tripped gate,
+    processes that disagree)."""
     from harness.measure.repeats import across_records
+    from harness.measure.resources import resources_over_processes
 
     across = None
     try:
@@ -236,7 +258,8 @@ def _cell_entry(group: list[CellRecord], entry: DerivedEntry) -> DerivedEntry:
     marks: list[str] = [effective_status(record, entry) for record in group]
     if across is not None and across.unstable_reasons:
         marks.append("unstable")
-    return entry.model_copy(update={"status": worst_status(marks), "across_processes": across})
+    return entry.model_copy(update={"status": worst_status(marks), "across_processes": across,
+                                    "resources": resources_over_processes(group)})
 
 
 def _draw_galleries(records: list[CellRecord], derived: dict[str, DerivedEntry], run_dir: Path, loaded: LoadedPlan) -> None:
@@ -274,7 +297,18 @@ def exit_status(results: ResultsFile, loaded: LoadedPlan) -> int:
         return 1
     if loaded.plan.accuracy.gate and "accuracy_regression" in statuses:
         return 1
+    if budget_gate_tripped(results, loaded):
+        return 1
     return 0
+
+
+def budget_gate_tripped(results: ResultsFile, loaded: LoadedPlan) -> bool:
+    """The plan asks for `budgets: {gate: true}` and a cell failed one of its budgets (a budget
+    that was not measured does not trip it)."""
+    budgets = loaded.plan.budgets
+    if budgets is None or not budgets.gate:
+        return False
+    return any(v.verdict == "fail" for entry in results.derived.values() for v in entry.budgets or [])
 
 
 def print_summary(results: ResultsFile, console: Any, run_dir: Path | None = None) -> None:

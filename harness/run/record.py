@@ -82,6 +82,7 @@ def identity_of(cell: Cell) -> CellIdentity:
         # records stay as they were.
         nms=cell.nms if cell.nms_axis else None,
         agreement_min_score=cell.accuracy.agreement_min_score,
+        budgets=cell.budgets.flat() if cell.budgets is not None else None,
     )
 
 

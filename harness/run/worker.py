@@ -122,6 +122,8 @@ def _process_created() -> float | None:
 class Measured:
     latency: Latency
     monitor: dict[str, Any]
+    # Read around the timed phase for the record's `resources` (harness.run.resources).
+    meters: dict[str, Any] = field(default_factory=dict)
 
 
 # -- the cell, step by step --------------------------------------------------------------------
@@ -138,11 +140,12 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int
         device = capture_environment(run)
         if cell.scenario == "server":
             return serve_endpoint(run, device)
+        gpu_index = nvml.parse_cuda_index(device)
+        baseline = memory_baseline(run, gpu_index)
         source, runtime = build_source_and_runtime(run, runtime_cls)
         prepare = prepare_runtime(run, runtime, source)
         settings = runtime.settings()
         dataset = load_accuracy_dataset(run, source)
-        gpu_index = nvml.parse_cuda_index(device)
         conditions = wait_for_gpu_conditions(run, gpu_index)
         measured = measure_latency(run, runtime, dataset, gpu_index, source.forward_contents())
         nms = runtime.nms_facts()  # before the accuracy pass feeds other images
@@ -153,7 +156,8 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int
     if conditions:
         prepare["gpu_conditions"] = conditions
     runtime.close()
-    return build_record(run, measured, prepare=prepare, settings=settings, nms=nms, **outputs)
+    resources = measure_resources(run, device, measured, prepare, baseline)
+    return build_record(run, measured, prepare=prepare, settings=settings, nms=nms, resources=resources, **outputs)
 
 
 # What `hold_host_fixed` did in this process (main() calls it before anything heavy loads).
@@ -269,6 +273,17 @@ def load_accuracy_dataset(run: CellRun, source: ModelSource) -> Dataset | None:
     return dataset
 
 
+def memory_baseline(run: CellRun, gpu_index: int | None) -> dict[str, Any]:
+    """NVML's reading of this process and its GPU before the model or session exists: what
+    the timed phase's device memory is counted from (harness.run.resources)."""
+    from harness.run.resources import device_memory_baseline
+
+    try:
+        return device_memory_baseline(gpu_index)
+    except Exception as exc:  # noqa: BLE001 -- a figure, never a reason to fail the cell
+        return {"reason": f"the memory baseline could not be read: {exc!r}"}
+
+
 def wait_for_gpu_conditions(run: CellRun, gpu_index: int | None) -> dict[str, Any] | None:
     """The plan's GPU conditions (cool-down, idle) before timing; what happened, or None on a CPU."""
     if gpu_index is None:
@@ -284,16 +299,25 @@ def measure_latency(
 ) -> Measured:
     """The timed pass under the GPU monitor (harness.measure does the timing), as a Latency.
     `forward`: what the model's call holds besides the network (the source's words)."""
+    from harness.environment.energy import RaplMeter
     from harness.environment.monitor import GpuMonitor
     from harness.measure.stats import build_latency
+    from harness.run.resources import TorchPeak, host_memory_now
 
     cell = run.cell
-    monitor = GpuMonitor(gpu_index if cell.gpu.monitor else None, cell.gpu.monitor_interval_ms)
+    monitor = GpuMonitor(gpu_index, cell.gpu.monitor_interval_ms, sample=cell.gpu.monitor)
+    # Read at the measurement phase's boundaries, between the timed loops: the runtime's own
+    # allocator peak (torch), and on a CPU cell the packages' RAPL energy counters.
+    torch_peak = TorchPeak(runtime)
+    rapl = RaplMeter() if gpu_index is None else None
 
     def on_phase(name: str) -> None:
         if name == "warmup" and run.warmup_started is None:
             run.warmup_started = time.time()
         monitor.phase(name)
+        torch_peak.phase(name)
+        if rapl is not None:
+            rapl.phase(name)
         run.phase(name)
 
     from harness.environment.clocks import ClockLock
@@ -309,6 +333,7 @@ def measure_latency(
                 result, stage_samples, timer_name, stage_names = _time_end_to_end(runtime, cell, dataset, on_phase)
         finally:
             monitor_data = monitor.stop()
+    host_after = host_memory_now()  # the high-water mark, read after the timed phase
     if lock.record is not None:
         run.controls["clocks"] = lock.record
     sustained = cell.protocol.sustained
@@ -323,7 +348,9 @@ def measure_latency(
         monitor_trace=monitor_data.get("trace") if monitor_data else None,
         asynchronous_call=runtime.asynchronous_call,
     )
-    return Measured(latency, monitor_data)
+    meters = {"torch_peak": torch_peak, "rapl": rapl, "host_after": host_after, "measure_s": result.measure_s,
+              "images": len(result.samples_ms) * cell.batch}
+    return Measured(latency, monitor_data, meters)
 
 
 _Timed = tuple["MeasureResult", dict[str, list[float]] | None, str, list[str]]
@@ -381,6 +408,7 @@ def accuracy_pass(run: CellRun, runtime: Runtime, source: ModelSource, dataset: 
         predict, cell.batch, dataset, source.class_names, source.family,
         run_dir / "detections" / f"{cell.cell_id}.json", evaluator=cell.accuracy.evaluator,
         workers=cell.accuracy.loader_workers, log=run.log, random_weights=run.random_weights,
+        threshold_split=cell.accuracy.threshold_split,
     )
     if seen and result is not None and source.family == "detection":
         from harness.accuracy.agreement import save_model_detections
@@ -406,6 +434,24 @@ def save_outputs(
         if outputs_path := _save_raw_outputs(cell, runtime, source, dataset, run_dir):
             saved["outputs"] = outputs_path
     return {"monitor": monitor, "accuracy": accuracy, "files": saved}
+
+
+def measure_resources(run: CellRun, device: str, measured: Measured, prepare: dict[str, Any],
+                      baseline: dict[str, Any]) -> dict[str, Any] | None:
+    """The record's `resources`: memory, energy and artifact size (harness.run.resources)."""
+    from harness.run.resources import resources_block
+
+    meters = measured.meters
+    try:
+        return resources_block(
+            device=device, images=int(meters.get("images") or 0), prepare=prepare, baseline=baseline,
+            torch_peak=meters.get("torch_peak"), monitor=measured.monitor, rapl=meters.get("rapl"),
+            host_after_measure=meters.get("host_after") or {}, measure_s=meters.get("measure_s"),
+        )
+    except Exception as exc:  # noqa: BLE001 -- resources never take a measurement down
+        traceback.print_exc(file=run.log)
+        run.log.write(f"resources could not be measured: {exc!r}\n")
+        return None
 
 
 def build_record(run: CellRun, measured: Measured, **fields: Any) -> Record:

@@ -112,6 +112,15 @@ class Runtime(ABC):
     def synchronize(self) -> None:  # noqa: B027 (a no-op is right for synchronous runtimes)
         """Wait until all work this runtime queued has finished."""
 
+    # -- memory hooks (called between the timed loops, never inside one) -------------------
+    def reset_device_memory_peak(self) -> None:  # noqa: B027 (runtimes without an allocator of their own)
+        """Start counting the runtime's own allocator peak afresh (the measurement phase begins)."""
+
+    def device_memory_peak(self) -> dict[str, int] | None:
+        """The runtime's own allocator peak since the reset, {"allocated_bytes", "reserved_bytes"},
+        or None when it has none to report: NVML's reading of the process is then the figure."""
+        return None
+
     # -- end-to-end scope ------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         """Decoded images (list of HxWx3 uint8 RGB) in, detections out. A model whose NMS the

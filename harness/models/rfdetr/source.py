@@ -203,6 +203,8 @@ class RfdetrSource(ModelSource):
             "random_weights": self.random_weights,
             "random_seed": RANDOM_SEED if self.weights_path is None else None,
             "build_s": self.build_s,
+            # The preprocessing rfdetr's predict() does and the harness's end-to-end path mirrors.
+            "preprocess": _rfdetr_preprocess(),
         }
         from importlib.metadata import PackageNotFoundError, version
 
@@ -273,3 +275,9 @@ class RfdetrSource(ModelSource):
             opset=opset,
             log=self.log,
         )
+
+
+def _rfdetr_preprocess() -> dict[str, Any]:
+    from harness.models.preprocess import RFDETR_PREPROCESS
+
+    return RFDETR_PREPROCESS.model_dump(mode="json")

@@ -412,6 +412,7 @@ class OrtRuntime(Runtime):
             "export_s": self.artifact.export_s,
             "load_s": load_s,
             "artifact": self.artifact.as_dict(),
+            "model": self.source.describe(),  # the model source's facts (weights, preprocessing)
             **({"model_file": str(self.model_path)} if self.model_path != self.artifact.path else {}),
             **getattr(self, "_extra_prepare", {}),
         }

@@ -80,6 +80,23 @@ class TorchDevice:
 
             torch.cuda.synchronize(self.device)
 
+    def reset_device_memory_peak(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def device_memory_peak(self) -> dict[str, int] | None:
+        """torch's caching allocator: the peak of allocated tensors and of memory it reserved."""
+        if not self.device.startswith("cuda"):
+            return None
+        import torch
+
+        return {
+            "allocated_bytes": int(torch.cuda.max_memory_allocated(self.device)),
+            "reserved_bytes": int(torch.cuda.max_memory_reserved(self.device)),
+        }
+
 
 class TorchEagerRuntime(TorchDevice, Runtime):
     plugin = PLUGINS[0]
