@@ -25,7 +25,7 @@ ARG LOCK_PYTHON=3.12
 # that native TensorRT uses: the build stops (check-base.sh) on a base image with another.
 ARG BASE_TENSORRT=10.14
 # sha256 of lockfiles/gpu.txt, written by scripts/lock.py and re-checked during the build.
-ARG LOCKFILE_SHA256=77651c6d28ce660aca0e6c8c20f6cb90ea2c621a6185fbdfcd36170580f022ed
+ARG LOCKFILE_SHA256=60492de2b391188c1f68c0ee93816d2549dd3795f3ec95ba3ded010045c92a53
 # TensorRT's Python bindings live in the base image's site-packages: the venv must see them.
 ARG VENV_SYSTEM_SITE_PACKAGES=1
 # `docker compose run --rm bench` with no plan: the quickstart on the GPU, not bench's CPU one.

@@ -86,10 +86,10 @@ class Flavour:
 
 FLAVOURS: dict[str, Flavour] = {
     # Debian bookworm / python:3.11-slim-bookworm: Python 3.11.
-    "cpu": Flavour("cpu", "3.11", ("torch", "onnx"), dockerfile="Dockerfile.cpu",
+    "cpu": Flavour("cpu", "3.11", ("torch", "onnx", "serve"), dockerfile="Dockerfile.cpu",
                    extra_inputs=("lockfiles/cpu.in",)),
     # nvcr.io/nvidia/tensorrt 25.11 (Ubuntu 24.04): Python 3.12 (docker/GPU_IMAGE.md).
-    "gpu": Flavour("gpu", "3.12", ("torch",), dockerfile="Dockerfile",
+    "gpu": Flavour("gpu", "3.12", ("torch", "serve"), dockerfile="Dockerfile",
                    extra_inputs=("lockfiles/gpu.in",)),
     # The host tools of CI (uv, hadolint, compose, check-jsonschema); Python 3.11 like CI's.
     "tools": Flavour("tools", "3.11", from_pyproject=False, extra_inputs=("lockfiles/tools.in",)),
