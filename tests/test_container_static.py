@@ -501,7 +501,7 @@ def fake_lock_tree(tmp_path: Path, index_url: str) -> Path:
     (root / "lockfiles").mkdir(parents=True)
     (root / "pyproject.toml").write_text(
         '[project]\nname = "fake-project"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
-        'dependencies = ["alpha"]\n[project.optional-dependencies]\ntorch = ["beta"]\nonnx = []\n',
+        'dependencies = ["alpha"]\n[project.optional-dependencies]\ntorch = ["beta"]\nonnx = []\nserve = []\n',
         encoding="utf-8")
     (root / "lockfiles/cpu.in").write_text("", encoding="utf-8")
     (root / "lockfiles/constraints.txt").write_text("", encoding="utf-8")

@@ -168,3 +168,25 @@ def test_device_nms_on_the_gpu_keeps_what_the_host_keeps(tmp_path: Path) -> None
     assert "cuda:0" in stages.implementation()
     np.testing.assert_array_equal(device.class_ids, on_host.class_ids)
     np.testing.assert_allclose(device.boxes_xyxy, on_host.boxes_xyxy, atol=1e-3)
+
+
+def test_importing_ultralytics_leaves_pillow_as_it_was() -> None:
+    """Ultralytics patches PIL.Image.open to pip-install a HEIF plugin on an unidentified image;
+    after the harness imports it, garbage bytes still get Pillow's own error, in a fresh process
+    (where the patch has not been undone by an earlier import)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, PIL.Image as I\n"
+        "from harness.models.yolo.source import import_ultralytics\n"
+        "import_ultralytics()\n"
+        "from ultralytics.nn.tasks import DetectionModel\n"
+        "try:\n"
+        "    I.open(io.BytesIO(b'GIF89a not really'))\n"
+        "except I.UnidentifiedImageError:\n"
+        "    print('pillow')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "YOLO_CONFIG_DIR": "/tmp/bench-yolo-settings-test"})
+    assert done.returncode == 0 and done.stdout.strip() == "pillow", done.stderr[-2000:]

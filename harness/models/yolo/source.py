@@ -70,7 +70,16 @@ def import_ultralytics(settings_dir: Path | None = None) -> Any:
         settings_dir.mkdir(parents=True, exist_ok=True)
         os.environ["YOLO_CONFIG_DIR"] = str(settings_dir)
     import ultralytics
+    from PIL import Image
 
+    # Importing ultralytics replaces PIL.Image.open process-wide with a wrapper that, on an
+    # image Pillow cannot identify, calls check_requirements("pi-heif") and retries: a
+    # rejected upload in a server cell would then raise ImportError instead of Pillow's error.
+    # The harness decodes images itself, so Pillow's own open comes back.
+    patches = getattr(getattr(ultralytics, "utils", None), "patches", None)
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original
     return ultralytics
 
 
