@@ -173,6 +173,38 @@ def _other_gpu_processes(gpu_index: int) -> list[dict[str, Any]] | str:
         nvml.close_nvml(nv)
 
 
+def memory_in_use(gpu_index: int | None) -> dict[str, Any]:
+    """This process's memory now: its peak resident set (getrusage), and on a GPU what NVML
+    says it holds there (every allocator and the CUDA context; torch's own counters miss ONNX
+    Runtime's and TensorRT's allocations)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out: dict[str, Any] = {"host_peak_rss_bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+    if gpu_index is None:
+        return out
+    from harness.environment import nvml
+
+    try:
+        nv, handle, _ = nvml.open_cuda_device(gpu_index)
+    except nvml.NvmlUnavailable as exc:
+        out["device_reason"] = f"NVML: {exc}"
+        return out
+    try:
+        for proc in nv.nvmlDeviceGetComputeRunningProcesses(handle):
+            used = getattr(proc, "usedGpuMemory", None)
+            if proc.pid == os.getpid() and isinstance(used, int):
+                out["device_bytes"] = used
+        if "device_bytes" not in out:
+            out["device_reason"] = "NVML lists no memory for this process (a container's pid namespace hides it)"
+    except Exception as exc:  # noqa: BLE001 -- a missing reading is recorded, never fatal
+        out["device_reason"] = nvml.describe_error(exc)
+    finally:
+        nvml.close_nvml(nv)
+    return out
+
+
 def _process_name(pid: int) -> str | None:
     with contextlib.suppress(Exception):
         import psutil

@@ -53,6 +53,7 @@ from harness.results.model import (
     KeypointMetrics,
     Latency,
     MapDelta,
+    MemoryFacts,
     Monitor,
     MonitorSummary,
     NmsFacts,
@@ -81,17 +82,18 @@ from harness.results.model import (
     record_key,
     worst_status,
 )
+from harness.results.tune import TuneCandidate, TuneResult, TuneStep
 
 __all__ = [
     "AcrossProcesses", "ClockLock", "Controls", "HostPlacement", "HostSnapshot", "ProcessFacts",
     "MEASURED_STATUSES", "SCHEMA_VERSION", "STATUS_ORDER", "Accuracy", "Artifact", "CellFileError",
     "CellFiles", "CellIdentity", "CellRecord", "ClassMapping", "CocoMetrics", "DatasetFacts",
     "DatasetRef", "DatasetSubset", "DerivedEntry", "DetectionAgreement", "Environment", "Gate",
-    "GpuInfo", "KeypointMetrics", "Latency", "MapDelta", "MigrationError", "Monitor",
+    "GpuInfo", "KeypointMetrics", "Latency", "MapDelta", "MemoryFacts", "MigrationError", "Monitor",
     "MonitorSummary", "NewerSchemaError", "NmsFacts", "Placement", "Prepare", "Protocol", "RawAgreement",
     "ResultsError", "ResultsFile", "RunMeta", "RunRead", "Scope", "StageTiming", "Stats", "Status",
     "SustainedProtocol", "TraceRow", "CalibrationFacts", "CalibrationSplitRef", "ImageSplit", "NodeSet",
-    "Quantization", "SensitiveNode", "Sensitivity", "WeightsKind", "Window", "cell_files", "describe_validation",
+    "Quantization", "TuneCandidate", "TuneResult", "TuneStep", "SensitiveNode", "Sensitivity", "WeightsKind", "Window", "cell_files", "describe_validation",
     "effective_status", "group_by_cell", "primary_record", "record_key", "load_cell_record", "load_results",
     "load_run_meta", "read_cell_file",
     "read_cell_files", "read_json", "read_results_file", "read_run", "read_run_meta", "worst_status",

@@ -807,6 +807,17 @@ class NmsFacts(Frozen):
     note: str | None = None
 
 
+class MemoryFacts(Sparse):
+    """What the process held when its measurement ended (before the accuracy pass), in bytes.
+    `device_bytes`: this process's memory on its GPU as NVML counts it (every allocator: torch,
+    ONNX Runtime, TensorRT, the CUDA context); `host_peak_rss_bytes`: the process's peak
+    resident set so far (getrusage), the CPU's "device memory"."""
+
+    host_peak_rss_bytes: int | None = None
+    device_bytes: int | None = None
+    device_reason: str | None = None  # why device_bytes is missing on a GPU cell
+
+
 class CellFiles(Sparse):
     """The cell's files, as paths relative to the run folder."""
 
@@ -855,6 +866,7 @@ class CellRecord(Frozen):
     controls: Controls | None = None
     process: ProcessFacts | None = None
     serve: ServeResult | None = None  # a server cell's levels and monitoring figures
+    memory: MemoryFacts | None = None  # what the process held after its measurement
 
 
 # ----------------------------------------------------------------------------- derived

@@ -145,6 +145,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int
         gpu_index = nvml.parse_cuda_index(device)
         conditions = wait_for_gpu_conditions(run, gpu_index)
         measured = measure_latency(run, runtime, dataset, gpu_index, source.forward_contents())
+        memory = memory_held(gpu_index)
         nms = runtime.nms_facts()  # before the accuracy pass feeds other images
         accuracy = accuracy_pass(run, runtime, source, dataset)
         outputs = save_outputs(run, runtime, source, dataset, measured, accuracy)
@@ -153,7 +154,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int
     if conditions:
         prepare["gpu_conditions"] = conditions
     runtime.close()
-    return build_record(run, measured, prepare=prepare, settings=settings, nms=nms, **outputs)
+    return build_record(run, measured, prepare=prepare, settings=settings, nms=nms, memory=memory, **outputs)
 
 
 # What `hold_host_fixed` did in this process (main() calls it before anything heavy loads).
@@ -358,6 +359,16 @@ def _time_end_to_end(runtime: Runtime, cell: Cell, dataset: Dataset | None, on_p
     if cell.time_decode:
         stage_names = ["decode", *stage_names]
     return result, stage_samples, f"{result.timer_name} (stage boundaries synchronised)", stage_names
+
+
+def memory_held(gpu_index: int | None) -> dict[str, Any] | None:
+    """The process's memory right after the measurement (the accuracy pass's data is not the
+    deployment's): the record's `memory`, which `bench tune` puts against latency."""
+    from harness.environment.host import memory_in_use
+
+    with contextlib.suppress(Exception):  # a missing reading never takes a measurement down
+        return memory_in_use(gpu_index)
+    return None
 
 
 def accuracy_pass(run: CellRun, runtime: Runtime, source: ModelSource, dataset: Dataset | None) -> dict[str, Any] | None:
