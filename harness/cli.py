@@ -9,6 +9,7 @@
     bench compare A B            compare two runs cell by cell, process medians against process medians
     bench make-sample OUT        generate the COCO-format sample dataset
     bench serve PLAN --model M --runtime R   the detection endpoint for one cell, on loopback
+    bench tune PLAN --budget map_drop=0.5    search the configurations the plan's models run here
 
 Exit status: 0 success, 1 a cell failed / a gate tripped / a significant slowdown / the disk is
 full, 2 bad input (the message names the file and field), 130 interrupted, 141 the reader of
@@ -26,7 +27,7 @@ from pathlib import Path
 from harness import __version__
 from harness.errors import UserError
 
-COMMANDS = ("run", "validate", "env", "report", "compare", "make-sample", "merge", "serve")
+COMMANDS = ("run", "validate", "env", "report", "compare", "make-sample", "merge", "serve", "tune")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     serve.add_argument("--max-seconds", type=float, help="stop by itself after this many seconds")
+
+    tune = sub.add_parser("tune", help="search runtimes, precisions and speed options for the fastest "
+                                       "configuration within an mAP budget (docs/tune.md)")
+    tune.add_argument("plan", help="plan YAML file: its models, dataset and protocol (runtimes: the ones to search)")
+    tune.add_argument("--budget", required=True, metavar="map_drop=POINTS",
+                      help="AP points a configuration may lose against the FP32 baseline, e.g. map_drop=0.5")
+    tune.add_argument("--latency", choices=("median", "p99"), default="median",
+                      help="the latency statistic to minimise, per process, then the median over processes (default median)")
+    tune.add_argument("--batch", default="1", metavar="LIST",
+                      help="batch size, or several (1,4,8): throughput mode, compared per image (default 1)")
+    tune.add_argument("--max-minutes", type=float, default=60.0, metavar="MIN",
+                      help="time budget of the whole search (default 60)")
+    tune.add_argument("--output", metavar="DIR", help="base folder for the run folders (overrides the plan's `output`)")
 
     sample = sub.add_parser("make-sample", help="generate the COCO-format sample dataset")
     sample.add_argument("out", help="output folder")
@@ -167,6 +181,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return serve_by_hand(args.plan, args.model, args.runtime, host=args.host, port=args.port,
                              precision=args.precision, batch=args.batch, resolution=args.resolution,
                              max_seconds=args.max_seconds)
+    if args.command == "tune":
+        return _tune(args)
     if args.command == "make-sample":
         from harness.accuracy.sample import make_sample_dataset
 
@@ -199,6 +215,26 @@ def _run(args: argparse.Namespace) -> int:
         loaded = load_plan(args.plan, check_paths=not args.ray)
         store = start_run(loaded, Path(args.output) if args.output else None)
     return execute(store, loaded, gpus=gpus, ray_address=args.ray)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from harness.tune.search import Budget, parse_batches, parse_budget
+
+    # Every flag before anything is read or run: a bad one leaves nothing behind.
+    map_drop = parse_budget(args.budget)
+    batches = parse_batches(args.batch)
+    if not args.max_minutes > 0 or args.max_minutes == float("inf"):
+        raise UserError(f"--max-minutes: expected a positive number of minutes, got {args.max_minutes!r}")
+    from harness.tune.search import tune
+    from harness.tune.space import load_tune_plan
+
+    loaded, notes = load_tune_plan(args.plan)
+    outcome = tune(loaded, Budget(map_drop, args.latency, batches, args.max_minutes),
+                   output=Path(args.output) if args.output else None, notes=notes)
+    from harness.report.tune import print_tune_summary
+
+    print_tune_summary(outcome.result, outcome.run_dir)
+    return outcome.exit_status
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -168,6 +168,7 @@ def expand(
     if check_paths:
         problems += _dataset_problems(plan, plan_dir)
     problems += _server_problems(plan, plan_dir, check_paths)
+    problems += _tune_problems(plan)
     problems += _cell_id_collisions(cells)
     if check_runtime_settings:
         problems += _runtime_cell_checks(cells)
@@ -208,7 +209,7 @@ def _runtime_cells(
         return [], [(rt_where, f"{runtime.name} only has the {only} scope, which the plan's scopes leave out")]
     cells: list[Cell] = []
     protocol = _merge_protocol(plan.protocol, model)
-    batches = model.batch_sizes or plan.batch_sizes
+    batches = spec.batch_sizes or model.batch_sizes or plan.batch_sizes
     if protocol.repeats is None:
         on_cpu = device == "cpu" or (device == "auto" and not _gpu_driver_present())
         # A server cell's one process is a whole load sweep; more are asked for explicitly.
@@ -271,6 +272,33 @@ def _server_scopes(plan: Plan, m_index: int, runtime: RuntimePlugin) -> tuple[li
     if "end_to_end" not in runtime.scopes:
         return [], [(field or "runtimes", f"runtime {runtime.name} has no end_to_end scope, which a server needs")]
     return ["end_to_end"], []
+
+
+def _tune_problems(plan: Plan) -> Problems:
+    """`tune.options` names runtimes that exist and values their settings schema takes."""
+    if plan.tune is None:
+        return []
+    problems: Problems = []
+    for name, options in plan.tune.options.items():
+        where = f"tune.options.{name}"
+        try:
+            runtime = plugin(name)
+        except KeyError:
+            known = ", ".join(repr(n) for n in runtime_names())
+            problems.append((where, f"unknown runtime {name!r}; expected one of {known}"))
+            continue
+        for key, values in options.items():
+            if key not in runtime.settings.model_fields:
+                known = ", ".join(runtime.settings.model_fields) or "none"
+                problems.append((f"{where}.{key}", f"not a {runtime.title} setting (known: {known})"))
+                continue
+            for value in values:
+                try:
+                    runtime.parse_settings({key: value})
+                except SettingsProblem as exc:
+                    what = "; ".join(w for _, w in exc.problems)
+                    problems.append((f"{where}.{key}", f"{value!r}: {what}"))
+    return problems
 
 
 def _server_problems(plan: Plan, plan_dir: Path, check_paths: bool) -> Problems:

@@ -90,6 +90,9 @@ class RuntimeSpec(Strict):
     # This runtime's own precisions, replacing the plan's axis for it (a plan that compares
     # predict() FP32 with FP16+JIT and ONNX FP32 is not a full product).
     precisions: list[Precision] | None = None
+    # This runtime's own batch sizes, replacing the model's and the plan's axis for it (a tuned
+    # plan keeps each configuration at the batches it was chosen at).
+    batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] | None = None
 
     @property
     def key(self) -> str:
@@ -351,6 +354,25 @@ class FleetSpec(Strict):
     wait_for_resources_s: Annotated[float, Field(ge=0)] = 0.0
 
 
+class TuneSpec(Strict):
+    """`tune:`: how `bench tune` searches (docs/tune.md). Ignored by `bench PLAN`."""
+
+    # Images of the screening accuracy pass (the first N of the plan's evaluation images): a
+    # candidate that drops past the budget there is pruned before it is timed at length.
+    subset_images: Annotated[int, Field(ge=1, le=100_000)] = 50
+    # The screening protocol (partial: only the keys given replace the defaults of docs/tune.md).
+    screen_protocol: ProtocolOverride | None = None
+    # Values to try per runtime and setting, replacing the plug-in's declared ones:
+    # {onnxruntime-cpu: {graph_optimization_level: [all, basic]}}. Checked against each
+    # runtime's settings schema by `bench validate`.
+    options: dict[str, dict[str, Annotated[list[Any], Field(min_length=1)]]] = Field(default_factory=dict)
+    # Configurations next to the winner (on the front, or the fastest within the budget) that
+    # tuned.yaml keeps beside it.
+    neighbours: Annotated[int, Field(ge=0, le=20)] = 2
+    # At most this many candidates are screened (the rest are listed as not tried).
+    max_candidates: Annotated[int, Field(ge=1, le=10_000)] = 200
+
+
 class Plan(Strict):
     name: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     description: str = ""
@@ -384,6 +406,7 @@ class Plan(Strict):
     # What a configuration must meet to ship (per model: ModelSpec.budgets), and whether a
     # failed budget makes `bench` exit 1.
     budgets: PlanBudgets | None = None
+    tune: TuneSpec | None = None
 
     @field_validator("runtimes", mode="before")
     @classmethod

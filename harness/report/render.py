@@ -45,6 +45,7 @@ from harness.report.rundata import (
 )
 from harness.report.serve import serve_context
 from harness.report.throughput import CROSS_SCOPE_LABEL, throughput_groups
+from harness.report.tune import tune_context
 from harness.results import DerivedEntry, TraceRow, Window
 
 __all__ = ["load_run", "render_run", "build_context", "write_atomic", "template_env"]
@@ -546,6 +547,7 @@ def build_context(run: LoadedRun) -> dict[str, Any]:
         "stage_svg": charts.stage_breakdown(_stage_bars(single)),
         "serve": serve_context(views),
         "nms_rows": nms_rows(single),
+        "tune": tune_context(run_dir),
         "nms_counts": counts_text,
         "sustained": _sustained_series(views),
         "gallery": gallery,

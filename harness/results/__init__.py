@@ -91,6 +91,7 @@ from harness.results.model import (
     record_key,
     worst_status,
 )
+from harness.results.tune import TuneCandidate, TuneResult, TuneStep
 
 __all__ = [
     "ArtifactSize", "BudgetVerdict", "CellResources", "CounterReadings", "DeviceMemory", "EnergyFigures",
@@ -103,7 +104,8 @@ __all__ = [
     "MonitorSummary", "NewerSchemaError", "NmsFacts", "Placement", "Prepare", "Protocol", "RawAgreement",
     "ResultsError", "ResultsFile", "RunMeta", "RunRead", "Scope", "StageTiming", "Stats", "Status",
     "SustainedProtocol", "TraceRow", "CalibrationFacts", "CalibrationSplitRef", "ImageSplit", "NodeSet",
-    "Quantization", "SensitiveNode", "Sensitivity", "WeightsKind", "Window", "cell_files", "describe_validation",
+    "Quantization", "TuneCandidate", "TuneResult", "TuneStep", "SensitiveNode", "Sensitivity", "WeightsKind", "Window",
+    "cell_files", "describe_validation",
     "effective_status", "group_by_cell", "primary_record", "record_key", "load_cell_record", "load_results",
     "load_run_meta", "read_cell_file",
     "read_cell_files", "read_json", "read_results_file", "read_run", "read_run_meta", "worst_status",

@@ -60,6 +60,19 @@ CellCheck = Callable[["Cell"], list[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
+class TuneOption:
+    """A setting whose value changes the runtime's speed, and the values `bench tune` tries
+    (harness/tune/space.py takes the product of a plug-in's options). The first value is the
+    one a plan gets when it leaves the setting out, so the all-first candidate is the runtime
+    as configured by default."""
+
+    key: str  # the settings key (a field of the plug-in's settings schema)
+    values: tuple[Any, ...]
+    # Only at these precisions (TF32 rounds fp32 math: an option of fp32 cells only); None: all.
+    precisions: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
 class RuntimePlugin:
     name: str  # what a plan writes in `runtimes:`
     title: str  # how messages name it ("ONNX Runtime", "TensorRT")
@@ -87,6 +100,9 @@ class RuntimePlugin:
     export_keys: tuple[str, ...] = field(default=())
     # The runtime a plan gets when it names none (exactly one plug-in says so).
     default: bool = False
+    # Settings worth searching for speed (`bench tune`), declared here so the search names no
+    # runtime: a new plug-in that declares options is searched with them.
+    tune_options: tuple[TuneOption, ...] = ()
 
     def parse_settings(self, raw: dict[str, Any]) -> RuntimeSettings:
         """The plan's settings dict as this runtime's typed settings, or SettingsProblem."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.runtimes.plugin import Device, RuntimePlugin, RuntimeSettings
+from harness.runtimes.plugin import Device, RuntimePlugin, RuntimeSettings, TuneOption
 
 if TYPE_CHECKING:
     from harness.plan.cells import Cell
@@ -92,8 +92,26 @@ class OrtTensorrtSettings(OrtCudaSettings):
     trt_max_workspace_size: int | None = Field(default=None, ge=1)
 
 
+# What `bench tune` varies. Graph optimisation decides which fusions run; one intra-op thread
+# against the worker's pinned cores shows whether the model gains from parallel kernels at all
+# (None: the harness's default, the pinned core count).
+CPU_TUNE = (
+    TuneOption("graph_optimization_level", ("all", "extended", "basic")),
+    TuneOption("intra_op_num_threads", (None, 1)),
+)
+# CUDA graphs take the host out of the loop; EXHAUSTIVE may pick faster convolution algorithms
+# than the heuristics (in every process anew); TF32 trades fp32 mantissa bits for speed.
+CUDA_TUNE = (
+    TuneOption("cuda_graph", (False, True)),
+    TuneOption("cudnn_conv_algo_search", ("HEURISTIC", "EXHAUSTIVE")),
+    TuneOption("tf32", (False, True), precisions=frozenset({"fp32"})),
+)
+TENSORRT_EP_TUNE = (TuneOption("cuda_graph", (False, True)),)
+
+
 def _plugin(name: str, provider: str, cls: str, device: Device, precisions: set[str],
-            settings: type[OrtSettings], libraries: tuple[str, ...]) -> RuntimePlugin:
+            settings: type[OrtSettings], libraries: tuple[str, ...],
+            tune: tuple[TuneOption, ...] = ()) -> RuntimePlugin:
     return RuntimePlugin(
         name=name,
         title="ONNX Runtime",
@@ -107,6 +125,7 @@ def _plugin(name: str, provider: str, cls: str, device: Device, precisions: set[
         export_keys=("opset", "dynamic_batch"),
         cell_check="harness.runtimes.onnxruntime:cell_problems",
         device_nms=True,  # CPU: torch.from_numpy; CUDA: outputs bound to torch tensors
+        tune_options=tune,
     )
 
 
@@ -140,9 +159,9 @@ PLUGINS = [
     # int8-dynamic: the CPU EP only (the CUDA EP has no kernel for DynamicQuantizeLinear's
     # integer ops; the TensorRT EP takes static Q/DQ only).
     _plugin("onnxruntime-cpu", "CPU", "OrtCpuRuntime", "cpu", {"fp32", "int8", "int8-dynamic"}, OrtSettings,
-            ("onnxruntime",)),
+            ("onnxruntime",), CPU_TUNE),
     _plugin("onnxruntime-cuda", "CUDA", "OrtCudaRuntime", "cuda", {"fp32", "fp16", "int8"}, OrtCudaSettings,
-            ("onnxruntime",)),
+            ("onnxruntime",), CUDA_TUNE),
     _plugin("onnxruntime-tensorrt", "TensorRT", "OrtTensorrtRuntime", "cuda", {"fp32", "fp16", "int8"},
-            OrtTensorrtSettings, ("onnxruntime", "tensorrt")),
+            OrtTensorrtSettings, ("onnxruntime", "tensorrt"), TENSORRT_EP_TUNE),
 ]

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.runtimes.plugin import ALL_SCOPES, RuntimePlugin, RuntimeSettings
+from harness.runtimes.plugin import ALL_SCOPES, RuntimePlugin, RuntimeSettings, TuneOption
 
 
 class RfdetrSettings(RuntimeSettings):
@@ -16,7 +16,8 @@ class RfdetrSettings(RuntimeSettings):
     threshold: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
-def _plugin(name: str, title: str, summary: str, cls: str, scopes: frozenset[str]) -> RuntimePlugin:
+def _plugin(name: str, title: str, summary: str, cls: str, scopes: frozenset[str],
+            tune: tuple[TuneOption, ...] = ()) -> RuntimePlugin:
     return RuntimePlugin(
         name=name,
         title=title,
@@ -28,6 +29,7 @@ def _plugin(name: str, title: str, summary: str, cls: str, scopes: frozenset[str
         settings=RfdetrSettings,
         needs=frozenset({"rfdetr"}),
         libraries=("torch", "torchvision", "rfdetr"),
+        tune_options=tune,
     )
 
 
@@ -37,5 +39,7 @@ PLUGINS = [
             "RfdetrPredictRuntime", frozenset({"end_to_end"})),
     _plugin("rfdetr-optimized", "rfdetr inference()",
             "rfdetr's inference() (torchscript or inductor), then predict() or the optimized module",
-            "RfdetrOptimizedRuntime", ALL_SCOPES),
+            "RfdetrOptimizedRuntime", ALL_SCOPES,
+            # rfdetr's two optimized paths: the torchscript trace and torch.compile's inductor.
+            (TuneOption("compile_backend", ("torchscript", "inductor")),)),
 ]

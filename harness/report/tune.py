@@ -1,0 +1,149 @@
+"""The report's tune section, from a run folder's tune.json (written by `bench tune`): the two
+fronts (latency against mAP, latency against memory) with dominated points faint and the
+winner marked, every candidate with what became of it and why, and the time of each step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
+
+from harness.report import fmt
+from harness.report.charts import PALETTE, Scale, _clip, _e, _svg, _x_axis, _y_axis
+from harness.results import TuneCandidate, TuneResult
+
+TUNE_FILE = "tune.json"
+KIND_WORDS = {"invalid": "cannot exist", "unavailable": "unavailable here", "failed": "failed",
+              "accuracy": "past the mAP budget", "time": "time budget", "limit": "candidate limit"}
+
+
+def load_tune(run_dir: Path) -> TuneResult | None:
+    path = run_dir / TUNE_FILE
+    if not path.is_file():
+        return None
+    return TuneResult.model_validate(json.loads(path.read_text("utf-8")))
+
+
+def memory_words(kind: str | None) -> str:
+    return {"device": "peak device memory of the timed phase",
+            "host_rss": "peak host RSS of the worker (the CPU is the device)"}.get(kind or "", "memory")
+
+
+def front_chart(result: TuneResult, axis: str) -> Markup:
+    """Latency (x) against mAP or memory (y) of the measured configurations: front points
+    solid and labelled, dominated ones faint, the winner ringed, the front as a step line."""
+    if axis == "map":
+        pts = [(c, c.ap) for c in result.candidates if c.latency_ms is not None and c.ap is not None]
+        title, ylabel = "Latency against mAP", "mAP (COCO AP50:95, points)"
+    else:
+        # MB (10^6 bytes) like the report's resource charts and the ship table, the same figure.
+        pts = [(c, c.memory_bytes / 1e6) for c in result.candidates
+               if c.latency_ms is not None and c.memory_bytes is not None and c.memory_kind == result.memory_kind]
+        title, ylabel = "Latency against memory", f"{memory_words(result.memory_kind)} (MB, worst process)"
+    if not pts:
+        return Markup("")
+    width, height, left, right, top, bottom = 900, 380, 80, 190, 20, 56
+    lats = [c.latency_ms or 0.0 for c, _ in pts]
+    ys_ = [float(v) for _, v in pts if v is not None]
+    span_x = max(lats) - min(lats) or max(lats) * 0.2 or 1.0
+    xs = Scale(max(min(lats) - span_x * 0.15, 0), max(lats) + span_x * 0.15, left, width - right)
+    span_y = max(ys_) - min(ys_) or abs(max(ys_)) * 0.1 or 1.0
+    ys = Scale(min(ys_) - span_y * 0.2, max(ys_) + span_y * 0.25, height - bottom, top)
+    unit = "ms per image" if result.per_image else "ms per batch"
+    body = _x_axis(xs, height - bottom, top, f"{result.latency_stat} latency, median over processes ({unit})")
+    body += _y_axis(ys, left, left, width - right, ylabel)
+    on_front = (lambda c: c.on_front_map) if axis == "map" else (lambda c: c.on_front_memory)
+    runtimes = sorted({c.runtime for c, _ in pts})
+    color = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(runtimes)}
+    front = sorted([(c, v) for c, v in pts if on_front(c)], key=lambda p: p[0].latency_ms or 0.0)
+    if len(front) > 1:
+        path = "".join((f"M{xs(c.latency_ms or 0):.1f},{ys(float(v)):.1f}" if i == 0 else
+                        f"H{xs(c.latency_ms or 0):.1f}V{ys(float(v)):.1f}") for i, (c, v) in enumerate(front))
+        body.append(f'<path class="ch-front" d="{path}"/>')
+    for c, v in pts:
+        x, y = xs(c.latency_ms or 0.0), ys(float(v))
+        faint = not on_front(c)
+        tip = (f"{c.name} · {c.precision} · b{c.batch}\n{fmt.ms(c.latency_ms)} ms · "
+               + (f"mAP {fmt.num(c.ap, 2)}" if axis == "map" else f"{float(v):.1f} MB" + (f" ({c.memory_method})" if c.memory_method else ""))
+               + ("" if c.within_budget else "\npast the mAP budget") + ("\ndominated" if faint else ""))
+        opacity = ' opacity="0.25"' if faint else ""
+        fill = "#fff" if not c.within_budget else color[c.runtime]
+        body.append(f'<g class="ch-point{" tune-dominated" if faint else ""}"{opacity}><title>{_e(tip)}</title>'
+                    f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5.5" fill="{_e(fill)}" stroke="{_e(color[c.runtime])}" '
+                    'stroke-width="2"/></g>')
+        if c.cell_id == result.winner:
+            body.append(f'<circle class="tune-winner" cx="{x:.1f}" cy="{y:.1f}" r="10" fill="none" stroke="#111" '
+                        'stroke-width="2"/>')
+            body.append(f'<text class="ch-sub" x="{x + 13:.1f}" y="{y + 4:.1f}">winner</text>')
+        elif not faint:
+            body.append(f'<text class="ch-sub" x="{x + 9:.1f}" y="{y - 8:.1f}">{_e(_clip(c.name, 34))}</text>')
+    lx, ly = width - right + 20, top + 14
+    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">runtime (colour)</text>')
+    for r in runtimes:
+        ly += 18
+        body.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" rx="2" fill="{_e(color[r])}"/>')
+        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(r, 24))}</text>')
+    ly += 26
+    body.append(f'<text class="ch-legend" x="{lx}" y="{ly}">faint: dominated</text>')
+    ly += 18
+    body.append(f'<text class="ch-legend" x="{lx}" y="{ly}">hollow: past the budget</text>')
+    ly += 18
+    body.append(f'<text class="ch-legend" x="{lx}" y="{ly}">ringed: the winner</text>')
+    return _svg(width, height, body, title)
+
+
+def _settings_text(c: TuneCandidate) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(c.settings.items())) or "defaults"
+
+
+def tune_context(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        result = load_tune(run_dir)
+    except (OSError, ValueError):
+        return {"error": f"{TUNE_FILE} could not be read"}
+    if result is None:
+        return None
+    winner = next((c for c in result.candidates if c.cell_id == result.winner), None)
+    return {
+        "result": result,
+        "winner": winner,
+        "map_svg": front_chart(result, "map"),
+        "memory_svg": front_chart(result, "memory"),
+        "measured": sorted([c for c in result.candidates if c.outcome == "measured"],
+                           key=lambda c: (c.latency_ms is None, c.latency_ms or 0.0)),
+        "pruned": [c for c in result.candidates if c.outcome in ("pruned", "screened")],
+        "untried": [c for c in result.candidates if c.outcome == "untried"],
+        "kind_words": KIND_WORDS,
+        "settings_text": _settings_text,
+        "memory_words": memory_words(result.memory_kind),
+        "total_s": sum(s.seconds for s in result.steps),
+    }
+
+
+def print_tune_summary(result: TuneResult, run_dir: Path) -> None:
+    """The terminal's closing lines of `bench tune`."""
+    import sys
+
+    counts: dict[str, int] = {}
+    for c in result.candidates:
+        counts[c.outcome] = counts.get(c.outcome, 0) + 1
+    out = [f"tune: {len(result.candidates)} candidates: "
+           + ", ".join(f"{n} {what}" for what, n in counts.items())]
+    winner = next((c for c in result.candidates if c.cell_id == result.winner), None)
+    if winner is not None:
+        out.append(f"winner: {winner.name} {winner.precision} b{winner.batch}: {fmt.ms(winner.latency_ms)} ms "
+                   f"({result.latency_stat}), mAP drop {fmt.num(winner.map_drop, 2)} points; {result.winner_why}")
+        if result.tie_break:
+            out.append(f"tie: {result.tie_break}")
+    else:
+        out.append(f"no winner: {result.winner_why}")
+    for step in result.steps:
+        out.append(f"  {step.name:8s} {step.seconds:8.1f} s" + (f"  {step.note}" if step.note else ""))
+    if result.over_time:
+        out.append(f"note: the search took {result.elapsed_s / 60:.1f} min, past --max-minutes {result.max_minutes:g}")
+    out.append(f"run folder: {run_dir}")
+    if result.tuned_plan:
+        out.append(f"tuned plan: {run_dir / result.tuned_plan}  (re-measure: bench {run_dir / result.tuned_plan})")
+    print("\n".join(out), file=sys.stderr)

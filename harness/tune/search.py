@@ -1,0 +1,587 @@
+"""The search: two stages, both through the normal launcher and worker, so every number comes
+from the instrument `bench PLAN` uses (no separate quick timer).
+
+1. Screening: every candidate left after `space.build_space` is a cell of one screening run
+   (one process, a short protocol, the accuracy pass on the first `tune.subset_images` images),
+   the baseline first. A candidate that fails, or whose mAP on that subset falls more than the
+   budget below the baseline's on the same subset, is pruned with the reason and never timed at
+   length. Before each cell the time it and the measurement stage would still need is projected
+   from the cells so far; one that would pass --max-minutes is not started and is listed as
+   not tried.
+2. Measurement: the survivors (as many as the time left holds, the most promising first) as a
+   normal plan run: the plan's full protocol, repeats included, and its full accuracy pass.
+   That run folder is the result; tune.json, tuned.yaml and the report's tune section are added
+   to it.
+
+The winner is the fastest measured configuration within the budget, by the median over
+processes of each process's statistic (median or p99); docs/tune.md has the tie rule.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+from harness.plan.load import LoadedPlan, parse_plan
+from harness.plan.schema import LatencyProtocol, Plan, SubsetSpec
+from harness.results import (
+    CellRecord,
+    DerivedEntry,
+    ResultsFile,
+    TuneCandidate,
+    TuneResult,
+    TuneStep,
+    group_by_cell,
+    primary_record,
+)
+from harness.run.launch import Events, LocalLauncher, WorkUnit
+from harness.run.record import outcome_record
+from harness.run.store import RunStore, dumps, utc_now
+from harness.tune import pareto
+from harness.tune.space import Candidate, Space, build_space, plan_with
+
+# Screening protocol, unless tune.screen_protocol says otherwise: enough calls for a median that
+# ranks candidates, far from the full protocol's.
+SCREEN_DEFAULTS: dict[str, Any] = {"warmup_iterations": 5, "warmup_seconds": 0.5, "min_iterations": 30,
+                                   "min_seconds": 1.0, "max_seconds": 30.0, "repeats": 1, "sustained": None}
+# Two process-level figures closer than this (relative) with no test to tell them apart are a tie.
+TIE_P_VALUE = 0.05
+
+
+@dataclass(frozen=True)
+class Budget:
+    map_drop: float  # AP points
+    latency: str = "median"  # median | p99
+    batches: tuple[int, ...] = (1,)
+    max_minutes: float = 60.0
+
+
+def parse_budget(text: str) -> float:
+    """`map_drop=POINTS` -> POINTS, or UserError naming --budget."""
+    key, sep, value = text.partition("=")
+    if not sep or key.strip() != "map_drop":
+        raise UserError(f"--budget: expected map_drop=POINTS (the AP points a configuration may lose against "
+                        f"the FP32 baseline, e.g. map_drop=0.5), got {text!r}")
+    try:
+        points = float(value)
+    except ValueError:
+        raise UserError(f"--budget: map_drop must be a number of AP points, got {value!r}") from None
+    if not points >= 0 or points == float("inf"):
+        raise UserError(f"--budget: map_drop must be a finite number >= 0, got {value!r}")
+    return points
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(dict.fromkeys(int(part) for part in text.split(",")))
+    except ValueError:
+        raise UserError(f"--batch: expected a batch size or a comma-separated list (1 or 1,4,8), got {text!r}") from None
+    if not batches or any(not 1 <= b <= 1024 for b in batches):
+        raise UserError(f"--batch: batch sizes are 1..1024, got {text!r}")
+    return batches
+
+
+@dataclass
+class Clock:
+    started: float = field(default_factory=time.monotonic)
+    steps: list[TuneStep] = field(default_factory=list)
+    _at: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def step(self, name: str, note: str | None = None) -> None:
+        now = time.monotonic()
+        self.steps.append(TuneStep(name=name, seconds=round(now - self._at, 3), note=note))
+        self._at = now
+
+
+@dataclass
+class Outcome:
+    result: TuneResult
+    run_dir: Path
+    exit_status: int
+
+
+def _dump_plan(plan: Plan) -> str:
+    return yaml.safe_dump(plan.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def _loaded(plan: Plan, loaded: LoadedPlan, header: str) -> LoadedPlan:
+    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+    return parse_plan(header + _dump_plan(plan), f"<{plan.name}>", plan_dir, loaded.path)
+
+
+def screen_protocol(plan: Plan) -> LatencyProtocol:
+    given = plan.tune.screen_protocol.model_dump(exclude_none=True) if plan.tune and plan.tune.screen_protocol else {}
+    base = {**plan.protocol.model_dump(), **SCREEN_DEFAULTS, **given}
+    base["max_iterations"] = max(base["max_iterations"], base["min_iterations"])
+    return LatencyProtocol.model_validate(base)
+
+
+def _subset(plan: Plan, n: int) -> Any:
+    dataset = plan.dataset
+    assert dataset is not None
+    subset = dataset.subset
+    if subset.mode == "all":
+        subset = SubsetSpec(mode="first", n=n)
+    else:
+        subset = subset.model_copy(update={"n": min(subset.n or n, n)})
+    return dataset.model_copy(update={"subset": subset})
+
+
+def _cell_key(record_or_cell: Any) -> tuple[str, str, str, int]:
+    ident = record_or_cell.identity if isinstance(record_or_cell, CellRecord) else None
+    if ident is not None:
+        return (ident.model, ident.runtime_label or ident.runtime, ident.precision, ident.batch)
+    c = record_or_cell
+    return (c.model.name, c.runtime.key, c.precision, c.batch)
+
+
+def _cand_key(c: Candidate) -> tuple[str, str, str, int]:
+    return (c.model, c.name, c.precision, c.batch)
+
+
+def _ap_points(record: CellRecord) -> float | None:
+    acc = record.accuracy
+    if acc is None:
+        return None
+    metrics = {"bbox": acc.bbox, "segm": acc.segm, "keypoints": acc.keypoints}.get(acc.primary)
+    ap = getattr(metrics, "AP", None)
+    return None if ap is None else float(ap) * 100.0
+
+
+def _statistic(record: CellRecord, stat: str, per_image: bool) -> float | None:
+    if record.latency is None or record.status not in ("ok", "unstable", "throttled"):
+        return None
+    value = record.latency.stats.p99 if stat == "p99" else record.latency.stats.p50
+    return value / record.identity.batch if per_image else value
+
+
+def _ran_on_gpu(group: Sequence[CellRecord]) -> bool:
+    """Whether the cell's processes ran on a GPU: the device the worker resolved and captured
+    its environment on ("auto" becomes cuda:N or cpu there), else the plan's device."""
+    for record in group:
+        if record.environment.devices:
+            return any(d.startswith("cuda") for d in record.environment.devices)
+    return primary_record(group).identity.device.startswith("cuda")
+
+
+def _memory(group: Sequence[CellRecord], derived: DerivedEntry | None) -> dict[str, Any]:
+    """The memory a candidate is put against latency with: the cell's `resources` over its
+    processes (the figure the ship table, budgets and compare read; the worst process's peak):
+    device memory of the timed phase on a GPU cell, the worker's peak host RSS on a CPU cell.
+    A GPU cell without a device figure gets none (its host RSS would not be the same quantity);
+    the reason says why."""
+    from harness.measure.resources import resources_over_processes
+
+    kind = "device" if _ran_on_gpu(group) else "host_rss"
+    res = derived.resources if derived is not None and derived.resources is not None else resources_over_processes(group)
+    if res is None:
+        return {"memory_kind": kind, "memory_bytes": None, "memory_method": None,
+                "memory_reason": "no measured process recorded its resources"}
+    reasons = res.reasons or {}
+    if kind == "device":
+        return {"memory_kind": kind, "memory_bytes": res.device_memory_peak_bytes,
+                "memory_method": res.device_memory_method, "memory_reason": reasons.get("device_memory")}
+    methods = sorted({r.resources.host_memory.method for r in group
+                      if r.resources is not None and r.resources.host_memory.method})
+    return {"memory_kind": kind, "memory_bytes": res.host_peak_rss_bytes, "memory_method": " | ".join(methods) or None,
+            "memory_reason": reasons.get("host_memory")}
+
+
+def screen_verdict(record: CellRecord, baseline_ap: float | None, map_drop: float,
+                   subset_n: int) -> tuple[str, str] | None:
+    """Why a screened candidate is pruned, as (kind, reason), or None when it survives: it was
+    not tried (the time budget), is unavailable here, failed, has no mAP to compare, or lost
+    more than `map_drop` AP points against the baseline on the screening subset."""
+    if record.status == "skipped":
+        untried = (record.reason or "").startswith("not tried")
+        return ("time" if untried else "unavailable", record.reason or "skipped")
+    if record.status == "failed":
+        return ("failed", record.reason or "failed")
+    if baseline_ap is None:
+        return ("accuracy", f"no baseline mAP for model {record.identity.model} to check the budget against")
+    ap = _ap_points(record)
+    if ap is None:
+        return ("accuracy", "its screening accuracy pass gave no mAP")
+    drop = baseline_ap - ap
+    if drop > map_drop + 1e-9:
+        return ("accuracy", f"mAP {ap:.2f} on the {subset_n}-image screening subset is {drop:.2f} points below "
+                            f"the baseline's {baseline_ap:.2f}, past the budget of {map_drop:g}")
+    return None
+
+
+class BudgetedLauncher:
+    """The local launcher, one unit at a time, asking `decide` before each: a unit it refuses
+    gets a `skipped` record saying why (so the run folder says what was not tried). `after`
+    sees each record that ran, with its wall time, once it is written."""
+
+    name = "local"
+
+    def __init__(self, decide: Callable[[WorkUnit], str | None],
+                 after: Callable[[WorkUnit, dict[str, Any], float], None] = lambda unit, record, wall: None):
+        self.decide = decide
+        self.after = after
+        self.inner = LocalLauncher()
+        self.walls: dict[str, float] = {}
+
+    def run(self, units: Sequence[WorkUnit], store: RunStore, events: Events) -> None:
+        for unit in units:
+            why = self.decide(unit)
+            if why is not None:
+                events.done(unit, outcome_record(unit.cell, "skipped", why, utc_now()))
+                continue
+            started = time.monotonic()
+            records: list[dict[str, Any]] = []
+            self.inner.run([unit], store, Events(done=_collecting(events.done, records), started=events.started,
+                                                 phase=events.phase))
+            self.walls[unit.key] = time.monotonic() - started
+            for record in records:
+                self.after(unit, record, self.walls[unit.key])
+
+
+def _collecting(done: Callable[[WorkUnit, dict[str, Any]], None],
+                into: list[dict[str, Any]]) -> Callable[[WorkUnit, dict[str, Any]], None]:
+    def collect(unit: WorkUnit, record: dict[str, Any]) -> None:
+        done(unit, record)
+        into.append(record)
+
+    return collect
+
+
+def _execute(store: RunStore, loaded: LoadedPlan, launcher: Any, console: Any) -> ResultsFile:
+    from harness.results import read_run
+    from harness.run.execute import execute
+
+    execute(store, loaded, console=console, launcher=launcher)
+    return read_run(store.run_dir).results
+
+
+@dataclass
+class _Estimate:
+    """Projections from what has run: seconds per screening cell and per measured cell."""
+
+    screen_walls: list[float] = field(default_factory=list)
+    accuracy_s: list[float] = field(default_factory=list)  # screening accuracy pass, wall
+    extra_measure_s: float = 0.0  # the full protocol's minimum time beyond the screening one
+    repeats: int = 1
+    accuracy_scale: float = 1.0  # full evaluation images / screening subset
+
+    def screen(self) -> float:
+        return statistics.mean(self.screen_walls) if self.screen_walls else 0.0
+
+    def measured(self, n: int) -> float:
+        """Seconds for `n` configurations at length: each process a screening cell's cost plus
+        the longer protocol; one full accuracy pass each."""
+        if not self.screen_walls:
+            return 0.0
+        acc = statistics.mean(self.accuracy_s) if self.accuracy_s else 0.0
+        per_process = self.screen() - acc + self.extra_measure_s
+        return n * (self.repeats * per_process + acc * self.accuracy_scale)
+
+
+def _evaluation_images(plan: Plan, plan_dir: Path) -> int | None:
+    dataset = plan.dataset
+    if dataset is None:
+        return None
+    if dataset.subset.n is not None:
+        return dataset.subset.n
+    if dataset.sample:
+        return dataset.sample_images - (dataset.calibration.images if dataset.calibration else 0)
+    if dataset.images:
+        folder = Path(dataset.images).expanduser()
+        folder = folder if folder.is_absolute() else plan_dir / folder
+        try:
+            return sum(1 for entry in folder.iterdir() if entry.is_file())
+        except OSError:
+            return None
+    return None
+
+
+def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, console: Any = None,
+         notes: Sequence[str] = ()) -> Outcome:
+    from harness.run.execute import start_run
+    from harness.run.progress import make_console
+
+    plan = loaded.plan
+    if plan.dataset is None or not plan.accuracy.enabled:
+        raise UserError(f"{loaded.display_name}: dataset: bench tune checks the mAP budget, so the plan needs a "
+                        "`dataset` (and accuracy.enabled: true)")
+    if plan.scenario != "single_stream":
+        raise UserError(f"{loaded.display_name}: scenario: bench tune searches single-stream cells; "
+                        "a server plan's levels are not one latency")
+    console = console or make_console()
+    clock = Clock()
+    deadline = budget.max_minutes * 60.0
+    spec = plan.tune
+    subset_n = spec.subset_images if spec else 50
+    per_image = len(budget.batches) > 1
+    space = build_space(loaded, list(budget.batches))
+    all_notes = [*notes, *space.notes]
+    limit = spec.max_candidates if spec else 200
+    alive = space.alive()
+    for c in alive[limit:]:
+        c.pruned = ("limit", f"not tried: tune.max_candidates is {limit}")
+    alive = [c for c in alive if c.pruned is None]
+    alive.sort(key=lambda c: not c.baseline)  # the baselines are screened first
+    clock.step("space", f"{len(space.candidates)} candidates, {len(alive)} to screen")
+    base = Path(output) if output is not None else Path(plan.output)
+    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+
+    # -- stage 1: screening ------------------------------------------------------------------
+    protocol = screen_protocol(plan)
+    estimate = _Estimate(repeats=max(c.protocol.repeats or 1 for c in loaded.cells) if loaded.cells else 1)
+    full = plan.protocol
+    estimate.extra_measure_s = max(0.0, (full.min_seconds + full.warmup_seconds) - (protocol.min_seconds + protocol.warmup_seconds))
+    full_images = _evaluation_images(plan, plan_dir)
+    estimate.accuracy_scale = max(1.0, (full_images or subset_n) / subset_n)
+    screen_results: ResultsFile | None = None
+    screen_dir: Path | None = None
+    by_key: dict[tuple[str, str, str, int], Candidate] = {_cand_key(c): c for c in alive}
+    survivors_so_far = [0]
+
+    def decide(unit: WorkUnit) -> str | None:
+        cand = by_key.get(_cell_key(unit.cell))
+        if cand is None or cand.baseline or not estimate.screen_walls:
+            return None  # the baselines always run: without them no mAP drop exists
+        projected = clock.elapsed() + estimate.screen() + estimate.measured(survivors_so_far[0] + 1)
+        if projected > deadline:
+            return (f"not tried: the time budget (--max-minutes {budget.max_minutes:g}) would be passed "
+                    f"(projected {projected / 60:.1f} min with this candidate screened and measured)")
+        return None
+
+    def note(unit: WorkUnit, record: dict[str, Any], wall: float) -> None:
+        estimate.screen_walls.append(wall)
+        acc = record.get("accuracy") or {}
+        if isinstance(acc.get("wall_s"), (int, float)):
+            estimate.accuracy_s.append(float(acc["wall_s"]))
+        if record.get("status") in ("ok", "unstable", "throttled"):
+            survivors_so_far[0] += 1
+
+    launcher = BudgetedLauncher(decide, note)
+    if alive:
+        screen_plan = plan_with(loaded, alive, space, name=f"{plan.name}-screen", protocol=protocol,
+                                dataset=_subset(plan, subset_n),
+                                accuracy=plan.accuracy.model_copy(update={"gate": False, "gallery_images": 0}))
+        screen_loaded = _loaded(screen_plan, loaded, "# bench tune: screening run (stage 1)\n")
+        store = start_run(screen_loaded, base)
+        screen_dir = store.run_dir
+        screen_results = _execute(store, screen_loaded, launcher, console)
+    clock.step("screen", f"{len(launcher.walls)} screening process(es)")
+
+    # -- screening verdicts ----------------------------------------------------------------
+    screened: list[Candidate] = []
+    facts: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    if screen_results is not None:
+        groups = group_by_cell(screen_results.cells)
+        records = {_cell_key(primary_record(g)): primary_record(g) for g in groups.values()}
+        base_ap = {c.model: _ap_points(records[_cand_key(c)]) for c in alive
+                   if c.baseline and _cand_key(c) in records}
+        for c in alive:
+            record = records.get(_cand_key(c))
+            if record is None:
+                c.pruned = ("failed", "no screening record")
+                continue
+            wall = launcher.walls.get(record.cell_id)
+            ap = _ap_points(record)
+            ref = base_ap.get(c.model)
+            drop = None if ap is None or ref is None else ref - ap
+            facts[_cand_key(c)] = {"screen_cell": record.cell_id, "screen_s": wall, "screen_ap": ap,
+                                   "screen_map_drop": drop,
+                                   "screen_latency_ms": _statistic(record, budget.latency, per_image)}
+            c.pruned = screen_verdict(record, ref, budget.map_drop, subset_n)
+            if c.pruned is None:
+                screened.append(c)
+
+    # -- stage 2: the survivors at length ----------------------------------------------------
+    chosen = _choose_for_measurement(screened, facts, estimate, clock, deadline)
+    for c in screened:
+        if c not in chosen:
+            c.pruned = ("time", "passed screening; the time left (--max-minutes) held no full measurement of it")
+    measure_results: ResultsFile | None = None
+    header = (f"# bench tune {plan.name}: the survivors of screening, measured with the plan's full protocol\n")
+    if not chosen:
+        raise UserError(f"{loaded.display_name}: no candidate survived screening (see {screen_dir}); nothing to measure")
+    final_plan = plan_with(loaded, chosen, space)
+    final_loaded = _loaded(final_plan, loaded, header)
+    store = start_run(final_loaded, base)
+    run_dir = store.run_dir
+    from harness.run.execute import execute
+
+    code = execute(store, final_loaded, console=console)
+    from harness.results import read_run
+
+    measure_results = read_run(run_dir).results
+    clock.step("measure", f"{len(chosen)} configuration(s), {len(measure_results.cells)} process(es)")
+
+    result = _result(loaded, budget, space, chosen, facts, measure_results, subset_n, protocol, screen_dir,
+                     run_dir, clock, deadline, all_notes)
+    from harness.tune.tuned import write_tuned
+
+    tuned_name = write_tuned(loaded, space, result, chosen, run_dir)
+    result = result.model_copy(update={"tuned_plan": tuned_name})
+    clock.step("report")
+    result = result.model_copy(update={"steps": clock.steps, "elapsed_s": round(clock.elapsed(), 3),
+                                       "over_time": clock.elapsed() > deadline})
+    RunStore(run_dir).write_replace("tune.json", dumps(result.model_dump(mode="json")))
+    from harness.report.render import render_run
+
+    render_run(run_dir)
+    status = 0 if result.winner is not None and code in (0, 1) else 1
+    return Outcome(result, run_dir, status)
+
+
+def _choose_for_measurement(screened: list[Candidate], facts: dict[Any, dict[str, Any]], estimate: _Estimate,
+                            clock: Clock, deadline: float) -> list[Candidate]:
+    """The baselines, then the survivors on the screening front (latency against mAP), then the
+    rest fastest first, as many as the time left holds."""
+    def lat(c: Candidate) -> float:
+        value = facts.get(_cand_key(c), {}).get("screen_latency_ms")
+        return float(value) if value is not None else float("inf")
+
+    points = [pareto.Point(c.name + "|" + c.precision + "|" + str(c.batch) + "|" + c.model, lat(c),
+                           float(facts.get(_cand_key(c), {}).get("screen_ap") or 0.0)) for c in screened]
+    on_front = {p.key for p in pareto.front(points, higher_is_better=True)}
+    order = sorted(screened, key=lambda c: (not c.baseline,
+                                            (c.name + "|" + c.precision + "|" + str(c.batch) + "|" + c.model) not in on_front,
+                                            lat(c)))
+    chosen: list[Candidate] = []
+    for c in order:
+        if c.baseline or clock.elapsed() + estimate.measured(len(chosen) + 1) <= deadline:
+            chosen.append(c)
+    return chosen
+
+
+def _result(loaded: LoadedPlan, budget: Budget, space: Space, chosen: list[Candidate], facts: dict[Any, dict[str, Any]],
+            results: ResultsFile, subset_n: int, protocol: LatencyProtocol, screen_dir: Path | None, run_dir: Path,
+            clock: Clock, deadline: float, notes: list[str]) -> TuneResult:
+    per_image = len(budget.batches) > 1
+    groups = group_by_cell(results.cells)
+    by_key = {_cell_key(primary_record(g)): g for g in groups.values()}
+    measured: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    base_ap: dict[str, float | None] = {}
+    for c in chosen:
+        group = by_key.get(_cand_key(c))
+        if group is None:
+            continue
+        per_process = [v for r in group if (v := _statistic(r, budget.latency, per_image)) is not None]
+        primary = primary_record(group)
+        measured[_cand_key(c)] = {
+            "cell_id": primary.cell_id, "process_latency_ms": per_process,
+            "latency_ms": statistics.median(per_process) if per_process else None,
+            "ap": _ap_points(primary), "status": primary.status, "reason": primary.reason,
+            **_memory(group, results.derived.get(primary.cell_id)),
+        }
+        if c.baseline:
+            base_ap[c.model] = _ap_points(primary)
+    candidates: list[TuneCandidate] = []
+    for c in space.candidates:
+        screen = facts.get(_cand_key(c), {})
+        m = measured.get(_cand_key(c), {})
+        ref = base_ap.get(c.model)
+        drop = None if m.get("ap") is None or ref is None else ref - m["ap"]
+        within = None if drop is None else drop <= budget.map_drop + 1e-9
+        outcome = "measured"
+        kind: str | None = None
+        reason: str | None = None
+        if c.pruned is not None:
+            kind, reason = c.pruned
+            screened_ok = screen.get("screen_latency_ms") is not None
+            if kind in ("time", "limit"):
+                outcome = "screened" if screened_ok and kind == "time" else "untried"
+            else:
+                outcome = "pruned"
+        elif m.get("latency_ms") is None:
+            kind, reason = "failed", m.get("reason") or "no measured process"
+        candidates.append(TuneCandidate(
+            name=c.name, model=c.model, runtime=c.runtime, precision=c.precision, batch=c.batch,
+            settings=json.loads(json.dumps(c.settings)), is_baseline=c.baseline, outcome=outcome,  # type: ignore[arg-type]
+            reason=reason, reason_kind=kind,  # type: ignore[arg-type]
+            screen_cell=screen.get("screen_cell"), screen_latency_ms=screen.get("screen_latency_ms"),
+            screen_ap=screen.get("screen_ap"), screen_map_drop=screen.get("screen_map_drop"),
+            screen_s=screen.get("screen_s"),
+            cell_id=m.get("cell_id"), latency_ms=m.get("latency_ms"), process_latency_ms=m.get("process_latency_ms", []),
+            ap=m.get("ap"), map_drop=drop, memory_bytes=m.get("memory_bytes"), memory_kind=m.get("memory_kind"),
+            memory_method=m.get("memory_method"), memory_reason=m.get("memory_reason"),
+            within_budget=within if m.get("latency_ms") is not None else None,
+        ))
+    # One plan has one device, so every measured cell's memory is of one kind; should they
+    # differ, the memory front and chart take the first measured cell's and leave the rest out.
+    memory_kind = next((c.memory_kind for c in candidates if c.memory_kind), "host_rss")
+    candidates = _with_fronts(candidates, memory_kind)
+    winner, why, tie = _winner(candidates, budget)
+    neighbours = _neighbours(candidates, winner, loaded.plan.tune.neighbours if loaded.plan.tune else 2)
+    return TuneResult(
+        plan_name=loaded.plan.name, budget_map_drop=budget.map_drop, latency_stat=budget.latency,  # type: ignore[arg-type]
+        per_image=per_image, batches=list(budget.batches), scope=space.scope, max_minutes=budget.max_minutes,
+        subset_images=subset_n, screen_protocol=protocol.model_dump(mode="json"),
+        screen_run=str(screen_dir) if screen_dir else None, memory_kind=memory_kind,  # type: ignore[arg-type]
+        baseline=next((c.cell_id for c in candidates if c.is_baseline and c.cell_id), None),
+        candidates=candidates, winner=winner, winner_why=why, tie_break=tie, neighbours=neighbours,
+        elapsed_s=round(clock.elapsed(), 3), notes=notes,
+    )
+
+
+def _with_fronts(candidates: list[TuneCandidate], memory_kind: str) -> list[TuneCandidate]:
+    out = []
+    measured = [c for c in candidates if c.latency_ms is not None]
+    map_points = [pareto.Point(c.cell_id or c.name, c.latency_ms, c.ap) for c in measured  # type: ignore[arg-type]
+                  if c.ap is not None]
+    mem_points = [pareto.Point(c.cell_id or c.name, c.latency_ms, float(c.memory_bytes))  # type: ignore[arg-type]
+                  for c in measured if c.memory_bytes is not None and c.memory_kind == memory_kind]
+    map_front = {p.key for p in pareto.front(map_points, higher_is_better=True)}
+    mem_front = {p.key for p in pareto.front(mem_points, higher_is_better=False)}
+    for c in candidates:
+        key = c.cell_id or c.name
+        out.append(c.model_copy(update={"on_front_map": key in map_front and c.latency_ms is not None,
+                                        "on_front_memory": key in mem_front and c.latency_ms is not None}))
+    return out
+
+
+def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None, str, str | None]:
+    """The fastest measured configuration within the budget, by the median over processes.
+    When the runner-up is not significantly slower (Welch's t-test on log process medians,
+    p >= 0.05) the two are a tie, decided by the higher mAP, then the lower memory; with one
+    process a side no test exists and the lower median decides, which the result says."""
+    from harness.measure.repeats import compare_processes
+
+    within = sorted((c for c in candidates if c.within_budget and c.latency_ms is not None),
+                    key=lambda c: c.latency_ms or 0.0)
+    stat = "p99" if budget.latency == "p99" else "median"
+    if not within:
+        return None, f"no measured configuration is within the budget of {budget.map_drop:g} AP points", None
+    best = within[0]
+    why = (f"the lowest {stat} latency over processes ({best.latency_ms:.4g} ms"
+           f"{' per image' if len(budget.batches) > 1 else ''}) among the {len(within)} measured configuration(s) "
+           f"within {budget.map_drop:g} AP points of the baseline")
+    if len(within) == 1:
+        return best.cell_id, why, None
+    second = within[1]
+    test = compare_processes(best.process_latency_ms, second.process_latency_ms)
+    if test.p_value is None:
+        return best.cell_id, why, (f"{second.cell_id} is {test.change_pct:+.1f}% against it; {test.test}, so the "
+                                   "lower median decides")
+    if test.p_value < TIE_P_VALUE:
+        return best.cell_id, why, None
+    tied = sorted([best, second], key=lambda c: (-(c.ap or 0.0), c.memory_bytes or 0))
+    pick = tied[0]
+    decided = "higher mAP" if (best.ap or 0.0) != (second.ap or 0.0) else "lower memory"
+    return pick.cell_id, why, (f"{best.cell_id} and {second.cell_id} tie ({test.test}: p = {test.p_value:.2g}, "
+                               f"change {test.change_pct:+.1f}%); decided by the {decided}")
+
+
+def _neighbours(candidates: list[TuneCandidate], winner: str | None, n: int) -> list[str]:
+    if winner is None or n == 0:
+        return []
+    pool = [c for c in candidates if c.cell_id and c.cell_id != winner and c.latency_ms is not None and c.within_budget]
+    pool.sort(key=lambda c: (not c.on_front_map, c.latency_ms))
+    return [c.cell_id for c in pool[:n] if c.cell_id]

@@ -1,0 +1,295 @@
+"""The candidates `bench tune` considers, built from the runtime plug-ins (never from a list of
+runtime names): for each model, every runtime whose needs its source provides (or the plan's
+`runtimes:` when it names some), each precision the runtime runs (or the plan's, when it names
+them), each batch asked for, and the product of the runtime's declared speed options
+(`RuntimePlugin.tune_options`, or the plan's `tune.options`). Settings the plan fixes in a
+runtime entry are kept and not searched.
+
+A candidate that cannot exist (the plan's own validation refuses it: fp16 on the CPU, a GPU
+runtime on a CPU plan, int8 without a calibration split) or cannot run on this machine (the
+plug-in's availability check: a missing package, no GPU, an absent provider) is pruned here,
+with the reason, before any process starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.plan.cells import Cell, PlanProblem
+from harness.plan.expand import expand
+from harness.plan.load import LoadedPlan
+from harness.plan.schema import ModelSpec, Plan, RuntimeSpec
+from harness.runtimes.plugin import RuntimePlugin, TuneOption
+from harness.runtimes.registry import plugin, plugins
+
+MAX_LABEL = 80  # RuntimeSpec.label's limit
+
+
+@dataclass
+class Candidate:
+    model_index: int
+    model: str
+    runtime: str
+    precision: str
+    batch: int
+    settings: dict[str, Any]  # everything given to the runtime: the plan's fixed settings + varied
+    varied: dict[str, Any]  # the searched settings and their values here
+    name: str = ""  # the runtime label it runs under (unique per model)
+    baseline: bool = False
+    pruned: tuple[str, str] | None = None  # (kind, reason)
+
+    @property
+    def group(self) -> tuple[int, str, str, int]:
+        """Candidates that share a runtime entry: same model, runtime, settings and batch."""
+        return (self.model_index, self.runtime, repr(sorted(self.settings.items())), self.batch)
+
+
+@dataclass
+class Space:
+    candidates: list[Candidate] = field(default_factory=list)
+    scope: str = "model"
+    resolutions: dict[int, int] = field(default_factory=dict)  # model index -> the resolution tuned at
+    notes: list[str] = field(default_factory=list)
+
+    def alive(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.pruned is None]
+
+
+def load_tune_plan(path: str | Path) -> tuple[LoadedPlan, list[str]]:
+    """The plan `bench tune` searches, and notes on what it left out. A plan that names no
+    runtime is searched over every runtime its models' sources can feed (a plan's own default,
+    eager PyTorch, may not even take the model), each with the plan's precisions it runs;
+    runtimes that need a GPU are left out of a CPU plan, and the notes say so."""
+    import yaml
+
+    from harness.models.registry import default_source, source_names, source_plugin
+    from harness.plan.load import load_plan, parse_plan
+    from harness.plan.yaml_input import load_plan_yaml
+
+    file = Path(path)
+    try:
+        data = load_plan_yaml(file.read_text("utf-8"))
+    except Exception:  # noqa: BLE001 -- load_plan says what is wrong with the file, in its words
+        return load_plan(file), []
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, list) or data.get("runtimes") or any(
+            not isinstance(m, dict) or m.get("runtimes") for m in models):
+        return load_plan(file), []
+    device = str(data.get("device", "auto"))
+    asked = data.get("precisions")
+    notes: list[str] = []
+    for m in models:
+        source = m.get("source") or default_source()
+        if source not in source_names():
+            return load_plan(file), []
+        provides = source_plugin(source).provides
+        runtimes = []
+        for rt in plugins():
+            if not rt.needs <= provides:
+                continue
+            if rt.device == "cuda" and device == "cpu":
+                notes.append(f"{rt.name} left out for {m.get('name')}: it needs a GPU and the plan's device is cpu")
+                continue
+            wanted = m.get("precisions") or asked
+            precisions = sorted(rt.precisions) if not isinstance(wanted, list) else [p for p in wanted if p in rt.precisions]
+            if precisions:
+                runtimes.append({"name": rt.name, "precisions": precisions})
+        m["runtimes"] = runtimes
+    # The runtimes filled in carry no settings, so nothing of the user's goes unchecked here;
+    # whole-cell checks (int8's calibration split) prune single candidates in build_space.
+    return parse_plan(yaml.safe_dump(data, sort_keys=False), str(file), file.resolve().parent, file,
+                      check_runtime_settings=False), notes
+
+
+def _option_values(rt: RuntimePlugin, plan: Plan, fixed: dict[str, Any], precision: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """(key, values) to search for runtime `rt` at `precision`: the plan's tune.options for it
+    replace the plug-in's declared values; keys the runtime entry fixes are not searched."""
+    asked = dict(plan.tune.options.get(rt.name, {})) if plan.tune else {}
+    out: list[tuple[str, tuple[Any, ...]]] = []
+    declared: dict[str, TuneOption] = {o.key: o for o in rt.tune_options}
+    for key, option in declared.items():
+        if key in fixed or (option.precisions is not None and precision not in option.precisions):
+            continue
+        out.append((key, tuple(asked.pop(key, option.values))))
+    out += [(key, tuple(values)) for key, values in asked.items() if key not in fixed]
+    return out
+
+
+def _short(key: str) -> str:
+    return "".join(word[0] for word in key.split("_"))
+
+
+def _label(runtime: str, varied: dict[str, Any], defaults: dict[str, Any], batch: int | None) -> str:
+    """`runtime k=v k=v` for the values that differ from the first (default) one; keys are cut
+    to their initials when the full label would pass RuntimeSpec's limit."""
+    changed = {k: v for k, v in varied.items() if defaults.get(k, object()) != v}
+
+    def text(parts: dict[str, Any], short: bool) -> str:
+        words = [runtime] + [f"{_short(k) if short else k}={'default' if v is None else v}" for k, v in parts.items()]
+        return " ".join(words) + (f" b{batch}" if batch is not None else "")
+
+    label = text(changed, short=False)
+    return label if len(label) <= MAX_LABEL else text(changed, short=True)[:MAX_LABEL]
+
+
+def _runtimes_for(plan: Plan, model: ModelSpec) -> list[RuntimeSpec]:
+    named = model.runtimes or plan.runtimes
+    if named:
+        return list(named)
+    from harness.models.registry import default_source, source_plugin
+
+    provides = source_plugin(model.source or default_source()).provides
+    return [RuntimeSpec(name=p.name) for p in plugins() if p.needs <= provides]
+
+
+def _precisions(plan: Plan, model: ModelSpec, spec: RuntimeSpec, rt: RuntimePlugin) -> list[str]:
+    if spec.precisions:
+        return list(spec.precisions)
+    if model.precisions:
+        return list(model.precisions)
+    if "precisions" in plan.model_fields_set:
+        return list(plan.precisions)
+    order = ["fp32", "tf32", "bf16", "fp16", "int8", "int8-dynamic"]
+    return sorted(rt.precisions, key=lambda p: order.index(p) if p in order else len(order))
+
+
+def build_space(loaded: LoadedPlan, batches: list[int], *, check_available: bool = True) -> Space:
+    """Every candidate of the plan's models, the impossible and unavailable ones pruned."""
+    plan = loaded.plan
+    first = {c.model.name: c for c in loaded.cells}
+    space = Space(scope=plan.scopes[0])
+    if len(plan.scopes) > 1:
+        space.notes.append(f"tuned in the plan's first scope, {plan.scopes[0]}")
+    for m_index, model in enumerate(plan.models):
+        cell = first.get(model.name)
+        resolution = cell.resolution if cell else (model.resolutions or plan.resolutions or [0])[0]
+        space.resolutions[m_index] = resolution
+        for spec in _runtimes_for(plan, model):
+            try:
+                rt = plugin(spec.name)
+            except KeyError:
+                continue  # the plan's validation named it already
+            for precision in _precisions(plan, model, spec, rt):
+                options = _option_values(rt, plan, spec.settings, precision)
+                keys = [k for k, _ in options]
+                declared = {o.key: o.values for o in rt.tune_options}
+                defaults = {k: (declared.get(k) or values)[0] for k, values in options}
+                for values in itertools.product(*(v for _, v in options)):
+                    varied = {k: v for k, v in zip(keys, values, strict=True)}
+                    settings = {**spec.settings, **{k: v for k, v in varied.items() if v is not None}}
+                    for batch in batches:
+                        name = _label(spec.key, varied, defaults, batch if len(batches) > 1 else None)
+                        space.candidates.append(Candidate(m_index, model.name, rt.name, precision, batch,
+                                                          settings, varied, name))
+    _dedupe_names(space)
+    _prune_invalid(space, loaded)
+    if check_available:
+        _prune_unavailable(space, loaded)
+    _choose_baselines(space)
+    return space
+
+
+def _dedupe_names(space: Space) -> None:
+    """Labels are unique per model and runtime entry (one entry holds a group's precisions)."""
+    seen: dict[tuple[int, str], tuple[int, str, str, int]] = {}
+    for c in space.candidates:
+        owner = seen.setdefault((c.model_index, c.name), c.group)
+        n = 2
+        while owner != c.group:
+            name = f"{c.name[: MAX_LABEL - 4]} #{n}"
+            owner = seen.setdefault((c.model_index, name), c.group)
+            if owner == c.group:
+                c.name = name
+            n += 1
+
+
+def plan_with(loaded: LoadedPlan, candidates: list[Candidate], space: Space, **changes: Any) -> Plan:
+    """The plan with each model's runtimes replaced by `candidates` (one runtime entry per
+    group, holding its precisions), at the tuned scope and resolution, without its tune
+    section; models without a candidate are left out."""
+    plan = loaded.plan
+    models = []
+    for m_index, model in enumerate(plan.models):
+        mine = [c for c in candidates if c.model_index == m_index]
+        if not mine:
+            continue
+        groups: dict[tuple[int, str, str, int], list[Candidate]] = {}
+        for c in sorted(mine, key=lambda c: not c.baseline):  # the baseline's entry first
+            groups.setdefault(c.group, []).append(c)
+        specs = []
+        for members in groups.values():
+            head = members[0]
+            precisions = sorted({c.precision for c in members}, key=lambda p: (not any(
+                c.baseline and c.precision == p for c in members), p))
+            specs.append(RuntimeSpec(name=head.runtime, label=head.name, settings=head.settings,
+                                     precisions=precisions, batch_sizes=[head.batch],  # type: ignore[arg-type]
+                                     reference=any(c.baseline for c in members)))
+        models.append(model.model_copy(update={
+            "runtimes": specs, "precisions": None, "batch_sizes": None, "scopes": None, "nms": None,
+            "resolutions": [space.resolutions[m_index]] if model.resolutions or plan.resolutions else None,
+        }))
+    update: dict[str, Any] = {"models": models, "runtimes": None, "tune": None, "scopes": [space.scope], "nms": None,
+                              **changes}
+    return plan.model_copy(update=update)
+
+
+def _prune_invalid(space: Space, loaded: LoadedPlan) -> None:
+    """Each candidate through the plan's own validation, alone: what it refuses is pruned with
+    the field and message `bench validate` would print."""
+    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+    for c in space.candidates:
+        one = plan_with(loaded, [c], space)
+        try:
+            expand(one, plan_dir)
+        except PlanProblem as exc:
+            what = "; ".join(f"{where}: {why}" for where, why in exc.problems)
+            c.pruned = ("invalid", what.replace(f"runtimes[{c.name}]", f"runtime {c.runtime}"))
+
+
+def _prune_unavailable(space: Space, loaded: LoadedPlan) -> None:
+    """The plug-in's own availability check (a missing package, no GPU, an absent provider),
+    asked once per runtime, device and precision."""
+    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+    asked: dict[tuple[str, str, str], str | None] = {}
+    for c in space.alive():
+        cells: list[Cell] = expand(plan_with(loaded, [c], space), plan_dir)
+        cell = cells[0]
+        key = (c.runtime, cell.device, c.precision)
+        if key not in asked:
+            try:
+                asked[key] = plugin(c.runtime).unavailable_reason(cell)
+            except Exception as exc:  # noqa: BLE001 -- a check that breaks makes the runtime unavailable, said so
+                asked[key] = f"its availability check failed: {exc!r}"
+        if asked[key]:
+            c.pruned = ("unavailable", str(asked[key]))
+
+
+def _choose_baselines(space: Space) -> None:
+    """Per model, the FP32 reference every mAP drop is taken against: the runtime whose plug-in
+    names fp32 its default reference (eager PyTorch), else the first runtime, with its default
+    settings, at the first batch."""
+    for m_index in sorted({c.model_index for c in space.candidates}):
+        alive = [c for c in space.alive() if c.model_index == m_index and c.precision == "fp32"]
+        defaults = [c for c in alive if all(_is_first(c, k, v) for k, v in c.varied.items())]
+        ranked = sorted(defaults or alive, key=lambda c: (plugin(c.runtime).default_reference_precision != "fp32",
+                                                         c.batch != min(x.batch for x in alive)))
+        if ranked:
+            ranked[0].baseline = True
+        else:
+            space.notes.append(f"model {space_model(space, m_index)} has no FP32 candidate that can run here: "
+                               "no baseline, so no mAP drop can be checked for it")
+
+
+def _is_first(c: Candidate, key: str, value: Any) -> bool:
+    rt = plugin(c.runtime)
+    for option in rt.tune_options:
+        if option.key == key:
+            return bool(option.values) and option.values[0] == value
+    return True  # a key only the plan's tune.options name: every value is the plan's choice
+
+
+def space_model(space: Space, m_index: int) -> str:
+    return next((c.model for c in space.candidates if c.model_index == m_index), str(m_index))

@@ -1,0 +1,264 @@
+"""`bench tune`: the dominance rules, the screening verdict, the candidate space built from the
+runtime plug-ins, and a real search on the CPU (ONNX Runtime's CPU EP on the example ONNX
+detector, the generated COCO-format sample): pruning reasons, the time budget, the report's
+tune section, and tuned.yaml validated and measured again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from record_factory import accuracy, record
+
+from harness.results import CellRecord
+from harness.tune.pareto import Point, dominated_keys, dominates, front
+from harness.tune.search import _memory, parse_budget, screen_verdict
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "examples" / "onnx" / "anchor-grid-320.onnx"
+
+
+# -- Pareto ---------------------------------------------------------------------------------
+
+
+def test_dominance_needs_no_worse_on_both_axes_and_better_on_one() -> None:
+    fast_good, slow_bad = Point("a", 1.0, 50.0), Point("b", 2.0, 40.0)
+    assert dominates(fast_good, slow_bad, higher_is_better=True)
+    assert not dominates(slow_bad, fast_good, higher_is_better=True)
+    fast_bad, slow_good = Point("c", 1.0, 40.0), Point("d", 2.0, 50.0)
+    assert not dominates(fast_bad, slow_good, higher_is_better=True)
+    assert not dominates(slow_good, fast_bad, higher_is_better=True)
+    # Memory: lower is better, so the smaller footprint at the same latency dominates.
+    assert dominates(Point("e", 1.0, 100.0), Point("f", 1.0, 200.0), higher_is_better=False)
+    assert not dominates(Point("e", 1.0, 100.0), Point("f", 1.0, 200.0), higher_is_better=True)
+
+
+def test_equal_points_both_stay_on_the_front() -> None:
+    points = [Point("a", 1.0, 50.0), Point("b", 1.0, 50.0), Point("c", 1.5, 50.0), Point("d", 3.0, 60.0)]
+    assert [p.key for p in front(points, higher_is_better=True)] == ["a", "b", "d"]
+    assert dominated_keys(points, higher_is_better=True) == {"c"}
+
+
+# -- the screening verdict --------------------------------------------------------------------
+
+
+def test_screening_prunes_past_the_budget_and_keeps_within_it() -> None:
+    ok = record("x", status="ok", accuracy=accuracy(0.400))
+    assert screen_verdict(ok, 40.3, 0.5, 50) is None  # 0.3 points lost: within 0.5
+    kind, why = screen_verdict(ok, 41.0, 0.5, 50) or ("", "")
+    assert kind == "accuracy" and "1.00 points below the baseline's 41.00" in why and "50-image" in why
+    failed = record("y", status="failed", reason="boom")
+    assert screen_verdict(failed, 40.0, 0.5, 50) == ("failed", "boom")
+    untried = record("z", status="skipped", reason="not tried: the time budget")
+    assert screen_verdict(untried, 40.0, 0.5, 50) == ("time", "not tried: the time budget")
+    no_ref = screen_verdict(ok, None, 0.5, 50)
+    assert no_ref is not None and no_ref[0] == "accuracy" and "no baseline" in no_ref[1]
+
+
+def test_a_bad_budget_names_the_flag() -> None:
+    for text in ("0.5", "map=0.5", "map_drop=x", "map_drop=-1", "map_drop=inf"):
+        with pytest.raises(Exception, match="--budget"):
+            parse_budget(text)
+    assert parse_budget("map_drop=0.5") == 0.5
+
+
+# -- memory: the cell's resources, one kind per device ------------------------------------
+
+
+def _with_resources(cell_id: str, repeat: int, device: str, peak: int | None, rss: int, reason: str | None = None) -> CellRecord:
+    return record(cell_id, repeat=repeat, identity_fields={"device": device},
+                  environment={"devices": [device]},
+                  resources={"device_memory": {"peak_bytes": peak, "method": "torch_allocator" if peak else None,
+                                               "reason": reason},
+                             "host_memory": {"peak_rss_bytes": rss, "method": "/proc/self/status VmHWM"},
+                             "artifact": {"reason": "random weights"}, "energy": {"reason": "no counter"}})
+
+
+def test_memory_is_the_device_peak_on_a_gpu_and_the_host_rss_on_the_cpu() -> None:
+    gpu = [_with_resources("g", k, "cuda:0", peak, 9_000_000) for k, peak in enumerate([300_000, 500_000, 400_000])]
+    assert _memory(gpu, None) == {"memory_kind": "device", "memory_bytes": 500_000,  # the worst process's
+                                  "memory_method": "torch_allocator", "memory_reason": None}
+    cpu = [_with_resources("c", k, "cpu", None, rss, reason="the cell runs on the CPU")
+           for k, rss in enumerate([7_000_000, 8_000_000])]
+    assert _memory(cpu, None) == {"memory_kind": "host_rss", "memory_bytes": 8_000_000,
+                                  "memory_method": "/proc/self/status VmHWM", "memory_reason": None}
+    # A GPU cell without a device reading has no memory figure: its host RSS is another quantity.
+    blind = [_with_resources("b", 0, "cuda:0", None, 9_000_000, reason="NVML gave no memory reading")]
+    got = _memory(blind, None)
+    assert got["memory_kind"] == "device" and got["memory_bytes"] is None
+    assert got["memory_reason"] == "NVML gave no memory reading"
+    # No process measured its resources (a failed cell): a reason, never a zero.
+    failed = _memory([record("f", status="failed", reason="boom")], None)
+    assert failed["memory_bytes"] is None and failed["memory_reason"] == "no measured process recorded its resources"
+
+
+# -- a plan and the CLI ---------------------------------------------------------------------
+
+
+def _plan(folder: Path, tune: str = "", precisions: str = "precisions: [fp32, int8, int8-dynamic]") -> Path:
+    plan = folder / "tune.yaml"
+    plan.write_text(f"""
+name: tune-cpu
+device: cpu
+models:
+  - name: anchor-grid-320
+    source: onnx
+    path: {MODEL}
+    weights: random
+    resolutions: [320]
+    preprocess: {{resize: letterbox, mean: [0, 0, 0], std: [1, 1, 1]}}
+    decoder: {{kind: yolo_raw, score_threshold: 0.04, top_k: 100, outputs: {{predictions: output0}}}}
+{precisions}
+protocol: {{warmup_iterations: 3, warmup_seconds: 0.1, min_iterations: 20, min_seconds: 0.3}}
+dataset: {{sample: true, sample_images: 6}}
+accuracy: {{agreement_images: 2, gallery_images: 0}}
+tune:
+  subset_images: 3
+  screen_protocol: {{min_iterations: 10, min_seconds: 0.1, warmup_seconds: 0.1}}
+  options:
+    onnxruntime-cpu: {{graph_optimization_level: [all, disable], intra_op_num_threads: [null]}}
+{tune}
+""")
+    return plan
+
+
+def _bench(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_bad_flags_exit_2_before_anything_runs(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    done = _bench("tune", str(plan), "--budget", "drop=1", "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2 and "--budget" in done.stderr and "Traceback" not in done.stderr
+    done = _bench("tune", str(plan), "--budget", "map_drop=1", "--batch", "0", "--output", str(tmp_path / "out"),
+                  cwd=tmp_path)
+    assert done.returncode == 2 and "--batch" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_tune_options_are_checked_by_validate(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    plan.write_text(plan.read_text().replace("[all, disable]", "[all, fastest]").replace(
+        "precisions: [fp32, int8, int8-dynamic]", "runtimes: [onnxruntime-cpu]"))
+    done = _bench("validate", str(plan), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout
+    assert "tune.options.onnxruntime-cpu.graph_optimization_level" in done.stderr and "'fastest'" in done.stderr
+
+
+def test_the_space_comes_from_the_plugins(tmp_path: Path) -> None:
+    from harness.tune.space import build_space, load_tune_plan
+
+    loaded, notes = load_tune_plan(_plan(tmp_path))
+    assert any("onnxruntime-cuda" in n and "needs a GPU" in n for n in notes)
+    space = build_space(loaded, [1])
+    by = {(c.name, c.precision): c for c in space.candidates}
+    assert set(by) == {(n, p) for n in ("onnxruntime-cpu", "onnxruntime-cpu graph_optimization_level=disable")
+                       for p in ("fp32", "int8", "int8-dynamic")}
+    base = [c for c in space.candidates if c.baseline]
+    assert [(b.name, b.precision) for b in base] == [("onnxruntime-cpu", "fp32")]
+    for name in ("onnxruntime-cpu", "onnxruntime-cpu graph_optimization_level=disable"):
+        kind, why = by[(name, "int8")].pruned or ("", "")
+        assert kind == "invalid" and "dataset.calibration" in why
+        assert by[(name, "int8-dynamic")].pruned is None
+
+
+# -- a real search on the CPU ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path_factory.mktemp("tune")
+    done = _bench("tune", str(_plan(folder)), "--budget", "map_drop=0.5", "--max-minutes", "20",
+                  "--output", str(folder / "out"), cwd=folder)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [run] = (folder / "out" / "tune-cpu").iterdir()
+    return {"folder": folder, "run": run, "stderr": done.stderr,
+            "tune": json.loads((run / "tune.json").read_text())}
+
+
+def test_the_search_prunes_with_reasons_and_measures_the_survivors(tuned: dict[str, Any]) -> None:
+    result, run = tuned["tune"], tuned["run"]
+    by = {(c["name"], c["precision"]): c for c in result["candidates"]}
+    assert by[("onnxruntime-cpu", "int8")]["outcome"] == "pruned"
+    assert by[("onnxruntime-cpu", "int8")]["reason_kind"] == "invalid"
+    measured = [c for c in result["candidates"] if c["outcome"] == "measured"]
+    assert len(measured) == 4  # 2 graph levels x fp32, int8-dynamic
+    for c in measured:
+        assert c["screen_latency_ms"] > 0 and c["latency_ms"] > 0 and c["cell_id"]
+        # The worker's peak host RSS (the CPU is the device), from the record's resources.
+        assert c["memory_kind"] == "host_rss" and c["memory_bytes"] > 10 * 2**20 and c["memory_method"]
+    # The measured numbers are this run folder's records, the same instrument as `bench PLAN`.
+    results = json.loads((run / "results.json").read_text())
+    medians = {r["cell_id"]: r["latency"]["stats"]["p50"] for r in results["cells"]}
+    for c in measured:
+        assert c["latency_ms"] == pytest.approx(medians[c["cell_id"]])
+    within = [c for c in measured if c["within_budget"]]
+    winner = min(within, key=lambda c: c["latency_ms"])
+    assert result["winner"] == winner["cell_id"] and winner["on_front_map"]
+    # Random weights: every mAP is 0, so the fastest dominates on (latency, mAP) alone.
+    assert sum(c["on_front_map"] for c in measured) == 1
+    assert [s["name"] for s in result["steps"]] == ["space", "screen", "measure", "report"]
+    assert result["screen_run"] and Path(result["screen_run"]).is_dir()
+    assert "winner:" in tuned["stderr"] and "tuned.yaml" in tuned["stderr"]
+
+
+def test_the_report_has_the_fronts_and_the_pruned(tuned: dict[str, Any]) -> None:
+    html = (tuned["run"] / "report.html").read_text()
+    assert 'id="tune"' in html and "Latency against mAP" in html and "Latency against memory" in html
+    assert "tune-dominated" in html and "tune-winner" in html
+    assert "cannot exist" in html and "dataset.calibration" in html
+    assert "Time per step" in html
+
+
+def test_tuned_yaml_validates_and_measures_again(tuned: dict[str, Any]) -> None:
+    run, result = tuned["run"], tuned["tune"]
+    plan = run / result["tuned_plan"]
+    done = _bench("validate", str(plan), cwd=tuned["folder"])
+    assert done.returncode == 0, done.stderr
+    assert result["winner"] in done.stdout and result["baseline"] in done.stdout
+    again = tuned["folder"] / "again"
+    done = _bench(str(plan), "--output", str(again), cwd=tuned["folder"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    [rerun] = (again / "tune-cpu-tuned").iterdir()
+    ids = {c["cell_id"] for c in json.loads((rerun / "results.json").read_text())["cells"]}
+    assert result["winner"] in ids and result["baseline"] in ids
+    assert ids == {result["winner"], result["baseline"], *result["neighbours"]}
+
+
+def test_a_tiny_time_budget_lists_what_was_not_tried(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    plan = _plan(tmp_path, precisions="precisions: [fp32]")
+    done = _bench("tune", str(plan), "--budget", "map_drop=0.5", "--max-minutes", "0.01",
+                  "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = (tmp_path / "out" / "tune-cpu").iterdir()
+    result = json.loads((run / "tune.json").read_text())
+    by = {c["name"]: c for c in result["candidates"]}
+    assert by["onnxruntime-cpu"]["outcome"] == "measured" and by["onnxruntime-cpu"]["is_baseline"]
+    other = by["onnxruntime-cpu graph_optimization_level=disable"]
+    assert other["outcome"] == "untried" and "--max-minutes 0.01" in other["reason"]
+    assert "Not tried" in (run / "report.html").read_text()
+
+
+@pytest.mark.gpu
+def test_rfdetr_nano_on_the_gpu(tmp_path: Path) -> None:
+    """plans/tune-nano-gpu.yaml: PyTorch, rfdetr's optimized paths and ORT CUDA with and
+    without CUDA graphs; the winner comes from the measured run and tuned.yaml re-measures it."""
+    done = _bench("tune", str(REPO / "plans" / "tune-nano-gpu.yaml"), "--budget", "map_drop=0.5",
+                  "--max-minutes", "12", "--output", str(tmp_path), cwd=tmp_path, timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [run] = (tmp_path / "tune-nano-gpu").iterdir()
+    result = json.loads((run / "tune.json").read_text())
+    assert result["memory_kind"] == "device" and result["winner"]
+    assert all(c["memory_kind"] == "device" and (c["memory_bytes"] or c["memory_reason"])
+               for c in result["candidates"] if c["outcome"] == "measured")
+    runtimes = {c["runtime"] for c in result["candidates"] if c["outcome"] == "measured"}
+    assert {"torch", "onnxruntime-cuda"} <= runtimes
+    again = _bench(str(run / "tuned.yaml"), "--output", str(tmp_path / "again"), cwd=tmp_path, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
