@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from harness import results
 from harness.environment.fingerprint import comparable_settings, fingerprint, process_specific
 from harness.report.compare import EXIT_OK, compare_runs
 
@@ -129,7 +130,7 @@ def test_the_same_ort_plan_run_twice_compares(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr[-3000:]
     a, b = sorted((tmp_path / "reports" / "fp").iterdir())
     records = [json.loads(next((run / "cells").glob("*.json")).read_text()) for run in (a, b)]
-    assert all(r["schema_version"] == 2 and r["identity"]["runtime"] == "onnxruntime-cpu" for r in records)
+    assert all(r["schema_version"] == results.SCHEMA_VERSION and r["identity"]["runtime"] == "onnxruntime-cpu" for r in records)
     assert records[0]["fingerprint"] == records[1]["fingerprint"]
     done = subprocess.run([sys.executable, "-m", "harness", "compare", str(a), str(b)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)

@@ -150,7 +150,7 @@ def test_newer_schemas_are_refused_naming_the_file(tmp_path: Path, where: str) -
     data["schema_version"] = R.SCHEMA_VERSION + 1
     path.write_text(json.dumps(data))
     reader = {"cell": R.read_cell_file, "run.json": R.read_run_meta, "results.json": R.read_results_file}[where]
-    with pytest.raises(R.NewerSchemaError, match=rf"{path}: written by a newer harness \(results schema version 3"):
+    with pytest.raises(R.NewerSchemaError, match=rf"{path}: written by a newer harness \(results schema version {R.SCHEMA_VERSION + 1}"):
         reader(path)
 
 
@@ -300,6 +300,6 @@ def test_a_worker_record_is_schema_2_with_its_identity(tmp_path: Path) -> None:
     assert ident.weights_kind == "from_file" and ident.protocol.pause_ms == 5 and ident.max_map_drop == 1.5
     assert ident.dataset is not None and ident.dataset.sample_images == 4
     data: dict[str, Any] = outcome_record(cell, "skipped", "no onnxruntime here", "2026-01-01T00:00:00Z")
-    assert data["schema_version"] == 2 and data["identity"]["model"] == "tiny"
+    assert data["schema_version"] == R.SCHEMA_VERSION and data["identity"]["model"] == "tiny"
     assert R.load_cell_record(data, "x").cell == cell.model_dump(mode="json")  # the snapshot, verbatim
     json.dump(data, io.StringIO())

@@ -165,12 +165,29 @@ def results_1_to_2(data: JsonObject) -> JsonObject:
     return out
 
 
+# ----------------------------------------------------------------------------- 2 -> 3
+
+# Schema 3 only adds optional fields (INT8, server cells, NMS placement, resources, budgets;
+# docs/results-schema.md): a schema 2 file reads as it is, with those absent.
+
+
+def _to_3(data: JsonObject) -> JsonObject:
+    return {**data, "schema_version": 3}
+
+
+def results_2_to_3(data: JsonObject) -> JsonObject:
+    out = _to_3(data)
+    if isinstance(out.get("run"), dict):
+        out["run"] = _to_3(out["run"])
+    return out
+
+
 # ----------------------------------------------------------------------------- registry
 
 Step = Callable[[JsonObject], JsonObject]
-CELL_STEPS: dict[int, Step] = {1: cell_1_to_2}
-RUN_STEPS: dict[int, Step] = {1: run_1_to_2}
-RESULTS_STEPS: dict[int, Step] = {1: results_1_to_2}
+CELL_STEPS: dict[int, Step] = {1: cell_1_to_2, 2: _to_3}
+RUN_STEPS: dict[int, Step] = {1: run_1_to_2, 2: _to_3}
+RESULTS_STEPS: dict[int, Step] = {1: results_1_to_2, 2: results_2_to_3}
 
 
 def upgrade(data: JsonObject, version: int, steps: dict[int, Step]) -> JsonObject:

@@ -31,7 +31,7 @@ from harness.results.serve import ServeResult
 
 # Bump for every change of the written shape, add a migration (harness.results.migrate) and a
 # line to the version history in docs/results-schema.md.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Status = Literal["ok", "unstable", "throttled", "accuracy_regression", "skipped", "failed"]
 
