@@ -318,6 +318,24 @@ def _marker(kind: str, x: float, y: float, color: str, hollow: bool) -> str:
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r - 0.5:.1f}" {style}/>'
 
 
+def _runtime_model_legend(body: list[str], lx: int, ly: int, runtimes: list[str], models: list[str],
+                          color: dict[str, str], shape: dict[str, str]) -> int:
+    """The scatter charts' two-part legend (runtime by colour, model by marker shape); returns
+    the y of its last row."""
+    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">runtime (colour)</text>')
+    for r in runtimes:
+        ly += 18
+        body.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" rx="2" fill="{_e(color[r])}"/>')
+        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(r, 28))}</text>')
+    ly += 28
+    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">model (shape)</text>')
+    for m in models:
+        ly += 18
+        body.append(_marker(shape[m], lx + 6, ly - 4, "#555", False))
+        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(m, 28))}</text>')
+    return ly
+
+
 def pareto_front(points: list[ParetoPoint]) -> list[ParetoPoint]:
     """Points no other point beats on both latency (lower) and mAP (higher)."""
     front: list[ParetoPoint] = []
@@ -381,17 +399,7 @@ def pareto(points: list[ParetoPoint], title: str, metric: str = "mAP (COCO AP50:
         if id(p) in front_ids and not (strip and p.random_weights):
             body.append(f'<text class="ch-sub" x="{x + 9:.1f}" y="{y - 8:.1f}">{_e(_clip(p.short, 30))}</text>')
     lx, ly = width - right + 24, top + 14
-    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">runtime (colour)</text>')
-    for r in runtimes:
-        ly += 18
-        body.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" rx="2" fill="{_e(color[r])}"/>')
-        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(r, 28))}</text>')
-    ly += 28
-    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">model (shape)</text>')
-    for m in models:
-        ly += 18
-        body.append(_marker(shape[m], lx + 6, ly - 4, "#555", False))
-        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(m, 28))}</text>')
+    ly = _runtime_model_legend(body, lx, ly, runtimes, models, color, shape)
     ly += 28
     body.append(f'<path class="ch-front" d="M{lx},{ly - 4}h16"/>')
     body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">Pareto front</text>')
@@ -649,17 +657,7 @@ def resource_scatter(
         placed.append((x + 9, ty))
         body.append(f'<text class="ch-sub" x="{x + 9:.1f}" y="{ty:.1f}">{_e(_clip(p.short, 30))}</text>')
     lx, ly = width - right + 24, top + 14
-    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">runtime (colour)</text>')
-    for r in runtimes:
-        ly += 18
-        body.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" rx="2" fill="{_e(color[r])}"/>')
-        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(r, 28))}</text>')
-    ly += 28
-    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">model (shape)</text>')
-    for m in models:
-        ly += 18
-        body.append(_marker(shape[m], lx + 6, ly - 4, "#555", False))
-        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(m, 28))}</text>')
+    ly = _runtime_model_legend(body, lx, ly, runtimes, models, color, shape)
     if y_limit is not None or x_limit is not None:
         ly += 28
         body.append(f'<path class="ch-front" d="M{lx},{ly - 4}h16"/>')
