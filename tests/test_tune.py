@@ -16,7 +16,8 @@ from record_factory import accuracy, record
 
 from harness.results import CellRecord
 from harness.tune.pareto import Point, dominated_keys, dominates, front
-from harness.tune.search import _memory, parse_budget, screen_verdict
+from harness.tune.search import _memory, apply_limit, parse_budget, screen_verdict
+from harness.tune.space import Candidate
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "examples" / "onnx" / "anchor-grid-320.onnx"
@@ -64,6 +65,24 @@ def test_a_bad_budget_names_the_flag() -> None:
         with pytest.raises(Exception, match="--budget"):
             parse_budget(text)
     assert parse_budget("map_drop=0.5") == 0.5
+
+
+# -- the candidate limit ----------------------------------------------------------------------
+
+
+def _cand(name: str, *, baseline: bool = False, model: str = "m", precision: str = "fp32", batch: int = 1) -> Candidate:
+    return Candidate(0, model, "onnxruntime-cpu", precision, batch, {}, {}, name, baseline=baseline)
+
+
+def test_the_candidate_limit_never_cuts_a_baseline() -> None:
+    # The baseline comes last in the space's order; a limit of 1 must still screen it, and it
+    # does not take the one slot.
+    others = [_cand(f"o{i}") for i in range(3)]
+    base = _cand("base", baseline=True)
+    kept = apply_limit([*others, base], 1)
+    assert [c.name for c in kept] == ["base", "o0"]
+    assert base.pruned is None and others[0].pruned is None
+    assert all(c.pruned == ("limit", "not tried: tune.max_candidates is 1") for c in others[1:])
 
 
 # -- memory: the cell's resources, one kind per device ------------------------------------

@@ -150,6 +150,17 @@ def _cand_key(c: Candidate) -> tuple[str, str, str, int]:
     return (c.model, c.name, c.precision, c.batch)
 
 
+def apply_limit(alive: list[Candidate], limit: int) -> list[Candidate]:
+    """The candidates to screen, the baselines first: every baseline (without one no mAP drop
+    exists, so they never count against the limit), then the first `limit` of the rest; those
+    past it are pruned as not tried."""
+    ordered = sorted(alive, key=lambda c: not c.baseline)  # stable: the space's order otherwise
+    rest = [c for c in ordered if not c.baseline]
+    for c in rest[limit:]:
+        c.pruned = ("limit", f"not tried: tune.max_candidates is {limit}")
+    return [c for c in ordered if c.pruned is None]
+
+
 def _ap_points(record: CellRecord) -> float | None:
     acc = record.accuracy
     if acc is None:
@@ -327,12 +338,7 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
     per_image = len(budget.batches) > 1
     space = build_space(loaded, list(budget.batches))
     all_notes = [*notes, *space.notes]
-    limit = spec.max_candidates if spec else 200
-    alive = space.alive()
-    for c in alive[limit:]:
-        c.pruned = ("limit", f"not tried: tune.max_candidates is {limit}")
-    alive = [c for c in alive if c.pruned is None]
-    alive.sort(key=lambda c: not c.baseline)  # the baselines are screened first
+    alive = apply_limit(space.alive(), spec.max_candidates if spec else 200)
     clock.step("space", f"{len(space.candidates)} candidates, {len(alive)} to screen")
     base = Path(output) if output is not None else Path(plan.output)
     plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
