@@ -186,6 +186,26 @@ def test_the_space_comes_from_the_plugins(tmp_path: Path) -> None:
         assert by[(name, "int8-dynamic")].pruned is None
 
 
+def test_the_screening_protocol_wins_over_a_models_own(tmp_path: Path) -> None:
+    from harness.plan.expand import expand
+    from harness.tune.search import screen_protocol, screening_plan
+    from harness.tune.space import build_space, load_tune_plan
+
+    plan = _plan(tmp_path, precisions="precisions: [fp32]")
+    plan.write_text(plan.read_text().replace(
+        "    weights: random\n",
+        "    weights: random\n    protocol: {min_seconds: 9, repeats: 3, sustained: {duration_s: 60}}\n"))
+    loaded, _ = load_tune_plan(plan)
+    space = build_space(loaded, [1], check_available=False)
+    short = screen_protocol(loaded.plan)
+    cells = expand(screening_plan(loaded, space.alive(), space, short, 3), tmp_path)
+    assert cells and all(c.protocol == short for c in cells)
+    assert short.repeats == 1 and short.sustained is None and short.min_seconds == 0.1
+    # The full measurement keeps the model's protocol, and the time budget projects from it.
+    full = space.alive()[0].protocol
+    assert full is not None and full.min_seconds == 9 and full.repeats == 3 and full.sustained is not None
+
+
 # -- a real search on the CPU ---------------------------------------------------------------
 
 

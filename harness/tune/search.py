@@ -127,6 +127,17 @@ def screen_protocol(plan: Plan) -> LatencyProtocol:
     return LatencyProtocol.model_validate(base)
 
 
+def screening_plan(loaded: LoadedPlan, candidates: list[Candidate], space: Space, protocol: LatencyProtocol,
+                   subset_n: int) -> Plan:
+    """Stage 1's plan: every cell on the screening protocol (a model's own `protocol:` is
+    dropped, or its min_seconds, repeats and sustained would be merged over the short one), the
+    accuracy pass on the subset, no gate and no gallery."""
+    plan = loaded.plan
+    return plan_with(loaded, candidates, space, model_protocols=False, name=f"{plan.name}-screen",
+                     protocol=protocol, dataset=_subset(plan, subset_n),
+                     accuracy=plan.accuracy.model_copy(update={"gate": False, "gallery_images": 0}))
+
+
 def _subset(plan: Plan, n: int) -> Any:
     dataset = plan.dataset
     assert dataset is not None
@@ -375,9 +386,7 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
 
     launcher = BudgetedLauncher(decide, note)
     if alive:
-        screen_plan = plan_with(loaded, alive, space, name=f"{plan.name}-screen", protocol=protocol,
-                                dataset=_subset(plan, subset_n),
-                                accuracy=plan.accuracy.model_copy(update={"gate": False, "gallery_images": 0}))
+        screen_plan = screening_plan(loaded, alive, space, protocol, subset_n)
         screen_loaded = _loaded(screen_plan, loaded, "# bench tune: screening run (stage 1)\n")
         store = start_run(screen_loaded, base)
         screen_dir = store.run_dir

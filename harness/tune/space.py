@@ -21,7 +21,7 @@ from typing import Any
 from harness.plan.cells import Cell, PlanProblem
 from harness.plan.expand import expand
 from harness.plan.load import LoadedPlan
-from harness.plan.schema import ModelSpec, Plan, RuntimeSpec
+from harness.plan.schema import LatencyProtocol, ModelSpec, Plan, RuntimeSpec
 from harness.runtimes.plugin import RuntimePlugin, TuneOption
 from harness.runtimes.registry import plugin, plugins
 
@@ -40,6 +40,9 @@ class Candidate:
     name: str = ""  # the runtime label it runs under (unique per model)
     baseline: bool = False
     pruned: tuple[str, str] | None = None  # (kind, reason)
+    # The protocol its measured cell runs with (the plan's, a model's `protocol:` over it, the
+    # repeats resolved): what the time budget projects stage 2 from. None until expanded.
+    protocol: LatencyProtocol | None = None
 
     @property
     def group(self) -> tuple[int, str, str, int]:
@@ -206,10 +209,13 @@ def _dedupe_names(space: Space) -> None:
             n += 1
 
 
-def plan_with(loaded: LoadedPlan, candidates: list[Candidate], space: Space, **changes: Any) -> Plan:
+def plan_with(loaded: LoadedPlan, candidates: list[Candidate], space: Space, *, model_protocols: bool = True,
+              **changes: Any) -> Plan:
     """The plan with each model's runtimes replaced by `candidates` (one runtime entry per
     group, holding its precisions), at the tuned scope and resolution, without its tune
-    section; models without a candidate are left out."""
+    section; models without a candidate are left out. `model_protocols=False` drops each
+    model's own `protocol:` so the plan's (the screening protocol, given in `changes`) holds
+    for every cell: a model's would otherwise be merged over it."""
     plan = loaded.plan
     models = []
     for m_index, model in enumerate(plan.models):
@@ -230,6 +236,7 @@ def plan_with(loaded: LoadedPlan, candidates: list[Candidate], space: Space, **c
         models.append(model.model_copy(update={
             "runtimes": specs, "precisions": None, "batch_sizes": None, "scopes": None, "nms": None,
             "resolutions": [space.resolutions[m_index]] if model.resolutions or plan.resolutions else None,
+            **({} if model_protocols else {"protocol": None}),
         }))
     update: dict[str, Any] = {"models": models, "runtimes": None, "tune": None, "scopes": [space.scope], "nms": None,
                               **changes}
@@ -243,7 +250,7 @@ def _prune_invalid(space: Space, loaded: LoadedPlan) -> None:
     for c in space.candidates:
         one = plan_with(loaded, [c], space)
         try:
-            expand(one, plan_dir)
+            c.protocol = expand(one, plan_dir)[0].protocol
         except PlanProblem as exc:
             what = "; ".join(f"{where}: {why}" for where, why in exc.problems)
             c.pruned = ("invalid", what.replace(f"runtimes[{c.name}]", f"runtime {c.runtime}"))
