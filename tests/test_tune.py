@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from record_factory import accuracy, record
 
-from harness.results import CellRecord
+from harness.results import CellRecord, TuneCandidate
 from harness.tune.pareto import Point, dominated_keys, dominates, front
-from harness.tune.search import _memory, apply_limit, parse_budget, screen_verdict
+from harness.tune.search import Budget, _memory, _winner, apply_limit, parse_budget, screen_verdict
 from harness.tune.space import Candidate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,46 @@ def test_the_candidate_limit_never_cuts_a_baseline() -> None:
     assert [c.name for c in kept] == ["base", "o0"]
     assert base.pruned is None and others[0].pruned is None
     assert all(c.pruned == ("limit", "not tried: tune.max_candidates is 1") for c in others[1:])
+
+
+# -- the winner and its tie rule -----------------------------------------------------------
+
+
+def _measured(cell_id: str, processes: list[float], ap: float | None = 40.0, memory: int | None = 100) -> TuneCandidate:
+    return TuneCandidate(name=cell_id, model="m", runtime="onnxruntime-cpu", precision="fp32", batch=1,
+                         outcome="measured", cell_id=cell_id, latency_ms=sorted(processes)[len(processes) // 2],
+                         process_latency_ms=processes, ap=ap, memory_bytes=memory, within_budget=True)
+
+
+BUDGET = Budget(map_drop=0.5)
+
+
+def test_a_missing_memory_figure_loses_a_tie() -> None:
+    unknown = _measured("unknown", [10.0, 11.0, 12.0], memory=None)
+    known = _measured("known", [10.5, 11.5, 12.5], memory=500)
+    winner, why, tie = _winner([unknown, known], BUDGET)
+    assert winner == "known" and tie is not None and "lower memory (the mAP being equal)" in tie
+    # The reason is the pick's: its latency, and that it tied with the fastest.
+    assert "11.5 ms" in why and "tied with the fastest (unknown" in why
+
+
+def test_a_tie_equal_on_map_and_memory_says_the_latency_decided() -> None:
+    a, b = _measured("a", [10.0, 11.0, 12.0]), _measured("b", [10.5, 11.5, 12.5])
+    winner, why, tie = _winner([b, a], BUDGET)
+    assert winner == "a" and tie is not None
+    assert "lower median latency" in tie and "memory" not in tie.split("decided by")[1].split("(")[0]
+    assert "11 ms" in why
+
+
+def test_every_candidate_inside_the_tie_is_considered() -> None:
+    fastest = _measured("fast", [10.0, 11.0, 12.0], ap=40.0)
+    runner = _measured("runner", [10.2, 11.2, 12.2], ap=40.1)
+    third = _measured("third", [10.4, 11.4, 12.4], ap=41.0)
+    far = _measured("far", [30.0, 31.0, 32.0], ap=45.0)  # significantly slower: not in the tie
+    winner, why, tie = _winner([fastest, runner, third, far], BUDGET)
+    assert winner == "third" and tie is not None and "higher mAP" in tie
+    assert "fast, runner, third tie" in tie and "far" not in tie
+    assert "11.4 ms" in why
 
 
 # -- memory: the cell's resources, one kind per device ------------------------------------

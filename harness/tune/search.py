@@ -20,6 +20,7 @@ processes of each process's statistic (median or p99); docs/tune.md has the tie 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +53,8 @@ from harness.tune.space import Candidate, Space, build_space, plan_with
 # ranks candidates, far from the full protocol's.
 SCREEN_DEFAULTS: dict[str, Any] = {"warmup_iterations": 5, "warmup_seconds": 0.5, "min_iterations": 30,
                                    "min_seconds": 1.0, "max_seconds": 30.0, "repeats": 1, "sustained": None}
-# Two process-level figures closer than this (relative) with no test to tell them apart are a tie.
+# A p-value threshold, not a relative distance: a configuration whose processes' figures
+# Welch's t-test cannot tell from the fastest's at this level (p >= it) ties with the fastest.
 TIE_P_VALUE = 0.05
 
 
@@ -564,9 +566,11 @@ def _with_fronts(candidates: list[TuneCandidate], memory_kind: str) -> list[Tune
 
 def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None, str, str | None]:
     """The fastest measured configuration within the budget, by the median over processes.
-    When the runner-up is not significantly slower (Welch's t-test on log process medians,
-    p >= 0.05) the two are a tie, decided by the higher mAP, then the lower memory; with one
-    process a side no test exists and the lower median decides, which the result says."""
+    Every other one within the budget that is not significantly slower than the fastest
+    (Welch's t-test on the log of each process's statistic, p >= TIE_P_VALUE) ties with it; the
+    tie is decided by the higher mAP, then the lower memory (a missing figure loses), then the
+    lower median. With one process a side no test exists and the lower median decides, which
+    the result says."""
     from harness.measure.repeats import compare_processes
 
     within = sorted((c for c in candidates if c.within_budget and c.latency_ms is not None),
@@ -574,24 +578,54 @@ def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None
     stat = "p99" if budget.latency == "p99" else "median"
     if not within:
         return None, f"no measured configuration is within the budget of {budget.map_drop:g} AP points", None
-    best = within[0]
-    why = (f"the lowest {stat} latency over processes ({best.latency_ms:.4g} ms"
+    fastest = within[0]
+    tied = [fastest]
+    untested: list[str] = []
+    tests: list[str] = []
+    for other in within[1:]:
+        test = compare_processes(fastest.process_latency_ms, other.process_latency_ms)
+        if test.p_value is None:
+            untested.append(f"{other.cell_id} is {test.change_pct:+.1f}% against it; {test.test}, so the lower "
+                            "median decides")
+        elif test.p_value >= TIE_P_VALUE:
+            tied.append(other)
+            tests.append(f"{other.cell_id}: {_test_label(test.test, stat)}, p = {test.p_value:.2g}, "
+                         f"change {test.change_pct:+.1f}%")
+
+    def ap(c: TuneCandidate) -> float:
+        return c.ap if c.ap is not None else -math.inf
+
+    def memory(c: TuneCandidate) -> float:
+        return float(c.memory_bytes) if c.memory_bytes is not None else math.inf
+
+    pick = min(tied, key=lambda c: (-ap(c), memory(c), c.latency_ms or 0.0))
+    why = (f"the lowest {stat} latency over processes ({pick.latency_ms:.4g} ms"
            f"{' per image' if len(budget.batches) > 1 else ''}) among the {len(within)} measured configuration(s) "
            f"within {budget.map_drop:g} AP points of the baseline")
-    if len(within) == 1:
-        return best.cell_id, why, None
-    second = within[1]
-    test = compare_processes(best.process_latency_ms, second.process_latency_ms)
-    if test.p_value is None:
-        return best.cell_id, why, (f"{second.cell_id} is {test.change_pct:+.1f}% against it; {test.test}, so the "
-                                   "lower median decides")
-    if test.p_value < TIE_P_VALUE:
-        return best.cell_id, why, None
-    tied = sorted([best, second], key=lambda c: (-(c.ap or 0.0), c.memory_bytes or 0))
-    pick = tied[0]
-    decided = "higher mAP" if (best.ap or 0.0) != (second.ap or 0.0) else "lower memory"
-    return pick.cell_id, why, (f"{best.cell_id} and {second.cell_id} tie ({test.test}: p = {test.p_value:.2g}, "
-                               f"change {test.change_pct:+.1f}%); decided by the {decided}")
+    if len(tied) == 1:
+        return pick.cell_id, why, (untested[0] if untested else None)
+    rest = [c for c in tied if c is not pick]
+    same_ap = [c for c in rest if ap(c) == ap(pick)]
+    if not same_ap:
+        decided = "the higher mAP"
+    elif all(memory(pick) < memory(c) for c in same_ap):
+        decided = ("the higher mAP, then the lower memory" if len(same_ap) < len(rest)
+                   else "the lower memory (the mAP being equal)")
+    else:
+        decided = "the lower median latency (mAP and memory being equal)"
+    if pick is not fastest:
+        why = (f"tied with the fastest ({fastest.cell_id}, {fastest.latency_ms:.4g} ms) and chosen by {decided}, "
+               f"among the {len(within)} measured configuration(s) within {budget.map_drop:g} AP points of the "
+               f"baseline; its {stat} latency over processes is {pick.latency_ms:.4g} ms"
+               f"{' per image' if len(budget.batches) > 1 else ''}")
+    names = ", ".join(str(c.cell_id) for c in tied)
+    return pick.cell_id, why, (f"{names} tie with the fastest ({'; '.join(tests)}); decided by {decided}")
+
+
+def _test_label(label: str, stat: str) -> str:
+    """compare_processes names its inputs "process medians"; here they are each process's
+    `stat`, so the label says so when that is p99."""
+    return label.replace("process medians", "process p99s") if stat == "p99" else label
 
 
 def _neighbours(candidates: list[TuneCandidate], winner: str | None, n: int) -> list[str]:
