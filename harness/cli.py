@@ -225,12 +225,15 @@ def _tune(args: argparse.Namespace) -> int:
     batches = parse_batches(args.batch)
     if not args.max_minutes > 0 or args.max_minutes == float("inf"):
         raise UserError(f"--max-minutes: expected a positive number of minutes, got {args.max_minutes!r}")
-    from harness.tune.search import tune
+    from harness.tune.search import NothingSurvived, tune
     from harness.tune.space import load_tune_plan
 
     loaded, notes = load_tune_plan(args.plan)
-    outcome = tune(loaded, Budget(map_drop, args.latency, batches, args.max_minutes),
-                   output=Path(args.output) if args.output else None, notes=notes)
+    try:
+        outcome = tune(loaded, Budget(map_drop, args.latency, batches, args.max_minutes),
+                       output=Path(args.output) if args.output else None, notes=notes)
+    except NothingSurvived as exc:
+        return _fail(f"bench: error: {exc}", exc.exit_status)
     from harness.report.tune import print_tune_summary
 
     print_tune_summary(outcome.result, outcome.run_dir)

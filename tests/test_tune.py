@@ -16,7 +16,7 @@ from record_factory import accuracy, record
 
 from harness.results import CellRecord, TuneCandidate
 from harness.tune.pareto import Point, dominated_keys, dominates, front
-from harness.tune.search import Budget, _memory, _winner, apply_limit, parse_budget, screen_verdict
+from harness.tune.search import Budget, _memory, _winner, apply_limit, nothing_survived, parse_budget, screen_verdict
 from harness.tune.space import Candidate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,19 @@ def test_the_candidate_limit_never_cuts_a_baseline() -> None:
     assert [c.name for c in kept] == ["base", "o0"]
     assert base.pruned is None and others[0].pruned is None
     assert all(c.pruned == ("limit", "not tried: tune.max_candidates is 1") for c in others[1:])
+
+
+def test_nothing_survived_lists_the_pruned_and_blames_a_failed_run_with_1() -> None:
+    base, other = _cand("base", baseline=True), _cand("other", precision="int8")
+    base.pruned, other.pruned = ("failed", "the worker died"), ("invalid", "needs dataset.calibration")
+    exc = nothing_survived("plan.yaml", [base, other], Path("/runs/x-screen"))
+    text = str(exc)
+    assert exc.exit_status == 1 and "None" not in text and "/runs/x-screen" in text
+    assert "base fp32 b1 (m): failed: the worker died" in text and "other int8 b1 (m): invalid:" in text
+    # Nothing could run at all: the plan is the cause, and nothing was screened.
+    other.pruned = base.pruned = ("unavailable", "no onnxruntime")
+    exc = nothing_survived("plan.yaml", [base, other], None)
+    assert exc.exit_status == 2 and "nothing was screened" in str(exc) and "None" not in str(exc)
 
 
 # -- the winner and its tie rule -----------------------------------------------------------

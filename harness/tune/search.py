@@ -244,6 +244,25 @@ def screen_verdict(record: CellRecord, baseline_ap: float | None, map_drop: floa
     return None
 
 
+class NothingSurvived(Exception):
+    """No candidate is left to measure; `exit_status` is 2 when the plan left nothing that can
+    run, 1 when a run failed (a screening process, the baseline's)."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def nothing_survived(display_name: str, candidates: Sequence[Candidate], screen_dir: Path | None) -> NothingSurvived:
+    pruned = [c for c in candidates if c.pruned is not None]
+    lines = [f"  {c.name} {c.precision} b{c.batch} ({c.model}): {c.pruned[0]}: {c.pruned[1]}"
+             for c in pruned if c.pruned is not None]
+    where = f" (screening run: {screen_dir})" if screen_dir is not None else " (nothing was screened)"
+    failed = any(c.pruned is not None and c.pruned[0] == "failed" for c in pruned)
+    return NothingSurvived(f"{display_name}: no candidate survived screening{where}; nothing to measure. "
+                           f"Pruned ({len(pruned)}):\n" + "\n".join(lines), 1 if failed else 2)
+
+
 class BudgetedLauncher:
     """The local launcher, one unit at a time, asking `decide` before each: a unit it refuses
     gets a `skipped` record saying why (so the run folder says what was not tried). `after`
@@ -427,7 +446,7 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
     measure_results: ResultsFile | None = None
     header = (f"# bench tune {plan.name}: the survivors of screening, measured with the plan's full protocol\n")
     if not chosen:
-        raise UserError(f"{loaded.display_name}: no candidate survived screening (see {screen_dir}); nothing to measure")
+        raise nothing_survived(loaded.display_name, space.candidates, screen_dir)
     final_plan = plan_with(loaded, chosen, space)
     final_loaded = _loaded(final_plan, loaded, header)
     store = start_run(final_loaded, base)
