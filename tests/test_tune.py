@@ -138,6 +138,30 @@ def test_every_candidate_inside_the_tie_is_considered() -> None:
     assert "11.4 ms" in why
 
 
+# -- the report's front charts ------------------------------------------------------------
+
+
+def test_a_point_without_a_baseline_map_is_not_drawn_past_the_budget() -> None:
+    from harness.report.tune import budget_words, point_style
+
+    assert point_style(True, "#123") == ("#123", "")
+    assert point_style(False, "#123") == ("#fff", "")  # hollow: past the budget
+    fill, dash = point_style(None, "#123")
+    assert fill not in ("#fff", "#123") and "dasharray" in dash
+    assert "past" not in budget_words(None) and "no baseline mAP" in budget_words(None)
+    assert budget_words(False) == "\npast the mAP budget" and budget_words(True) == ""
+    # Drawn: the chart of a search whose only point has no baseline mAP to be judged against.
+    from harness.report.tune import front_chart
+    from harness.results import TuneResult
+
+    point = _measured("lonely", [10.0]).model_copy(update={"within_budget": None})
+    result = TuneResult(plan_name="p", budget_map_drop=0.5, latency_stat="median", per_image=False, batches=[1],
+                        scope="model", max_minutes=1.0, subset_images=3, screen_protocol={}, candidates=[point],
+                        winner_why="", elapsed_s=1.0)
+    svg = str(front_chart(result, "map"))
+    assert "past the mAP budget" not in svg and "no baseline mAP" in svg and 'fill="#fff"' not in svg
+
+
 # -- memory: the cell's resources, one kind per device ------------------------------------
 
 

@@ -67,12 +67,12 @@ def front_chart(result: TuneResult, axis: str) -> Markup:
         faint = not on_front(c)
         tip = (f"{c.name} · {c.precision} · b{c.batch}\n{fmt.ms(c.latency_ms)} ms · "
                + (f"mAP {fmt.num(c.ap, 2)}" if axis == "map" else f"{float(v):.1f} MB" + (f" ({c.memory_method})" if c.memory_method else ""))
-               + ("" if c.within_budget else "\npast the mAP budget") + ("\ndominated" if faint else ""))
+               + budget_words(c.within_budget) + ("\ndominated" if faint else ""))
         opacity = ' opacity="0.25"' if faint else ""
-        fill = "#fff" if not c.within_budget else color[c.runtime]
+        fill, dash = point_style(c.within_budget, color[c.runtime])
         body.append(f'<g class="ch-point{" tune-dominated" if faint else ""}"{opacity}><title>{_e(tip)}</title>'
                     f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5.5" fill="{_e(fill)}" stroke="{_e(color[c.runtime])}" '
-                    'stroke-width="2"/></g>')
+                    f'stroke-width="2"{dash}/></g>')
         if c.cell_id == result.winner:
             body.append(f'<circle class="tune-winner" cx="{x:.1f}" cy="{y:.1f}" r="10" fill="none" stroke="#111" '
                         'stroke-width="2"/>')
@@ -90,8 +90,23 @@ def front_chart(result: TuneResult, axis: str) -> Markup:
     ly += 18
     body.append(f'<text class="ch-legend" x="{lx}" y="{ly}">hollow: past the budget</text>')
     ly += 18
+    body.append(f'<text class="ch-legend" x="{lx}" y="{ly}">grey, dashed: no baseline mAP</text>')
+    ly += 18
     body.append(f'<text class="ch-legend" x="{lx}" y="{ly}">ringed: the winner</text>')
     return _svg(width, height, body, title)
+
+
+def point_style(within_budget: bool | None, colour: str) -> tuple[str, str]:
+    """(fill, extra circle attributes) of a front point: solid within the budget, hollow past
+    it, grey and dashed when it cannot be judged (no baseline mAP), which is not past it."""
+    if within_budget is None:
+        return "#ddd", ' stroke-dasharray="2 2"'
+    return (colour if within_budget else "#fff"), ""
+
+
+def budget_words(within_budget: bool | None) -> str:
+    """The tooltip's line on the budget: nothing within it."""
+    return {True: "", False: "\npast the mAP budget", None: "\nno baseline mAP: the budget cannot be checked"}[within_budget]
 
 
 def _settings_text(c: TuneCandidate) -> str:
