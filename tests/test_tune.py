@@ -14,9 +14,21 @@ from typing import Any
 import pytest
 from record_factory import accuracy, record
 
+from harness.plan.schema import LatencyProtocol
 from harness.results import CellRecord, TuneCandidate
 from harness.tune.pareto import Point, dominated_keys, dominates, front
-from harness.tune.search import Budget, _memory, _winner, apply_limit, nothing_survived, parse_budget, screen_verdict
+from harness.tune.search import (
+    Budget,
+    _Estimate,
+    _memory,
+    _Screened,
+    _winner,
+    apply_limit,
+    nothing_survived,
+    parse_budget,
+    screen_verdict,
+    stage2_skip,
+)
 from harness.tune.space import Candidate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +108,42 @@ def test_nothing_survived_lists_the_pruned_and_blames_a_failed_run_with_1() -> N
     other.pruned = base.pruned = ("unavailable", "no onnxruntime")
     exc = nothing_survived("plan.yaml", [base, other], None)
     assert exc.exit_status == 2 and "nothing was screened" in str(exc) and "None" not in str(exc)
+
+
+# -- the time budget ------------------------------------------------------------------------
+
+SCREEN = LatencyProtocol(warmup_iterations=5, warmup_seconds=0.5, min_iterations=30, min_seconds=1.0, repeats=1)
+FULL = LatencyProtocol(warmup_iterations=10, warmup_seconds=1.0, min_iterations=100, min_seconds=3.0, repeats=3)
+
+
+def _slow_estimate(c: Candidate) -> _Estimate:
+    # A 500 ms call: screening took 5 x 0.5 warm-up + 30 x 0.5 timed + 2 s start-up + 1 s accuracy.
+    estimate = _Estimate(SCREEN, FULL, accuracy_scale=10.0)
+    estimate.screened[(c.model, c.name, c.precision, c.batch)] = _Screened(2.5 + 15.0 + 2.0 + 1.0, 1.0, 0.5)
+    return estimate
+
+
+def test_the_estimate_counts_min_iterations_at_the_screened_latency() -> None:
+    c = _cand("slow")
+    c.protocol = FULL
+    # Each process: 2 s start-up, max(10 x 0.5, 1) warm-up, max(100 x 0.5, 3) timed; 3 of them;
+    # one accuracy pass at 10 x the subset's 1 s.
+    assert _slow_estimate(c).measured(c) == pytest.approx(3 * (2.0 + 5.0 + 50.0) + 10.0)
+    c.protocol = LatencyProtocol.model_validate({**FULL.model_dump(), "sustained": {"duration_s": 60.0}})
+    assert _slow_estimate(c).measured(c) == pytest.approx(3 * (2.0 + 5.0 + 60.0) + 10.0)
+
+
+def test_stage_two_skips_a_process_that_would_pass_the_deadline_but_never_a_baseline() -> None:
+    c = _cand("slow")
+    c.protocol = FULL
+    estimate = _slow_estimate(c)
+    # 57 s a process: at 100 s of 120 the next one would end at 157 s (167 with the accuracy pass).
+    why = stage2_skip(c, True, estimate, elapsed=100.0, deadline=120.0, max_minutes=2.0)
+    assert why is not None and why.startswith("not measured: the time budget (--max-minutes 2)")
+    assert stage2_skip(c, False, estimate, elapsed=60.0, deadline=120.0, max_minutes=2.0) is None
+    base = _cand("base", baseline=True)
+    base.protocol = FULL
+    assert stage2_skip(base, True, estimate, elapsed=119.0, deadline=120.0, max_minutes=2.0) is None
 
 
 # -- the winner and its tie rule -----------------------------------------------------------

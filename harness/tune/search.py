@@ -34,6 +34,7 @@ from harness.errors import UserError
 from harness.plan.load import LoadedPlan, parse_plan
 from harness.plan.schema import LatencyProtocol, Plan, SubsetSpec
 from harness.results import (
+    MEASURED_STATUSES,
     CellRecord,
     DerivedEntry,
     ResultsFile,
@@ -184,7 +185,7 @@ def _ap_points(record: CellRecord) -> float | None:
 
 
 def _statistic(record: CellRecord, stat: str, per_image: bool) -> float | None:
-    if record.latency is None or record.status not in ("ok", "unstable", "throttled"):
+    if record.latency is None or record.status not in MEASURED_STATUSES:
         return None
     value = record.latency.stats.p99 if stat == "p99" else record.latency.stats.p50
     return value / record.identity.batch if per_image else value
@@ -301,35 +302,92 @@ def _collecting(done: Callable[[WorkUnit, dict[str, Any]], None],
     return collect
 
 
-def _execute(store: RunStore, loaded: LoadedPlan, launcher: Any, console: Any) -> ResultsFile:
+def _execute(store: RunStore, loaded: LoadedPlan, launcher: Any, console: Any) -> tuple[int, ResultsFile]:
     from harness.results import read_run
     from harness.run.execute import execute
 
-    execute(store, loaded, console=console, launcher=launcher)
-    return read_run(store.run_dir).results
+    code = execute(store, loaded, console=console, launcher=launcher)
+    return code, read_run(store.run_dir).results
+
+
+def process_seconds(protocol: LatencyProtocol, latency_s: float) -> float:
+    """The timed part of one worker process at `latency_s` per call, as the runtime runs it:
+    warm-up until both its count and its time are met, then the sustained duration, or
+    measurement until both its count and its time are met (capped at max_seconds)."""
+    warmup = max(protocol.warmup_iterations * latency_s, protocol.warmup_seconds)
+    if protocol.sustained is not None:
+        phase = protocol.sustained.duration_s
+    else:
+        phase = min(max(protocol.min_iterations * latency_s, protocol.min_seconds), protocol.max_seconds)
+    return warmup + phase
+
+
+@dataclass
+class _Screened:
+    """What one screening process showed: its wall time, its accuracy pass's, its median call."""
+
+    wall_s: float
+    accuracy_s: float
+    latency_s: float | None  # per call (per batch), None when it measured nothing
 
 
 @dataclass
 class _Estimate:
-    """Projections from what has run: seconds per screening cell and per measured cell."""
+    """Projections from what has run, per candidate: a measured process costs what its
+    screening process cost beyond the screening protocol's timed phases (start-up, model load,
+    the first calls) plus the full protocol's phases at the latency screening saw, times the
+    candidate's repeats; one full accuracy pass, scaled from the subset's."""
 
-    screen_walls: list[float] = field(default_factory=list)
-    accuracy_s: list[float] = field(default_factory=list)  # screening accuracy pass, wall
-    extra_measure_s: float = 0.0  # the full protocol's minimum time beyond the screening one
-    repeats: int = 1
+    screen_protocol: LatencyProtocol
+    default_protocol: LatencyProtocol  # a candidate with no expanded protocol (none in practice)
     accuracy_scale: float = 1.0  # full evaluation images / screening subset
+    screened: dict[tuple[str, str, str, int], _Screened] = field(default_factory=dict)
 
     def screen(self) -> float:
-        return statistics.mean(self.screen_walls) if self.screen_walls else 0.0
+        """Seconds a screening cell takes, from those so far."""
+        walls = [s.wall_s for s in self.screened.values()]
+        return statistics.mean(walls) if walls else 0.0
 
-    def measured(self, n: int) -> float:
-        """Seconds for `n` configurations at length: each process a screening cell's cost plus
-        the longer protocol; one full accuracy pass each."""
-        if not self.screen_walls:
-            return 0.0
-        acc = statistics.mean(self.accuracy_s) if self.accuracy_s else 0.0
-        per_process = self.screen() - acc + self.extra_measure_s
-        return n * (self.repeats * per_process + acc * self.accuracy_scale)
+    def _seen(self, c: Candidate) -> _Screened | None:
+        seen = self.screened.get(_cand_key(c))
+        if seen is not None and seen.latency_s is not None:
+            return seen
+        timed = [s for s in self.screened.values() if s.latency_s is not None]
+        if not timed:
+            return None
+        # Not screened yet (or it measured nothing): the cells so far stand in for it.
+        return _Screened(statistics.mean(s.wall_s for s in timed), statistics.mean(s.accuracy_s for s in timed),
+                         statistics.mean(s.latency_s or 0.0 for s in timed))
+
+    def process(self, c: Candidate) -> tuple[float, float]:
+        """(seconds of one measured process without the accuracy pass, seconds of the pass)."""
+        seen = self._seen(c)
+        if seen is None:
+            return 0.0, 0.0
+        lat = seen.latency_s or 0.0
+        overhead = max(0.0, seen.wall_s - seen.accuracy_s - process_seconds(self.screen_protocol, lat))
+        full = c.protocol or self.default_protocol
+        return overhead + process_seconds(full, lat), seen.accuracy_s * self.accuracy_scale
+
+    def measured(self, c: Candidate) -> float:
+        """Seconds for candidate `c` at length: its repeats, one full accuracy pass."""
+        per_process, accuracy_s = self.process(c)
+        repeats = (c.protocol or self.default_protocol).repeats or 1
+        return repeats * per_process + accuracy_s
+
+
+def stage2_skip(c: Candidate | None, first_process: bool, estimate: _Estimate, elapsed: float, deadline: float,
+                max_minutes: float) -> str | None:
+    """Why a measurement process is not started (it would end past the deadline), or None. The
+    baselines always run: without them no mAP drop exists."""
+    if c is None or c.baseline:
+        return None
+    per_process, accuracy_s = estimate.process(c)
+    projected = elapsed + per_process + (accuracy_s if first_process else 0.0)
+    if projected <= deadline:
+        return None
+    return (f"not measured: the time budget (--max-minutes {max_minutes:g}) would be passed "
+            f"(projected {projected / 60:.1f} min with this process)")
 
 
 def _evaluation_images(plan: Plan, plan_dir: Path) -> int | None:
@@ -377,33 +435,36 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
 
     # -- stage 1: screening ------------------------------------------------------------------
     protocol = screen_protocol(plan)
-    estimate = _Estimate(repeats=max(c.protocol.repeats or 1 for c in loaded.cells) if loaded.cells else 1)
-    full = plan.protocol
-    estimate.extra_measure_s = max(0.0, (full.min_seconds + full.warmup_seconds) - (protocol.min_seconds + protocol.warmup_seconds))
     full_images = _evaluation_images(plan, plan_dir)
-    estimate.accuracy_scale = max(1.0, (full_images or subset_n) / subset_n)
+    estimate = _Estimate(protocol, plan.protocol, accuracy_scale=max(1.0, (full_images or subset_n) / subset_n))
     screen_results: ResultsFile | None = None
     screen_dir: Path | None = None
     by_key: dict[tuple[str, str, str, int], Candidate] = {_cand_key(c): c for c in alive}
-    survivors_so_far = [0]
+    survivors_so_far: list[Candidate] = []
 
     def decide(unit: WorkUnit) -> str | None:
         cand = by_key.get(_cell_key(unit.cell))
-        if cand is None or cand.baseline or not estimate.screen_walls:
+        if cand is None or cand.baseline or not estimate.screened:
             return None  # the baselines always run: without them no mAP drop exists
-        projected = clock.elapsed() + estimate.screen() + estimate.measured(survivors_so_far[0] + 1)
+        projected = (clock.elapsed() + estimate.screen() + estimate.measured(cand)
+                     + sum(estimate.measured(c) for c in survivors_so_far))
         if projected > deadline:
             return (f"not tried: the time budget (--max-minutes {budget.max_minutes:g}) would be passed "
                     f"(projected {projected / 60:.1f} min with this candidate screened and measured)")
         return None
 
     def note(unit: WorkUnit, record: dict[str, Any], wall: float) -> None:
-        estimate.screen_walls.append(wall)
         acc = record.get("accuracy") or {}
-        if isinstance(acc.get("wall_s"), (int, float)):
-            estimate.accuracy_s.append(float(acc["wall_s"]))
-        if record.get("status") in ("ok", "unstable", "throttled"):
-            survivors_so_far[0] += 1
+        acc_s = float(acc["wall_s"]) if isinstance(acc.get("wall_s"), (int, float)) else 0.0
+        measured = record.get("status") in MEASURED_STATUSES
+        p50 = ((record.get("latency") or {}).get("stats") or {}).get("p50")
+        latency_s = float(p50) / 1000.0 if measured and isinstance(p50, (int, float)) else None
+        cand = by_key.get(_cell_key(unit.cell))
+        if cand is None:
+            return
+        estimate.screened[_cand_key(cand)] = _Screened(wall, acc_s, latency_s)
+        if measured:
+            survivors_so_far.append(cand)
 
     launcher = BudgetedLauncher(decide, note)
     if alive:
@@ -411,7 +472,7 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
         screen_loaded = _loaded(screen_plan, loaded, "# bench tune: screening run (stage 1)\n")
         store = start_run(screen_loaded, base)
         screen_dir = store.run_dir
-        screen_results = _execute(store, screen_loaded, launcher, console)
+        _, screen_results = _execute(store, screen_loaded, launcher, console)
     clock.step("screen", f"{len(launcher.walls)} screening process(es)")
 
     # -- screening verdicts ----------------------------------------------------------------
@@ -451,12 +512,18 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
     final_loaded = _loaded(final_plan, loaded, header)
     store = start_run(final_loaded, base)
     run_dir = store.run_dir
-    from harness.run.execute import execute
+    measured_key = {_cand_key(c): c for c in chosen}
+    started_cells: set[str] = set()
 
-    code = execute(store, final_loaded, console=console)
-    from harness.results import read_run
+    def decide_measure(unit: WorkUnit) -> str | None:
+        first = unit.cell_id not in started_cells
+        why = stage2_skip(measured_key.get(_cell_key(unit.cell)), first, estimate, clock.elapsed(), deadline,
+                          budget.max_minutes)
+        if why is None:
+            started_cells.add(unit.cell_id)
+        return why
 
-    measure_results = read_run(run_dir).results
+    code, measure_results = _execute(store, final_loaded, BudgetedLauncher(decide_measure), console)
     clock.step("measure", f"{len(chosen)} configuration(s), {len(measure_results.cells)} process(es)")
 
     result = _result(loaded, budget, space, chosen, facts, measure_results, subset_n, protocol, screen_dir,
@@ -491,9 +558,12 @@ def _choose_for_measurement(screened: list[Candidate], facts: dict[Any, dict[str
                                             (c.name + "|" + c.precision + "|" + str(c.batch) + "|" + c.model) not in on_front,
                                             lat(c)))
     chosen: list[Candidate] = []
+    planned = 0.0
     for c in order:
-        if c.baseline or clock.elapsed() + estimate.measured(len(chosen) + 1) <= deadline:
+        need = estimate.measured(c)
+        if c.baseline or clock.elapsed() + planned + need <= deadline:
             chosen.append(c)
+            planned += need
     return chosen
 
 
@@ -536,6 +606,9 @@ def _result(loaded: LoadedPlan, budget: Budget, space: Space, chosen: list[Candi
                 outcome = "screened" if screened_ok and kind == "time" else "untried"
             else:
                 outcome = "pruned"
+        elif m.get("latency_ms") is None and str(m.get("reason") or "").startswith("not measured"):
+            # stage 2's time budget skipped every process of it: it passed screening only
+            kind, reason, outcome = "time", m["reason"], "screened"
         elif m.get("latency_ms") is None:
             kind, reason = "failed", m.get("reason") or "no measured process"
         candidates.append(TuneCandidate(
