@@ -331,6 +331,22 @@ def test_the_screening_protocol_wins_over_a_models_own(tmp_path: Path) -> None:
     assert full is not None and full.min_seconds == 9 and full.repeats == 3 and full.sustained is not None
 
 
+def test_a_plan_with_two_models_is_refused_naming_models(tmp_path: Path) -> None:
+    from harness.errors import UserError
+    from harness.tune.search import tune
+    from harness.tune.space import load_tune_plan
+
+    plan = _plan(tmp_path, precisions="precisions: [fp32]")
+    text = plan.read_text()
+    block = text[text.index("  - name: anchor-grid-320"):text.index("precisions: [fp32]")]
+    plan.write_text(text.replace(block, block + block.replace("name: anchor-grid-320", "name: second")))
+    loaded, _ = load_tune_plan(plan)
+    assert len(loaded.plan.models) == 2
+    with pytest.raises(UserError, match=r"models: bench tune searches one model at a time.*anchor-grid-320, second"):
+        tune(loaded, Budget(map_drop=0.5), output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # -- a real search on the CPU ---------------------------------------------------------------
 
 

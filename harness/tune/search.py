@@ -417,6 +417,11 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
     if plan.dataset is None or not plan.accuracy.enabled:
         raise UserError(f"{loaded.display_name}: dataset: bench tune checks the mAP budget, so the plan needs a "
                         "`dataset` (and accuracy.enabled: true)")
+    if len(plan.models) > 1:
+        # Each model's budget is judged against its own baseline, so a winner and fronts pooled
+        # over models would compare configurations that answer different questions.
+        raise UserError(f"{loaded.display_name}: models: bench tune searches one model at a time; the plan has "
+                        f"{len(plan.models)} ({', '.join(m.name for m in plan.models)}): tune each in a plan of its own")
     if plan.scenario != "single_stream":
         raise UserError(f"{loaded.display_name}: scenario: bench tune searches single-stream cells; "
                         "a server plan's levels are not one latency")
