@@ -72,6 +72,19 @@ def test_screening_prunes_past_the_budget_and_keeps_within_it() -> None:
     assert no_ref is not None and no_ref[0] == "accuracy" and "no baseline" in no_ref[1]
 
 
+def test_screening_prunes_at_the_margin_not_the_exact_budget() -> None:
+    ok = record("x", status="ok", accuracy=accuracy(0.400))
+    assert screen_verdict(ok, 40.8, 0.5, 50, 2.0) is None  # 0.8 lost: past 0.5, within 2 x 0.5
+    kind, why = screen_verdict(ok, 41.2, 0.5, 50, 2.0) or ("", "")
+    assert kind == "accuracy" and "screening limit of 1 (2 x the budget of 0.5)" in why
+
+
+def test_a_bad_screening_margin_is_refused_naming_the_field(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, tune="  screen_map_margin: 0.5")
+    done = _bench("validate", str(plan), cwd=tmp_path)
+    assert done.returncode == 2 and "tune.screen_map_margin" in done.stderr, done.stderr
+
+
 def test_a_bad_budget_names_the_flag() -> None:
     for text in ("0.5", "map=0.5", "map_drop=x", "map_drop=-1", "map_drop=inf"):
         with pytest.raises(Exception, match="--budget"):

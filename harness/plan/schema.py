@@ -371,6 +371,11 @@ class TuneSpec(Strict):
     neighbours: Annotated[int, Field(ge=0, le=20)] = 2
     # At most this many candidates are screened (the rest are listed as not tried).
     max_candidates: Annotated[int, Field(ge=1, le=10_000)] = 200
+    # Screening prunes a candidate whose mAP on the subset falls more than this many times the
+    # budget below the baseline's: a few dozen images move mAP by more than the budget, so the
+    # exact budget there would prune configurations the full pass keeps. The final verdict uses
+    # the exact budget. At least 1 (below it, screening would be stricter than the verdict).
+    screen_map_margin: Annotated[float, Field(ge=1.0, le=100.0)] = 2.0
 
 
 class Plan(Strict):
