@@ -199,6 +199,15 @@ def test_every_candidate_inside_the_tie_is_considered() -> None:
     assert "11.4 ms" in why
 
 
+def test_a_p99_search_names_its_figure_and_its_tests_inputs() -> None:
+    a, b = _measured("a", [10.0, 11.0, 12.0]), _measured("b", [10.5, 11.5, 12.5])
+    winner, why, tie = _winner([a, b], Budget(map_drop=0.5, latency="p99"))
+    assert winner == "a" and "median of process p99s" in why and "p99 latency over processes" not in why
+    assert tie is not None and "log process p99s" in tie and "process medians" not in tie
+    _, why, tie = _winner([a, b], BUDGET)
+    assert "median of process medians" in why and tie is not None and "log process medians" in tie
+
+
 # -- the report's front charts ------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from harness.report import fmt
 from harness.report.charts import PALETTE, Scale, _clip, _e, _svg, _x_axis, _y_axis
-from harness.results import TuneCandidate, TuneResult
+from harness.results import TuneCandidate, TuneResult, latency_label
 
 TUNE_FILE = "tune.json"
 KIND_WORDS = {"invalid": "cannot exist", "unavailable": "unavailable here", "failed": "failed",
@@ -52,7 +52,7 @@ def front_chart(result: TuneResult, axis: str) -> Markup:
     span_y = max(ys_) - min(ys_) or abs(max(ys_)) * 0.1 or 1.0
     ys = Scale(min(ys_) - span_y * 0.2, max(ys_) + span_y * 0.25, height - bottom, top)
     unit = "ms per image" if result.per_image else "ms per batch"
-    body = _x_axis(xs, height - bottom, top, f"{result.latency_stat} latency, median over processes ({unit})")
+    body = _x_axis(xs, height - bottom, top, f"latency, {latency_label(result.latency_stat)} ({unit})")
     body += _y_axis(ys, left, left, width - right, ylabel)
     on_front = (lambda c: c.on_front_map) if axis == "map" else (lambda c: c.on_front_memory)
     runtimes = sorted({c.runtime for c, _ in pts})
@@ -134,6 +134,7 @@ def tune_context(run_dir: Path) -> dict[str, Any] | None:
         "settings_text": _settings_text,
         "memory_words": memory_words(result.memory_kind),
         "total_s": sum(s.seconds for s in result.steps),
+        "latency_label": latency_label(result.latency_stat),
     }
 
 
@@ -149,7 +150,7 @@ def print_tune_summary(result: TuneResult, run_dir: Path) -> None:
     winner = next((c for c in result.candidates if c.cell_id == result.winner), None)
     if winner is not None:
         out.append(f"winner: {winner.name} {winner.precision} b{winner.batch}: {fmt.ms(winner.latency_ms)} ms "
-                   f"({result.latency_stat}), mAP drop {fmt.num(winner.map_drop, 2)} points; {result.winner_why}")
+                   f"({latency_label(result.latency_stat)}), mAP drop {fmt.num(winner.map_drop, 2)} points; {result.winner_why}")
         if result.tie_break:
             out.append(f"tie: {result.tie_break}")
     else:

@@ -91,7 +91,7 @@ from harness.results.model import (
     record_key,
     worst_status,
 )
-from harness.results.tune import TuneCandidate, TuneResult, TuneStep
+from harness.results.tune import TuneCandidate, TuneResult, TuneStep, latency_label
 
 __all__ = [
     "ArtifactSize", "BudgetVerdict", "CellResources", "CounterReadings", "DeviceMemory", "EnergyFigures",
@@ -104,7 +104,7 @@ __all__ = [
     "MonitorSummary", "NewerSchemaError", "NmsFacts", "Placement", "Prepare", "Protocol", "RawAgreement",
     "ResultsError", "ResultsFile", "RunMeta", "RunRead", "Scope", "StageTiming", "Stats", "Status",
     "SustainedProtocol", "TraceRow", "CalibrationFacts", "CalibrationSplitRef", "ImageSplit", "NodeSet",
-    "Quantization", "TuneCandidate", "TuneResult", "TuneStep", "SensitiveNode", "Sensitivity", "WeightsKind", "Window",
+    "Quantization", "TuneCandidate", "TuneResult", "TuneStep", "latency_label", "SensitiveNode", "Sensitivity", "WeightsKind", "Window",
     "cell_files", "describe_validation",
     "effective_status", "group_by_cell", "primary_record", "record_key", "load_cell_record", "load_results",
     "load_run_meta", "read_cell_file",

@@ -26,6 +26,13 @@ Outcome = Literal["pruned", "untried", "screened", "measured"]
 PruneKind = Literal["invalid", "unavailable", "failed", "accuracy", "time", "limit"]
 
 
+def latency_label(stat: str) -> str:
+    """What tune's latency figure is, in words: the median over processes of each process's
+    statistic. For p99 that is not the report's p99 (the 99th percentile of every process's
+    samples pooled), so it is never called plain "p99"."""
+    return "median of process p99s" if stat == "p99" else "median of process medians"
+
+
 class TuneStep(Frozen):
     name: str  # space, screen, measure, report
     seconds: float
@@ -51,7 +58,7 @@ class TuneCandidate(Frozen):
     screen_s: float | None = None  # wall seconds of its screening process
     # Measurement (stage 2): the full protocol and accuracy pass.
     cell_id: str | None = None
-    latency_ms: float | None = None  # the median over processes of each process's statistic
+    latency_ms: float | None = None  # the median over processes of each process's statistic (latency_label)
     process_latency_ms: list[float] = Field(default_factory=list)  # each process's statistic
     ap: float | None = None
     map_drop: float | None = None

@@ -42,6 +42,7 @@ from harness.results import (
     TuneResult,
     TuneStep,
     group_by_cell,
+    latency_label,
     primary_record,
 )
 from harness.run.launch import Events, LocalLauncher, WorkUnit
@@ -678,6 +679,7 @@ def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None
     within = sorted((c for c in candidates if c.within_budget and c.latency_ms is not None),
                     key=lambda c: c.latency_ms or 0.0)
     stat = "p99" if budget.latency == "p99" else "median"
+    label = latency_label(stat)
     if not within:
         return None, f"no measured configuration is within the budget of {budget.map_drop:g} AP points", None
     fastest = within[0]
@@ -701,7 +703,7 @@ def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None
         return float(c.memory_bytes) if c.memory_bytes is not None else math.inf
 
     pick = min(tied, key=lambda c: (-ap(c), memory(c), c.latency_ms or 0.0))
-    why = (f"the lowest {stat} latency over processes ({pick.latency_ms:.4g} ms"
+    why = (f"the lowest latency, {label} ({pick.latency_ms:.4g} ms"
            f"{' per image' if len(budget.batches) > 1 else ''}) among the {len(within)} measured configuration(s) "
            f"within {budget.map_drop:g} AP points of the baseline")
     if len(tied) == 1:
@@ -718,7 +720,7 @@ def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None
     if pick is not fastest:
         why = (f"tied with the fastest ({fastest.cell_id}, {fastest.latency_ms:.4g} ms) and chosen by {decided}, "
                f"among the {len(within)} measured configuration(s) within {budget.map_drop:g} AP points of the "
-               f"baseline; its {stat} latency over processes is {pick.latency_ms:.4g} ms"
+               f"baseline; its latency, {label}, is {pick.latency_ms:.4g} ms"
                f"{' per image' if len(budget.batches) > 1 else ''}")
     names = ", ".join(str(c.cell_id) for c in tied)
     return pick.cell_id, why, (f"{names} tie with the fastest ({'; '.join(tests)}); decided by {decided}")
