@@ -369,6 +369,24 @@ def test_a_plan_with_two_models_is_refused_naming_models(tmp_path: Path) -> None
     assert not (tmp_path / "out").exists()
 
 
+def test_availability_is_asked_per_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.runtimes.registry import plugin
+    from harness.tune.space import build_space, load_tune_plan
+
+    loaded, _ = load_tune_plan(_plan(tmp_path, precisions="precisions: [fp32]"))
+    rt = type(plugin("onnxruntime-cpu"))
+
+    def only_default(self: Any, cell: Any) -> str | None:
+        level = cell.runtime.settings.get("graph_optimization_level")
+        return "this level needs a package not here" if level == "disable" else None
+
+    monkeypatch.setattr(rt, "unavailable_reason", only_default)
+    by = {c.name: c for c in build_space(loaded, [1]).candidates}
+    assert by["onnxruntime-cpu"].pruned is None
+    assert by["onnxruntime-cpu graph_optimization_level=disable"].pruned == (
+        "unavailable", "this level needs a package not here")
+
+
 # -- a real search on the CPU ---------------------------------------------------------------
 
 

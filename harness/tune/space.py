@@ -258,13 +258,14 @@ def _prune_invalid(space: Space, loaded: LoadedPlan) -> None:
 
 def _prune_unavailable(space: Space, loaded: LoadedPlan) -> None:
     """The plug-in's own availability check (a missing package, no GPU, an absent provider),
-    asked once per runtime, device and precision."""
+    asked once per runtime, device, precision and settings (a setting can decide it: an
+    execution provider, a back end that needs its own package)."""
     plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
-    asked: dict[tuple[str, str, str], str | None] = {}
+    asked: dict[tuple[str, str, str, str], str | None] = {}
     for c in space.alive():
         cells: list[Cell] = expand(plan_with(loaded, [c], space), plan_dir)
         cell = cells[0]
-        key = (c.runtime, cell.device, c.precision)
+        key = (c.runtime, cell.device, c.precision, repr(sorted(c.settings.items())))
         if key not in asked:
             try:
                 asked[key] = plugin(c.runtime).unavailable_reason(cell)
