@@ -387,6 +387,16 @@ def test_availability_is_asked_per_settings(tmp_path: Path, monkeypatch: pytest.
         "unavailable", "this level needs a package not here")
 
 
+def test_the_plans_folder_is_one_property(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.plan.load import load_plan
+    from harness.tune.space import load_tune_plan
+
+    loaded, _ = load_tune_plan(_plan(tmp_path))
+    monkeypatch.chdir(REPO)
+    assert loaded.plan_dir == tmp_path.resolve()
+    assert load_plan(None).plan_dir == REPO  # the bundled plan: the current folder
+
+
 # -- a real search on the CPU ---------------------------------------------------------------
 
 

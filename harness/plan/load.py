@@ -33,6 +33,12 @@ class LoadedPlan:
     def display_name(self) -> str:
         return str(self.path) if self.path else f"<bundled {BUNDLED_QUICKSTART}>"
 
+    @property
+    def plan_dir(self) -> Path:
+        """The folder the plan's relative paths are read from: its file's, or the current one
+        for the bundled plan (which names no relative path)."""
+        return Path(self.path).resolve().parent if self.path else Path.cwd()
+
 
 def bundled_quickstart_text() -> str:
     return resources.files("harness.data").joinpath(BUNDLED_QUICKSTART).read_text("utf-8")

@@ -318,15 +318,22 @@ def _marker(kind: str, x: float, y: float, color: str, hollow: bool) -> str:
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r - 0.5:.1f}" {style}/>'
 
 
-def _runtime_model_legend(body: list[str], lx: int, ly: int, runtimes: list[str], models: list[str],
-                          color: dict[str, str], shape: dict[str, str]) -> int:
-    """The scatter charts' two-part legend (runtime by colour, model by marker shape); returns
-    the y of its last row."""
+def _runtime_legend(body: list[str], lx: int, ly: int, runtimes: list[str], color: dict[str, str],
+                    clip: int = 28) -> int:
+    """The runtime-by-colour part of a chart's legend; returns the y of its last row."""
     body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">runtime (colour)</text>')
     for r in runtimes:
         ly += 18
         body.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" rx="2" fill="{_e(color[r])}"/>')
-        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(r, 28))}</text>')
+        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(r, clip))}</text>')
+    return ly
+
+
+def _runtime_model_legend(body: list[str], lx: int, ly: int, runtimes: list[str], models: list[str],
+                          color: dict[str, str], shape: dict[str, str]) -> int:
+    """The scatter charts' two-part legend (runtime by colour, model by marker shape); returns
+    the y of its last row."""
+    ly = _runtime_legend(body, lx, ly, runtimes, color)
     ly += 28
     body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">model (shape)</text>')
     for m in models:

@@ -11,7 +11,7 @@ from typing import Any
 from markupsafe import Markup
 
 from harness.report import fmt
-from harness.report.charts import PALETTE, Scale, _clip, _e, _svg, _x_axis, _y_axis
+from harness.report.charts import PALETTE, Scale, _clip, _e, _runtime_legend, _svg, _x_axis, _y_axis
 from harness.results import TuneCandidate, TuneResult, latency_label
 
 TUNE_FILE = "tune.json"
@@ -80,12 +80,7 @@ def front_chart(result: TuneResult, axis: str) -> Markup:
         elif not faint:
             body.append(f'<text class="ch-sub" x="{x + 9:.1f}" y="{y - 8:.1f}">{_e(_clip(c.name, 34))}</text>')
     lx, ly = width - right + 20, top + 14
-    body.append(f'<text class="ch-legend-h" x="{lx}" y="{ly}">runtime (colour)</text>')
-    for r in runtimes:
-        ly += 18
-        body.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" rx="2" fill="{_e(color[r])}"/>')
-        body.append(f'<text class="ch-legend" x="{lx + 20}" y="{ly}">{_e(_clip(r, 24))}</text>')
-    ly += 26
+    ly = _runtime_legend(body, lx, ly, runtimes, color, clip=24) + 26
     body.append(f'<text class="ch-legend" x="{lx}" y="{ly}">faint: dominated</text>')
     ly += 18
     body.append(f'<text class="ch-legend" x="{lx}" y="{ly}">hollow: past the budget</text>')

@@ -120,7 +120,7 @@ def _dump_plan(plan: Plan) -> str:
 
 
 def _loaded(plan: Plan, loaded: LoadedPlan, header: str) -> LoadedPlan:
-    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+    plan_dir = loaded.plan_dir
     return parse_plan(header + _dump_plan(plan), f"<{plan.name}>", plan_dir, loaded.path)
 
 
@@ -442,7 +442,7 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
     alive = apply_limit(space.alive(), spec.max_candidates if spec else 200)
     clock.step("space", f"{len(space.candidates)} candidates, {len(alive)} to screen")
     base = Path(output) if output is not None else Path(plan.output)
-    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+    plan_dir = loaded.plan_dir
 
     # -- stage 1: screening ------------------------------------------------------------------
     protocol = screen_protocol(plan)
@@ -562,12 +562,13 @@ def _choose_for_measurement(screened: list[Candidate], facts: dict[Any, dict[str
         value = facts.get(_cand_key(c), {}).get("screen_latency_ms")
         return float(value) if value is not None else float("inf")
 
-    points = [pareto.Point(c.name + "|" + c.precision + "|" + str(c.batch) + "|" + c.model, lat(c),
-                           float(facts.get(_cand_key(c), {}).get("screen_ap") or 0.0)) for c in screened]
+    def key(c: Candidate) -> str:
+        return "|".join(map(str, _cand_key(c)))
+
+    points = [pareto.Point(key(c), lat(c), float(facts.get(_cand_key(c), {}).get("screen_ap") or 0.0))
+              for c in screened]
     on_front = {p.key for p in pareto.front(points, higher_is_better=True)}
-    order = sorted(screened, key=lambda c: (not c.baseline,
-                                            (c.name + "|" + c.precision + "|" + str(c.batch) + "|" + c.model) not in on_front,
-                                            lat(c)))
+    order = sorted(screened, key=lambda c: (not c.baseline, key(c) not in on_front, lat(c)))
     chosen: list[Candidate] = []
     planned = 0.0
     for c in order:

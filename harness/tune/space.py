@@ -246,7 +246,7 @@ def plan_with(loaded: LoadedPlan, candidates: list[Candidate], space: Space, *, 
 def _prune_invalid(space: Space, loaded: LoadedPlan) -> None:
     """Each candidate through the plan's own validation, alone: what it refuses is pruned with
     the field and message `bench validate` would print."""
-    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+    plan_dir = loaded.plan_dir
     for c in space.candidates:
         one = plan_with(loaded, [c], space)
         try:
@@ -260,7 +260,7 @@ def _prune_unavailable(space: Space, loaded: LoadedPlan) -> None:
     """The plug-in's own availability check (a missing package, no GPU, an absent provider),
     asked once per runtime, device, precision and settings (a setting can decide it: an
     execution provider, a back end that needs its own package)."""
-    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+    plan_dir = loaded.plan_dir
     asked: dict[tuple[str, str, str, str], str | None] = {}
     for c in space.alive():
         cells: list[Cell] = expand(plan_with(loaded, [c], space), plan_dir)

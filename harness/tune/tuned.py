@@ -42,7 +42,7 @@ def tuned_plan_text(loaded: LoadedPlan, space: Space, result: TuneResult, chosen
     if result.winner is None:
         return None
     plan = plan_with(loaded, picked, space, name=f"{loaded.plan.name}-tuned"[:80])
-    plan_dir = Path(loaded.path).resolve().parent if loaded.path else Path.cwd()
+    plan_dir = loaded.plan_dir
     models = [m.model_copy(update={"path": _moved(m.path, plan_dir, run_dir),
                                    "weights": _moved(m.weights, plan_dir, run_dir)}) for m in plan.models]
     dataset = plan.dataset
