@@ -87,6 +87,9 @@ class RuntimePlugin:
     export_keys: tuple[str, ...] = field(default=())
     # The runtime a plan gets when it names none (exactly one plug-in says so).
     default: bool = False
+    # True when the runtime may run fp16 on a CPU (OpenVINO on CPUs with FP16 arithmetic): the
+    # plan then accepts the cell, and the runtime's unavailable_reason says whether this CPU can.
+    cpu_fp16: bool = False
 
     def parse_settings(self, raw: dict[str, Any]) -> RuntimeSettings:
         """The plan's settings dict as this runtime's typed settings, or SettingsProblem."""
