@@ -233,3 +233,40 @@ def test_validating_and_help_import_neither_openvino_nor_litert(tmp_path: Path) 
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_plan_with_openvino_int8_runs_with_bench_and_calibrates_off_the_scored_images(tmp_path: Path) -> None:
+    pytest.importorskip("nncf", reason="nncf is not installed (the openvino extra)")
+    pytest.importorskip("onnxruntime")
+    if not _has("INT8"):
+        pytest.skip("this CPU's OpenVINO plug-in lists no INT8")
+    plan = _plan(
+        tmp_path,
+        runtimes=[{"name": "onnxruntime-cpu", "reference": True, "precisions": ["fp32"],
+                   "settings": {"intra_op_num_threads": 1}},
+                  {"name": "openvino-cpu", "precisions": ["fp32", "int8"], "settings": {"threads": 1}}],
+        scopes=["model", "end_to_end"],
+        accuracy={"agreement_images": 2, "gallery_images": 0, "agreement_min_score": 0.0},
+    )
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    done = subprocess.run([sys.executable, "-m", "harness", str(path)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [folder] = (tmp_path / "reports" / "ov-test").iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    cells = {(c["identity"]["runtime"], c["identity"]["precision"], c["identity"]["scope"]): c for c in results["cells"]}
+    assert len(cells) == 6 and all(c["status"] in ("ok", "unstable") for c in cells.values())
+    int8 = cells[("openvino-cpu", "int8", "model")]
+    calibrated = int8["prepare"]["quantization"]["calibration"]["image_ids"]
+    split = int8["accuracy"]["dataset"]
+    assert calibrated == split["calibration_split"]["image_ids"]
+    assert not set(calibrated) & set(split["evaluation_split"]["image_ids"])
+    assert int8["settings"]["integer_compute_layers"] == {"Convolution": 1}
+    # the end-to-end cell of the same precision reused the quantized model from the cache
+    assert cells[("openvino-cpu", "int8", "end_to_end")]["prepare"]["quantization"]["cached"]
+    derived = results["derived"]
+    fp32 = derived[cells[("openvino-cpu", "fp32", "model")]["cell_id"]]["detection_agreement"]
+    assert fp32["match_rate"] == 1.0 and fp32["mean_iou"] > 0.9999  # the same FP32 file as the reference
+    quantized = derived[int8["cell_id"]]["detection_agreement"]
+    assert quantized["reference_detections"] > 50 and quantized["match_rate"] > 0.8
