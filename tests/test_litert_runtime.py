@@ -164,3 +164,56 @@ def test_litert_on_an_onnx_model_is_a_plan_error(tmp_path: Path) -> None:
                        "decoder": {"kind": "yolo_raw"}}]
     done = _validate(tmp_path, plan)
     assert done.returncode == 2 and "needs a LiteRT (.tflite) file" in done.stderr, done.stderr
+
+
+def _yolo_cell(tmp_path: Path, nms: str = "host") -> Cell:
+    plan = Plan.model_validate({
+        "name": "yolo-litert", "device": "cpu",
+        "models": [{"name": "yolov8n", "source": "yolo", "variant": "yolov8n", "weights": "random",
+                    "resolutions": [320], "options": {"score_threshold": 0.00003, "iou_threshold": 0.7, "max_det": 300},
+                    "nms": [nms]}],
+        "runtimes": [{"name": "litert-cpu", "settings": {"threads": 2}}], "precisions": ["fp32"],
+        "scopes": ["end_to_end"], "artifacts": str(tmp_path / "artifacts"),
+    })
+    (cell,) = expand(plan, tmp_path)
+    return cell
+
+
+def test_a_yolo_model_reaches_litert_only_through_litert_torch(tmp_path: Path) -> None:
+    import importlib.util
+
+    from harness.runtimes.litert.runtime import LiteRtCpuRuntime
+
+    reason = LiteRtCpuRuntime.unavailable_reason(_yolo_cell(tmp_path))
+    if importlib.util.find_spec("litert_torch") is None:
+        assert reason is not None and "litert-torch" in reason and "litert-export" in reason
+    else:
+        assert reason is None
+
+
+@pytest.mark.slow
+def test_yolo_exported_by_ultralytics_to_litert_matches_its_pytorch_model(tmp_path: Path, monkeypatch: Any) -> None:
+    pytest.importorskip("litert_torch", reason="litert-torch is not installed (the litert-export extra)")
+    pytest.importorskip("ultralytics", reason="the yolo extra")
+    import torch
+
+    from harness.models.yolo.source import YoloSource
+    from harness.runtimes.litert.runtime import LiteRtCpuRuntime
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-settings"))
+    cell = _yolo_cell(tmp_path)
+    log = io.StringIO()
+    source = YoloSource(cell, log)
+    rt = LiteRtCpuRuntime(cell, source, log)
+    prep = rt.prepare()
+    assert prep["export_s"] > 0 and prep["runtime"]["tflite_file"]["exporter"].endswith("format=litert)")
+    s = rt.settings()
+    assert s["input"]["layout"] == "NCHW" and s["outputs"][0]["decoder_name"] == "output0"
+    x = np.random.default_rng(2).random((1, 3, 320, 320), dtype=np.float32)
+    got = rt.raw_outputs(x)["output0"]
+    with torch.no_grad():
+        want = source.torch_model("cpu")(torch.from_numpy(x))[0].numpy()
+    # boxes in input pixels, class scores in [0, 1]: the same network on the same tensor
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-2)
+    again = LiteRtCpuRuntime(cell, YoloSource(cell, log), log).prepare()
+    assert again["runtime"]["tflite_file"]["cached"] and again["export_s"] is None

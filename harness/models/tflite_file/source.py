@@ -32,8 +32,8 @@ class TfliteFileSource(OnnxFileSource):
             "output_names": [d["name"] for d in interpreter.get_output_details()],
         }
 
-    def tflite_file(self) -> Path:
-        return self.path
+    def tflite_file(self, artifacts_dir: Path) -> Path:
+        return self.path  # the user's file, used where it lies
 
     def describe(self) -> dict[str, Any]:
         facts = self.tflite

@@ -1,7 +1,8 @@
 """LiteRT (TFLite) on the CPU: a .tflite file through `ai_edge_litert.interpreter.Interpreter`,
 FP32 or INT8 (a quantized file; its input and output scales and zero points applied by the
-runtime). runtime.py says what is read back; docs/edge-runtimes.md says why the harness does not
-convert its own exports to .tflite here."""
+runtime). A `source: tflite` file is used as it is; a YOLO model is exported by Ultralytics'
+LiteRT export (litert-torch). runtime.py says what is read back; docs/edge-runtimes.md which
+exports reach LiteRT and which do not."""
 
 from __future__ import annotations
 

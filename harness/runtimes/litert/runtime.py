@@ -75,6 +75,13 @@ class LiteRtCpuRuntime(Runtime):
             from ai_edge_litert.interpreter import Interpreter  # noqa: F401
         except ImportError as exc:
             return f"ai-edge-litert is not installed ({exc}); install the litert extra (pip install -e '.[litert]')"
+        if cell.source != "tflite":
+            import importlib.util
+
+            # Any other source exports its .tflite with litert-torch (Ultralytics' LiteRT export).
+            if importlib.util.find_spec("litert_torch") is None:
+                return (f"a {cell.source} model reaches LiteRT through litert-torch's converter, which is not "
+                        "installed (the litert-export extra; docs/edge-runtimes.md)")
         return None
 
     # -- preparation -----------------------------------------------------------------------
@@ -88,7 +95,8 @@ class LiteRtCpuRuntime(Runtime):
         tflite_file = getattr(self.source, "tflite_file", None)
         if tflite_file is None:
             raise UserError(f"model `{self.cell.model.name}` gives no .tflite file (source: tflite does)")
-        path: Path = tflite_file()
+        path: Path = tflite_file(self.cell.resolve_path(self.cell.artifacts_dir))
+        export = getattr(self.source, "tflite_facts", None)  # a source that exported the file
         data = path.read_bytes()
         self.model_path = path
         self.sha256 = hashlib.sha256(data).hexdigest()
@@ -121,7 +129,10 @@ class LiteRtCpuRuntime(Runtime):
         self.interpreter = interpreter
         self.input = interpreter.get_input_details()[0]
         self.outputs = interpreter.get_output_details()
-        self.output_names = [o["name"] for o in self.outputs]
+        # An exported file names its outputs after the converter's signature
+        # (serving_default_output_0_output); the decoder reads the source's names, in order.
+        names = self.source.output_names()
+        self.output_names = names if len(names) == len(self.outputs) else [o["name"] for o in self.outputs]
         res = self.cell.resolution
         want = [self.cell.batch, res, res, 3] if self.nhwc else [self.cell.batch, 3, res, res]
         if [int(d) for d in self.input["shape"]] != want:
@@ -134,10 +145,14 @@ class LiteRtCpuRuntime(Runtime):
                 f"{path} is a {self.precision} file (its tensors: {self._dtypes()}); the cell asks for "
                 f"{self.cell.precision}: LiteRT runs the file as written, so ask for precision {self.precision}"
             )
+        facts: dict[str, Any] = {"path": str(path), "bytes": len(data), "sha256": self.sha256}
+        if export is not None:
+            facts.update(exporter=export["key_fields"]["exporter"], cached=export["cached"],
+                         key_fields=export["key_fields"])
         return {
             "load_s": load_s,
-            "export_s": None,
-            "runtime": {"tflite_file": {"path": str(path), "bytes": len(data), "sha256": self.sha256}},
+            "export_s": export["export_s"] if export is not None else None,
+            "runtime": {"tflite_file": facts},
         }
 
     def _dtypes(self) -> dict[str, int]:
@@ -169,12 +184,15 @@ class LiteRtCpuRuntime(Runtime):
 
     def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
         out = {}
-        for o in self.outputs:
+        for name, o in zip(self.output_names, self.outputs, strict=True):
             value = self.interpreter.get_tensor(o["index"])  # a copy
             if np.dtype(o["dtype"]) != np.float32 and o["quantization"][0]:
                 value = dequantize(value, *o["quantization"])
-            out[o["name"]] = value
-        return out
+            out[name] = value
+        # A source that exported the file knows how its outputs differ from the decoder's units
+        # (Ultralytics' LiteRT export normalises boxes by the input size).
+        adapt = getattr(self.source, "adapt_tflite_outputs", None)
+        return adapt(out) if adapt is not None else out
 
     def device_tensors(self, outputs: Any) -> dict[str, Any]:
         import torch
@@ -198,8 +216,9 @@ class LiteRtCpuRuntime(Runtime):
             "input": {"name": self.input["name"], "shape": [int(d) for d in self.input["shape"]],
                       "dtype": np.dtype(self.input["dtype"]).name, "layout": "NHWC" if self.nhwc else "NCHW",
                       "quantization": list(self.input["quantization"])},
-            "outputs": [{"name": o["name"], "shape": [int(d) for d in o["shape"]], "dtype": np.dtype(o["dtype"]).name,
-                         "quantization": list(o["quantization"])} for o in self.outputs],
+            "outputs": [{"name": o["name"], "decoder_name": name, "shape": [int(d) for d in o["shape"]], "dtype": np.dtype(o["dtype"]).name,
+                         "quantization": list(o["quantization"])}
+                        for name, o in zip(self.output_names, self.outputs, strict=True)],
         }
 
     def close(self) -> None:

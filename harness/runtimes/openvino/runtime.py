@@ -408,7 +408,11 @@ class OpenVinoCpuRuntime(Runtime):
         compiled = self.compiled
         self.input_name = compiled.inputs[0].get_any_name()
         self.input_dtype = np.dtype(compiled.inputs[0].get_element_type().to_dtype())
-        self.output_names = [o.get_any_name() for o in compiled.outputs]
+        # An OpenVINO output tensor can carry several names (fused nodes keep theirs), and
+        # get_any_name() may pick one the decoder does not know: look the ports up by the ONNX
+        # file's output names.
+        self.output_names = list(self.artifact.output_names) or [o.get_any_name() for o in compiled.outputs]
+        self.output_ports = [compiled.output(name) for name in self.output_names]
         self.request = compiled.create_infer_request()
 
     def to_device(self, batch: np.ndarray) -> Any:
@@ -420,14 +424,15 @@ class OpenVinoCpuRuntime(Runtime):
         return self.request.infer({0: inputs}, share_inputs=True, share_outputs=True)
 
     def to_host(self, outputs: Any) -> dict[str, np.ndarray]:
-        return {name: np.array(outputs[i], copy=True) for i, name in enumerate(self.output_names)}
+        return {name: np.array(outputs[port], copy=True) for name, port in zip(self.output_names, self.output_ports, strict=True)}
 
     def device_tensors(self, outputs: Any) -> dict[str, Any]:
         """The outputs as CPU torch tensors sharing the request's memory (the `device` NMS
         placement on a CPU cell: torchvision's CPU kernel), read before the next request."""
         import torch
 
-        return {name: torch.from_numpy(np.asarray(outputs[i])) for i, name in enumerate(self.output_names)}
+        return {name: torch.from_numpy(np.asarray(outputs[port]))
+                for name, port in zip(self.output_names, self.output_ports, strict=True)}
 
     # -- what it ran with ------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
