@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_onnx_runtime import tiny_detector
 
+from harness.models.plugin import CAPABILITIES
 from harness.models.registry import default_source, source_names, source_plugin
 from harness.runtimes.plugin import RuntimePlugin, RuntimeSettings
 from harness.runtimes.registry import default_runtime, plugin, plugins, runtime_class, runtime_names
@@ -20,13 +21,13 @@ from harness.runtimes.registry import default_runtime, plugin, plugins, runtime_
 
 def test_every_plugin_describes_itself_and_points_at_its_implementation() -> None:
     assert {"torch", "rfdetr-predict", "rfdetr-optimized", "onnxruntime-cpu", "onnxruntime-cuda",
-            "onnxruntime-tensorrt", "tensorrt"} <= set(runtime_names())
+            "onnxruntime-tensorrt", "tensorrt", "openvino-cpu", "litert-cpu"} <= set(runtime_names())
     for p in plugins():
         assert isinstance(p, RuntimePlugin) and p.device in ("cpu", "cuda", "any")
         assert p.precisions and p.scopes <= {"model", "end_to_end"}
         assert issubclass(p.settings, RuntimeSettings) and p.settings.model_config["extra"] == "forbid"
         assert p.libraries, p.name
-        assert p.needs <= {"torch", "rfdetr", "onnx"}, p.name
+        assert p.needs <= set(CAPABILITIES), p.name  # capabilities some model source can provide
         if p.name == "tensorrt":
             continue  # its implementation module imports fine, but only runs with TensorRT
         cls = runtime_class(p.name)

@@ -55,6 +55,10 @@ TRACKED_PACKAGES: dict[str, tuple[str, ...]] = {
         "tensorrt-cu12-bindings",
     ),
     "rfdetr": ("rfdetr",),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
+    # LiteRT's interpreter (the `ai_edge_litert` module).
+    "ai-edge-litert": ("ai-edge-litert",),
     "pycocotools": ("pycocotools",),
     "faster-coco-eval": ("faster-coco-eval",),
     "numpy": ("numpy",),

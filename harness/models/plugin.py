@@ -33,7 +33,8 @@ class NoOptions(SourceOptions):
 
 
 # What a source can hand a runtime, in the words a plan error uses.
-CAPABILITIES = {"torch": "a PyTorch model", "rfdetr": "an rfdetr model object", "onnx": "an ONNX file"}
+CAPABILITIES = {"torch": "a PyTorch model", "rfdetr": "an rfdetr model object", "onnx": "an ONNX file",
+                "tflite": "a LiteRT (.tflite) file"}
 
 # (field under models[i], or "" for the model itself, message)
 Problems = list[tuple[str, str]]

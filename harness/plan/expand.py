@@ -224,7 +224,7 @@ def _runtime_cells(
             ok = ", ".join(sorted(runtime.precisions))
             problems.append((pr_field, f"runtime {runtime.name} cannot run {precision} (it runs {ok})"))
             continue
-        if precision == "fp16" and device == "cpu":
+        if precision == "fp16" and device == "cpu" and not runtime.cpu_fp16:
             problems.append((pr_field, f"fp16 needs a GPU, but {runtime.name} runs on the cpu here"))
             continue
         for s_index, scope in enumerate(scopes):

@@ -103,6 +103,9 @@ class RuntimePlugin:
     # Settings worth searching for speed (`bench tune`), declared here so the search names no
     # runtime: a new plug-in that declares options is searched with them.
     tune_options: tuple[TuneOption, ...] = ()
+    # True when the runtime may run fp16 on a CPU (OpenVINO on CPUs with FP16 arithmetic): the
+    # plan then accepts the cell, and the runtime's unavailable_reason says whether this CPU can.
+    cpu_fp16: bool = False
 
     def parse_settings(self, raw: dict[str, Any]) -> RuntimeSettings:
         """The plan's settings dict as this runtime's typed settings, or SettingsProblem."""

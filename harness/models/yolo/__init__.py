@@ -71,7 +71,9 @@ PLUGINS = [
         title="Ultralytics YOLO",
         summary="YOLOv8 / YOLO11 detection through ultralytics: random weights from the YAML, or a .pt checkpoint",
         implementation="harness.models.yolo.source:YoloSource",
-        provides=frozenset({"torch", "onnx"}),
+        # tflite: Ultralytics' LiteRT export, which needs litert-torch (the litert-export extra;
+        # a LiteRT cell says so and is skipped where it is absent).
+        provides=frozenset({"torch", "onnx", "tflite"}),
         options=YoloOptions,
         check=_check,
         native_resolutions=lambda spec: [NATIVE_RESOLUTION],

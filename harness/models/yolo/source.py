@@ -293,6 +293,81 @@ class YoloSource(ModelSource):
 
         return Core(inner).to(device).eval()
 
+    def tflite_file(self, artifacts_dir: Path) -> Path:
+        """A .tflite file of the model the ONNX cells export (raw head, or NMS in graph), written
+        by Ultralytics' own LiteRT export (`Exporter(format="litert")`, which converts with
+        litert-torch: PyTorch -> LiteRT, no ONNX or TensorFlow in between), at the cell's fixed
+        batch and resolution, cached by a key over everything that decides it."""
+        import hashlib
+        import json
+        import shutil
+        import tempfile
+        from importlib.metadata import version
+
+        import torch
+
+        if self.in_graph:
+            from harness.errors import CellSkipped
+
+            # Ultralytics' LiteRT export takes no `nms` argument (its format table lists batch,
+            # quantize, data, fraction): it would write the raw head under an in_graph label.
+            raise CellSkipped("Ultralytics' LiteRT export has no NMS in the graph (format=litert takes no nms "
+                              "argument): time LiteRT with the host or device placement")
+        import_ultralytics(self._settings_dir())
+        batch, res, opts = self.cell.batch, self.cell.resolution, self.options
+        fields = {
+            "model": self.cell.model.name, "source": "yolo", "variant": self.cell.model.variant,
+            "weights": self.weights_identity(), "resolution": res, "batch": batch,
+            "nms": "in_graph" if self.in_graph else "raw",
+            "nms_options": opts.model_dump() if self.in_graph else None,
+            "torch": torch.__version__, "ultralytics": version("ultralytics"), "litert_torch": version("litert-torch"),
+            "exporter": "ultralytics.engine.exporter.Exporter(format=litert)",
+        }
+        key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        self.tflite_facts: dict[str, Any]
+        folder = artifacts_dir / "tflite" / key
+        target = folder / "model.tflite"
+        if target.is_file():
+            self.tflite_facts = {"export_s": None, "cached": True, "key_fields": fields}
+            return target
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+        try:
+            from ultralytics.engine.exporter import Exporter
+
+            model = copy.deepcopy(self._model)
+            model.pt_path = str(staging / "model.pt")  # the exporter writes beside it
+            overrides = {
+                "format": "litert", "imgsz": res, "batch": batch, "half": False, "int8": False, "device": "cpu",
+                "nms": self.in_graph, "conf": opts.score_threshold, "iou": opts.iou_threshold,
+                "max_det": opts.max_det, "agnostic_nms": opts.class_agnostic,
+            }
+            started = time.perf_counter()
+            with redirect_fds(self.log):
+                written = Path(Exporter(overrides=overrides)(model=model))
+            export_s = time.perf_counter() - started
+            os.replace(written, staging / "model.tflite")
+            try:
+                os.rename(staging, folder)
+            except OSError:  # another worker got there first: its file is the same export
+                pass
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        self.tflite_facts = {"export_s": export_s, "cached": False, "key_fields": fields}
+        return target
+
+    def adapt_tflite_outputs(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """Ultralytics' LiteRT export divides the box channels by the input size (so that INT8
+        keeps the class scores; its own LiteRT backend multiplies them back): back to input
+        pixels, as the raw head's decoder expects."""
+        res = float(self.cell.resolution)
+        out = dict(outputs)
+        value = out[OUTPUT].copy()
+        value[:, :4] *= res  # x, w by the width, y, h by the height: the input is square
+        out[OUTPUT] = value
+        return out
+
     def onnx_artifact(self, artifacts_dir: Path, dynamic_batch: bool, opset: int = 17) -> OnnxArtifact:
         from harness.models.export import cached_onnx_export
 
