@@ -217,7 +217,8 @@ def test_the_gpu_run_has_the_verdicts_its_figures_give(gpu_run: tuple[Path, Any]
     assert verdicts["det-b__torch__fp32__b1__r384__model"]["latency_ms.p99"] == "fail"  # det-b's own 5 ms
     assert verdicts["det-b__onnxruntime-cuda__fp32__b1__r384__model"]["energy_per_image_j"] == "not_measured"
     resources = results["derived"]["det-a__torch__fp32__b1__r384__model"]["resources"]
-    assert resources["processes"] == 3 and resources["device_memory_method"] == "torch_allocator"
+    # NVML's process figure, not the allocator's 900 MB: the quantity the ONNX Runtime cells have
+    assert resources["processes"] == 3 and resources["device_memory_method"] == "nvml_process"
     assert resources["device_memory_peak_bytes"] == 1_200_000_000
     assert resources["energy_method"] == "nvml_energy_counter"
     assert resources["joules_per_image"] == pytest.approx(1.5, rel=0.02)
@@ -404,3 +405,38 @@ def test_ship_table_sorts_fastest_first_and_names_the_winner() -> None:
     assert [r.view.cell_id for r in group.rows] == ["fast", "slow"]
     assert group.fastest is not None and group.fastest.view.cell_id == "fast"
     assert [v.verdict for v in judge(group.rows[1].view)] == ["pass"]
+
+
+# ----------------------------------------------------------------------------- one quantity
+
+
+def _memory_view(label: str, peak: int, method: str) -> Any:
+    from types import SimpleNamespace
+
+    from harness.results import CellResources
+
+    return SimpleNamespace(model="m", config_label=label, median=5.0, cell_id=label,
+                           resources=CellResources(processes=1, device_memory_peak_bytes=peak, device_memory_method=method))
+
+
+def test_the_ship_table_flags_device_memory_read_different_ways() -> None:
+    from harness.report.budgets import ShipGroup, ShipRow
+    from harness.results import BudgetVerdict
+
+    def row(label: str, method: str) -> ShipRow:
+        verdict = BudgetVerdict(budget="device_memory_mb", limit=1500, unit="MB", value=1000, verdict="pass")
+        return ShipRow(_memory_view(label, 1_000_000_000, method), [verdict], "ship")
+
+    mixed = ShipGroup("m", "model", [row("torch", "torch_allocator"), row("ort", "nvml_process")])
+    assert mixed.memory_note is not None and "nvml_process, torch_allocator" in mixed.memory_note
+    assert ShipGroup("m", "model", [row("torch", "nvml_process"), row("ort", "nvml_process")]).memory_note is None
+
+
+def test_the_memory_chart_plots_one_method_and_names_the_cells_left_out() -> None:
+    from harness.report.render import _one_memory_method
+
+    views = [_memory_view("torch", 900_000_000, "torch_allocator"), _memory_view("ort", 1_700_000_000, "nvml_process"),
+             _memory_view("trt", 1_100_000_000, "nvml_process")]
+    kept, left, method = _one_memory_method(views)
+    assert method == "nvml_process" and [v.config_label for v in kept] == ["ort", "trt"]
+    assert left == ["m — torch (torch_allocator)"]

@@ -1,6 +1,7 @@
 """Memory, energy and artifact size of a cell: RAPL on a fake sysfs tree and for real, NVML's
 energy counter and its power-integration fallback on a fake NVML, the device memory's three
-ways (torch allocator, NVML's process entry above its baseline, the device's used memory),
+ways (NVML's process entry above its baseline for every runtime, the torch allocator where NVML
+does not list the process, the device's used memory),
 the artifact on disk against os.stat, the over-processes figures, and a figure that cannot be
 had is None with its reason, never 0."""
 
@@ -300,27 +301,56 @@ def test_a_process_nvml_never_lists_falls_back_to_the_device_with_the_reason(fak
     assert "other processes" in memory["reason"] and memory.get("process_peak_bytes") is None
 
 
-def test_the_torch_allocator_is_the_figure_on_torch_paths() -> None:
-    class Runtime:
-        calls: list[str] = []
+def _torch_peak(allocated: int, reserved: int) -> tuple[TorchPeak, list[str]]:
+    calls: list[str] = []
 
+    class Runtime:
         def reset_device_memory_peak(self) -> None:
-            self.calls.append("reset")
+            calls.append("reset")
 
         def device_memory_peak(self) -> dict[str, int]:
-            self.calls.append("read")
-            return {"allocated_bytes": 1_234_000_000, "reserved_bytes": 1_500_000_000}
+            calls.append("read")
+            return {"allocated_bytes": allocated, "reserved_bytes": reserved}
 
-    runtime = Runtime()
-    peak = TorchPeak(runtime)  # type: ignore[arg-type]
+    peak = TorchPeak(Runtime())  # type: ignore[arg-type]
     for name in ("warmup", "measure", "done", "accuracy"):
         peak.phase(name)
-    assert runtime.calls == ["reset", "read"]  # at the measurement phase's edges only
+    return peak, calls
+
+
+def test_torch_paths_headline_nvmls_process_figure_like_every_runtime() -> None:
+    """The same quantity for torch as for ONNX Runtime and TensorRT (NVML's process figure,
+    context and cache included), the allocator's peaks beside it as detail."""
+    peak, calls = _torch_peak(1_234_000_000, 1_500_000_000)
+    assert calls == ["reset", "read"]  # at the measurement phase's edges only
     monitor = {"trace": [{"phase": "measure", "process_memory_bytes": 1_900_000_000}], "reason": None}
     memory = device_memory("cuda:0", {"process_baseline_bytes": 0}, peak, monitor)
-    assert memory["method"] == "torch_allocator" and memory["peak_bytes"] == 1_234_000_000
+    assert memory["method"] == "nvml_process" and memory["peak_bytes"] == 1_900_000_000
+    assert memory["torch_allocated_peak_bytes"] == 1_234_000_000
     assert memory["torch_reserved_peak_bytes"] == 1_500_000_000
-    assert memory["process_peak_bytes"] == 1_900_000_000  # NVML's, CUDA context included, beside it
+    assert "reason" not in memory
+    ort = device_memory("cuda:0", {"process_baseline_bytes": 0}, None, monitor)
+    assert (ort["method"], ort["peak_bytes"]) == (memory["method"], memory["peak_bytes"])
+
+
+def test_the_allocator_is_the_headline_only_without_nvmls_process_reading() -> None:
+    peak, _ = _torch_peak(1_234_000_000, 1_500_000_000)
+    monitor = {"trace": [{"phase": "measure", "device_memory_used_bytes": 9_000_000_000}],
+               "memory_reason": "this process never appeared among NVML's compute processes"}
+    memory = device_memory("cuda:0", {"device_used_baseline_bytes": 1_000_000_000}, peak, monitor)
+    assert memory["method"] == "torch_allocator" and memory["peak_bytes"] == 1_234_000_000
+    assert "never appeared" in memory["reason"] and "no CUDA context" in memory["reason"]
+    assert memory.get("process_peak_bytes") is None
+
+
+def test_processes_read_different_ways_give_no_cell_figure() -> None:
+    group = [record("c", repeat=0, resources=_resources(1_000, 5_000, 0.2)),
+             record("c", repeat=1, resources={**_resources(3_000, 5_000, 0.2),
+                                              "device_memory": {"peak_bytes": 3_000, "method": "torch_allocator"}})]
+    cell = resources_over_processes(group)
+    assert cell is not None and cell.device_memory_peak_bytes is None
+    assert cell.device_memory_method == "nvml_process | torch_allocator"
+    assert "different ways" in (cell.reasons or {})["device_memory"]
 
 
 def test_a_cpu_cell_has_no_device_memory_and_says_why() -> None:

@@ -154,7 +154,7 @@ def _sustained(view: CellView) -> Figure:
 
 def _memory_method(view: CellView) -> str | None:
     method = view.resources.device_memory_method if view.resources else None
-    return {"torch_allocator": "torch allocator peak (max_memory_allocated)",
+    return {"torch_allocator": "torch allocator peak (max_memory_allocated; NVML had no reading of this process)",
             "nvml_process": "NVML: this process above its baseline before the session",
             "nvml_device_used": "NVML: the device's used memory above its baseline (other processes included)"}.get(
         method or "", method)
@@ -264,6 +264,20 @@ class ShipGroup:
     @property
     def shipping(self) -> list[ShipRow]:
         return [r for r in self.rows if r.outcome == "ship"]
+
+    @property
+    def memory_note(self) -> str | None:
+        """Said beside the table when its configurations' device memory was read different
+        ways: their device-memory figures are not one quantity, so not to be set side by side."""
+        if not any(v.budget == "device_memory_mb" for r in self.rows for v in r.verdicts):
+            return None
+        methods = sorted({r.view.resources.device_memory_method for r in self.rows
+                          if r.view.resources is not None and r.view.resources.device_memory_method})
+        if len(methods) < 2:
+            return None
+        return (f"Device memory was read different ways here ({', '.join(methods)}): those figures are different "
+                "quantities (NVML's process figure counts the CUDA context and the allocator's cache, the torch "
+                "allocator's does not), so the configurations' device memory is not comparable across methods.")
 
     @property
     def columns(self) -> list[tuple[str, str]]:

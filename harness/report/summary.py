@@ -195,6 +195,8 @@ def _ship_markdown(ctx: dict[str, Any]) -> list[str]:
                       f"{fmt.ms(g.fastest.view.median)} ms ({len(g.shipping)} of {len(g.rows)} ship).", ""]
         else:
             lines += [f"**No configuration meets every budget** ({len(g.rows)} judged).", ""]
+        if g.memory_note:
+            lines += [fmt.md(g.memory_note), ""]
         rows = []
         for r in g.rows:
             cells = []

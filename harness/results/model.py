@@ -850,12 +850,15 @@ class ProcessFacts(Frozen):
 
 class DeviceMemory(Frozen):
     """Peak device memory of the timed phase (harness.run.resources). `peak_bytes` is the
-    headline, read as `method` says; null with `reason` where it cannot be had, never 0."""
+    headline, read as `method` says (NVML's process figure for every runtime where it exists);
+    null with `reason` where it cannot be had, never 0. Two figures are one quantity only when
+    their methods agree."""
 
     peak_bytes: int | None = None
-    method: str | None = None  # torch_allocator | nvml_process | nvml_device_used
+    method: str | None = None  # nvml_process | torch_allocator (no NVML process reading) | nvml_device_used
     reason: str | None = None
-    # torch's caching allocator, reset at the measurement phase's start, read at its end
+    # torch's caching allocator, reset at the measurement phase's start, read at its end:
+    # detail beside the headline (tensors only: no CUDA context, no cache)
     torch_allocated_peak_bytes: int | None = None
     torch_reserved_peak_bytes: int | None = None
     # NVML: this process's device memory (what nvidia-smi lists, CUDA context included),

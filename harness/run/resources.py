@@ -184,12 +184,15 @@ def device_memory(device: str, baseline: dict[str, Any], torch_peak: TorchPeak |
                   monitor: dict[str, Any] | None) -> dict[str, Any]:
     """The record's `resources.device_memory` (harness.results.DeviceMemory) as a dict.
 
-    The headline is the torch allocator's max_memory_allocated for runtimes whose allocator is
-    torch's (it counts tensors: weights, activations, workspaces torch allocates; neither the
-    allocator's cache nor the CUDA context); otherwise NVML's reading of this process over the
-    measurement phase above its baseline before the session was created (what nvidia-smi lists:
-    the CUDA context, the runtime's arena and workspaces); where the process cannot be found in
-    NVML's list, the device's used memory above its baseline, which counts other processes too."""
+    The headline is one quantity for every runtime, so that budgets, comparisons and charts can
+    put cells on one axis: NVML's reading of this process over the measurement phase above its
+    baseline before the model or session was created (what nvidia-smi lists: the CUDA context,
+    the allocator's cache or the runtime's arena, workspaces). The torch allocator's peaks
+    (max_memory_allocated / max_memory_reserved: tensors only, neither the context nor the
+    cache) are kept beside it as detail, and are the headline only where NVML has no reading of
+    this process; where neither exists, the device's used memory above its baseline, which
+    counts other processes too. `method` says which; a reader compares two figures only when
+    their methods agree."""
     if not device.startswith("cuda"):
         return {"reason": "the cell runs on the CPU: its memory is the host's (host_memory)"}
     out: dict[str, Any] = {k: v for k, v in baseline.items() if k != "reason"}
@@ -205,12 +208,10 @@ def device_memory(device: str, baseline: dict[str, Any], torch_peak: TorchPeak |
             "no NVML reading of this process during the measurement"
     if used:
         out["device_used_peak_bytes"] = max(used)
-    if torch_peak is not None and torch_peak.peak is not None:
-        out["torch_allocated_peak_bytes"] = torch_peak.peak.get("allocated_bytes")
-        out["torch_reserved_peak_bytes"] = torch_peak.peak.get("reserved_bytes")
-        out["peak_bytes"] = out["torch_allocated_peak_bytes"]
-        out["method"] = "torch_allocator"
-        return out
+    allocator = torch_peak.peak if torch_peak is not None else None
+    if allocator is not None:
+        out["torch_allocated_peak_bytes"] = allocator.get("allocated_bytes")
+        out["torch_reserved_peak_bytes"] = allocator.get("reserved_bytes")
     reasons = [r for r in (baseline.get("reason"), torch_peak.reason if torch_peak else None) if r]
     if own:
         base = out.get("process_baseline_bytes")
@@ -220,6 +221,12 @@ def device_memory(device: str, baseline: dict[str, Any], torch_peak: TorchPeak |
         else:
             out["peak_bytes"] = max(own) - int(base)
         out["method"] = "nvml_process"
+    elif allocator is not None and out.get("torch_allocated_peak_bytes") is not None:
+        out["peak_bytes"] = out["torch_allocated_peak_bytes"]
+        out["method"] = "torch_allocator"
+        reasons.append(f"NVML has no reading of this process ({out.get('process_reason') or 'not listed'}): the figure "
+                       "is torch's allocator peak (tensors only: no CUDA context, no allocator cache), another "
+                       "quantity than the NVML figure of other cells")
     elif used and out.get("device_used_baseline_bytes") is not None:
         out["peak_bytes"] = max(used) - int(out["device_used_baseline_bytes"])
         out["method"] = "nvml_device_used"
