@@ -440,3 +440,67 @@ def test_the_memory_chart_plots_one_method_and_names_the_cells_left_out() -> Non
     kept, left, method = _one_memory_method(views)
     assert method == "nvml_process" and [v.config_label for v in kept] == ["ort", "trt"]
     assert left == ["m — torch (torch_allocator)"]
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+def _processes_view(budgets: dict[str, float], medians: list[float]) -> Any:
+    """A cell of len(medians) processes, each with 60 samples around its median (3% spread)."""
+    import numpy as np
+
+    cells = []
+    for k, median in enumerate(medians):
+        samples = [float(x) for x in median * np.exp(np.random.default_rng(k).normal(0.0, 0.03, 60))]
+        stats = {**STATS, "count": len(samples), "p50": float(np.median(samples)), "p90": float(np.percentile(samples, 90)),
+                 "p99": float(np.percentile(samples, 99))}
+        latency = {**LATENCY, "samples_ms": samples, "stats": stats}
+        cells.append(record("c", repeat=k, latency=latency, identity_fields={"budgets": budgets}))
+    results = ResultsFile(run=RunMeta(run_id="r", plan_name="p", started_at="t", harness_version="0"), cells=cells)
+    [view] = attach(cell_views(results))
+    return view
+
+
+def test_the_headline_is_judged_on_its_rerun_interval() -> None:
+    probe = _processes_view({}, [9.0, 10.0, 11.5])
+    lo, hi = probe.rerun_ci
+    assert lo < probe.median < hi
+    limits = {"latency_ms.p50": (lo + hi) / 2}  # inside the interval: neither shown within nor past
+    [inside] = _processes_view(limits, [9.0, 10.0, 11.5]).budgets
+    assert inside.verdict == "inconclusive" and inside.interval == pytest.approx((lo, hi))
+    assert "re-run interval" in (inside.detail or "") and "3 processes" in (inside.detail or "")
+    assert outcome([inside]) == "unproven"
+    [above] = _processes_view({"latency_ms.p50": hi * 1.01}, [9.0, 10.0, 11.5]).budgets
+    assert above.verdict == "pass"
+    # The point estimate passes this limit, the interval does not: a point test would say pass.
+    tight = probe.median * 1.001
+    assert tight < hi
+    [point_passes] = _processes_view({"latency_ms.p50": tight}, [9.0, 10.0, 11.5]).budgets
+    assert point_passes.value is not None and point_passes.value <= tight and point_passes.verdict == "inconclusive"
+    [below] = _processes_view({"latency_ms.p50": lo * 0.99}, [9.0, 10.0, 11.5]).budgets
+    assert below.verdict == "fail"
+    [rate] = _processes_view({"min_images_per_s": 1000.0 / probe.median}, [9.0, 10.0, 11.5]).budgets
+    assert rate.verdict == "inconclusive" and rate.interval == pytest.approx((1000.0 / hi, 1000.0 / lo))
+
+
+def test_one_process_is_judged_on_the_point_estimate_and_says_so() -> None:
+    view = _view({"latency_ms.p50": 12, "artifact_mb": 50})
+    by = {v.budget: v for v in view.budgets}
+    assert by["latency_ms.p50"].verdict == "pass" and by["latency_ms.p50"].interval is None
+    assert "no between-process variance is known" in (by["latency_ms.p50"].detail or "")
+    assert "point estimate" in (by["latency_ms.p50"].detail or "")
+    assert "no interval: judged on the figure" in (by["artifact_mb"].detail or "")
+
+
+def test_inconclusive_is_in_the_csv_and_does_not_trip_the_gate() -> None:
+    from harness.report.summary import results_csv
+    from harness.results import DerivedEntry
+
+    probe = _processes_view({}, [9.0, 10.0, 11.5])
+    view = _processes_view({"latency_ms.p50": probe.median}, [9.0, 10.0, 11.5])
+    [row] = list(csv.DictReader(io.StringIO(results_csv([view]))))
+    assert row["budgets_inconclusive"] == "latency_ms.p50" and row["budget_outcome"] == "unproven"
+    results = ResultsFile(run=RunMeta(run_id="r", plan_name="p", started_at="t", harness_version="0"), cells=[],
+                          derived={"c": DerivedEntry(budgets=view.budgets)})
+    gated = parse_plan(BASE + "budgets: {latency_ms: {p50: 10}, gate: true}\n", "plan.yaml", REPO, check_paths=False)
+    assert not budget_gate_tripped(results, gated)

@@ -1123,8 +1123,10 @@ class BudgetVerdict(Frozen):
     limit: float
     unit: str
     value: float | None = None  # the cell's figure in `unit`
-    verdict: Literal["pass", "fail", "not_measured"]
-    detail: str | None = None  # how the figure was taken, or why it was not measured
+    # inconclusive: the figure's re-run interval straddles the limit (harness.report.budgets)
+    verdict: Literal["pass", "fail", "inconclusive", "not_measured"]
+    detail: str | None = None  # how the figure was taken and judged, or why it was not measured
+    interval: tuple[float, float] | None = None  # the re-run interval judged, in `unit` (None: the figure was)
 
 
 class DerivedEntry(Sparse):
