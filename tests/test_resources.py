@@ -31,6 +31,7 @@ from harness.environment.monitor import GpuMonitor
 from harness.measure.resources import resources_over_processes
 from harness.results import Monitor, Resources
 from harness.run.resources import (
+    HostPeak,
     TorchPeak,
     artifact_size,
     device_memory,
@@ -386,6 +387,43 @@ def test_host_memory_is_the_high_water_mark() -> None:
     assert after["method"] == "/proc/self/status VmHWM"
     assert after["peak_rss_bytes"] >= before["peak_rss_bytes"] + 60 * 1024 * 1024
     assert after["ru_maxrss_bytes"] > 0
+
+
+def test_the_timed_phases_peak_excludes_what_prepare_allocated() -> None:
+    """In a fresh process: 200 MB allocated and freed before the measurement phase (prepare's
+    quantization, say) is in the whole-process peak, not in the timed phase's, which holds the
+    64 MB the phase itself touches."""
+    code = (
+        "import json\n"
+        "from harness.run.resources import HostPeak, host_memory_at_end, host_memory_now\n"
+        "block = bytearray(200 * 1024 * 1024)\n"
+        "block[::4096] = b'x' * len(block[::4096])\n"
+        "del block  # prepare's memory, returned before the timed phase\n"
+        "peak = HostPeak()\n"
+        "peak.phase('warmup')\n"
+        "peak.phase('measure')  # the reset, in the phase callback\n"
+        "timed = bytearray(64 * 1024 * 1024)\n"
+        "timed[::4096] = b'x' * len(timed[::4096])\n"
+        "after = host_memory_now(peak)\n"
+        "print(json.dumps([after, host_memory_at_end(after), peak.before_reset_bytes]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    after, end, before_reset = json.loads(done.stdout)
+    MiB = 1024 * 1024
+    assert after["peak_rss_scope"] == "measure_phase" and "reset" in after["method"] and "reset_reason" not in after
+    assert before_reset >= 200 * MiB
+    assert after["process_peak_rss_bytes"] >= 200 * MiB and end["process_peak_rss_bytes"] >= 200 * MiB
+    assert 64 * MiB <= after["peak_rss_bytes"] < before_reset - 100 * MiB  # the 200 MB block is not in it
+    assert after["peak_rss_bytes"] <= after["rss_after_measure_bytes"] + 8 * MiB
+
+
+def test_a_high_water_mark_that_cannot_be_reset_says_so(tmp_path: Path) -> None:
+    peak = HostPeak(clear_refs=tmp_path / "missing" / "clear_refs")
+    peak.phase("measure")
+    host = host_memory_now(peak)
+    assert not peak.reset and host["peak_rss_scope"] == "process"
+    assert "could not be reset" in host["reset_reason"] and "Linux >= 4.0" in host["reset_reason"]
+    assert host["peak_rss_bytes"] == host["process_peak_rss_bytes"]
 
 
 def test_artifact_sizes_are_the_files_on_disk(tmp_path: Path) -> None:

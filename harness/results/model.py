@@ -873,12 +873,18 @@ class DeviceMemory(Frozen):
 
 
 class HostMemory(Frozen):
-    """The worker's resident memory. `peak_rss_bytes` is the process's high-water mark
-    (/proc/self/status VmHWM) read after the timed phase; `end_peak_rss_bytes` when the record
-    was built (the accuracy pass included); `ru_maxrss_bytes` is getrusage's figure (which on
-    Linux also counts the parent's pages a child held before its exec)."""
+    """The worker's resident memory. `peak_rss_bytes` is the high-water mark (/proc/self/status
+    VmHWM) of the timed phase: reset when the measurement phase began, read after it
+    (`peak_rss_scope` measure_phase; `process` where it could not be reset, `reset_reason` says
+    why); `process_peak_rss_bytes` the whole process's since exec (prepare included);
+    `end_peak_rss_bytes` VmHWM when the record was built (since the reset: the accuracy pass
+    included); `ru_maxrss_bytes` is getrusage's figure (which on Linux also counts the parent's
+    pages a child held before its exec)."""
 
     peak_rss_bytes: int | None = None
+    peak_rss_scope: str | None = None  # measure_phase | process
+    process_peak_rss_bytes: int | None = None
+    reset_reason: str | None = None
     end_peak_rss_bytes: int | None = None
     rss_after_measure_bytes: int | None = None
     ru_maxrss_bytes: int | None = None
