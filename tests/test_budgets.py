@@ -504,3 +504,13 @@ def test_inconclusive_is_in_the_csv_and_does_not_trip_the_gate() -> None:
                           derived={"c": DerivedEntry(budgets=view.budgets)})
     gated = parse_plan(BASE + "budgets: {latency_ms: {p50: 10}, gate: true}\n", "plan.yaml", REPO, check_paths=False)
     assert not budget_gate_tripped(results, gated)
+
+
+def test_the_host_budget_names_the_method_that_was_used() -> None:
+    fallback = {"peak_rss_bytes": 200_000_000, "method": "getrusage ru_maxrss (no /proc/self/status here)"}
+    view = _view({"host_memory_mb": 250}, resources={
+        "device_memory": {"reason": "the cell runs on the CPU"}, "host_memory": fallback,
+        "artifact": {"reason": "x"}, "energy": {"reason": "x"}})
+    [verdict] = view.budgets
+    assert verdict.verdict == "pass" and "getrusage ru_maxrss" in (verdict.detail or "")
+    assert "VmHWM" not in (verdict.detail or "")

@@ -65,6 +65,9 @@ def resources_over_processes(group: Sequence[CellRecord]) -> CellResources | Non
                                         [d.process_reason for d in device]),
         host_peak_rss_bytes=worst([b.host_memory.peak_rss_bytes for b in blocks], "host_memory",
                                   [b.host_memory.reason for b in blocks]),
+        host_memory_method=" | ".join(sorted({b.host_memory.method for b in blocks
+                                              if b.host_memory.peak_rss_bytes is not None and b.host_memory.method}))
+        or None,
         artifact_bytes=artifact.bytes,
         artifact_kind=artifact.kind,
         joules_per_image=_median(per_image),

@@ -171,6 +171,13 @@ def _memory_method(view: CellView) -> str | None:
         method or "", method)
 
 
+def _host_method(view: CellView) -> str | None:
+    """What the host peak was actually read with (the processes' `method`): VmHWM since the
+    measurement phase's reset, VmHWM since exec, or getrusage's ru_maxrss."""
+    method = view.resources.host_memory_method if view.resources else None
+    return method or "the method was not recorded"
+
+
 def _energy_method(view: CellView) -> str | None:
     method = view.resources.energy_method if view.resources else None
     return {"nvml_energy_counter": "NVML energy counter", "nvml_power_integration": "integrated NVML power samples",
@@ -183,7 +190,7 @@ FIGURES: dict[str, Callable[[CellView], Figure]] = {
     "latency_ms.p99": _latency("p99"),
     "min_images_per_s": _throughput,
     "device_memory_mb": _resource("device_memory_peak_bytes", "device_memory", MB, _memory_method),
-    "host_memory_mb": _resource("host_peak_rss_bytes", "host_memory", MB, lambda v: "VmHWM after the timed phase"),
+    "host_memory_mb": _resource("host_peak_rss_bytes", "host_memory", MB, _host_method),
     "artifact_mb": _resource("artifact_bytes", "artifact", MB,
                              lambda v: v.resources.artifact_kind if v.resources else None),
     "energy_per_image_j": _resource("joules_per_image", "energy", 1.0, _energy_method),

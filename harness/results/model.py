@@ -1111,6 +1111,7 @@ class CellResources(Sparse):
     device_memory_method: str | None = None
     process_memory_peak_bytes: int | None = None  # NVML's, CUDA context included
     host_peak_rss_bytes: int | None = None
+    host_memory_method: str | None = None  # what the processes' host peaks were read with, ' | '-joined
     artifact_bytes: int | None = None
     artifact_kind: str | None = None
     joules_per_image: float | None = None
