@@ -240,7 +240,9 @@ def device_memory(device: str, baseline: dict[str, Any], torch_peak: TorchPeak |
         return {"reason": "the cell runs on the CPU: its memory is the host's (host_memory)"}
     out: dict[str, Any] = {k: v for k, v in baseline.items() if k != "reason"}
     trace = (monitor or {}).get("trace") or []
-    measured = [r for r in trace if r.get("phase") in ("measure", "sustained")]
+    from harness.environment.monitor import MEASURE_PHASES
+
+    measured = [r for r in trace if r.get("phase") in MEASURE_PHASES]
     own = [int(r["process_memory_bytes"]) for r in measured if r.get("process_memory_bytes") is not None]
     used = [int(r["device_memory_used_bytes"]) for r in measured if r.get("device_memory_used_bytes") is not None]
     if own:
