@@ -217,7 +217,8 @@ def test_the_gpu_run_has_the_verdicts_its_figures_give(gpu_run: tuple[Path, Any]
     assert verdicts["det-b__torch__fp32__b1__r384__model"]["latency_ms.p99"] == "fail"  # det-b's own 5 ms
     assert verdicts["det-b__onnxruntime-cuda__fp32__b1__r384__model"]["energy_per_image_j"] == "not_measured"
     resources = results["derived"]["det-a__torch__fp32__b1__r384__model"]["resources"]
-    assert resources["processes"] == 3 and resources["device_memory_method"] == "torch_allocator"
+    # NVML's process figure, not the allocator's 900 MB: the quantity the ONNX Runtime cells have
+    assert resources["processes"] == 3 and resources["device_memory_method"] == "nvml_process"
     assert resources["device_memory_peak_bytes"] == 1_200_000_000
     assert resources["energy_method"] == "nvml_energy_counter"
     assert resources["joules_per_image"] == pytest.approx(1.5, rel=0.02)
@@ -404,3 +405,112 @@ def test_ship_table_sorts_fastest_first_and_names_the_winner() -> None:
     assert [r.view.cell_id for r in group.rows] == ["fast", "slow"]
     assert group.fastest is not None and group.fastest.view.cell_id == "fast"
     assert [v.verdict for v in judge(group.rows[1].view)] == ["pass"]
+
+
+# ----------------------------------------------------------------------------- one quantity
+
+
+def _memory_view(label: str, peak: int, method: str) -> Any:
+    from types import SimpleNamespace
+
+    from harness.results import CellResources
+
+    return SimpleNamespace(model="m", config_label=label, median=5.0, cell_id=label,
+                           resources=CellResources(processes=1, device_memory_peak_bytes=peak, device_memory_method=method))
+
+
+def test_the_ship_table_flags_device_memory_read_different_ways() -> None:
+    from harness.report.budgets import ShipGroup, ShipRow
+    from harness.results import BudgetVerdict
+
+    def row(label: str, method: str) -> ShipRow:
+        verdict = BudgetVerdict(budget="device_memory_mb", limit=1500, unit="MB", value=1000, verdict="pass")
+        return ShipRow(_memory_view(label, 1_000_000_000, method), [verdict], "ship")
+
+    mixed = ShipGroup("m", "model", [row("torch", "torch_allocator"), row("ort", "nvml_process")])
+    assert mixed.memory_note is not None and "nvml_process, torch_allocator" in mixed.memory_note
+    assert ShipGroup("m", "model", [row("torch", "nvml_process"), row("ort", "nvml_process")]).memory_note is None
+
+
+def test_the_memory_chart_plots_one_method_and_names_the_cells_left_out() -> None:
+    from harness.report.render import _one_memory_method
+
+    views = [_memory_view("torch", 900_000_000, "torch_allocator"), _memory_view("ort", 1_700_000_000, "nvml_process"),
+             _memory_view("trt", 1_100_000_000, "nvml_process")]
+    kept, left, method = _one_memory_method(views)
+    assert method == "nvml_process" and [v.config_label for v in kept] == ["ort", "trt"]
+    assert left == ["m — torch (torch_allocator)"]
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+def _processes_view(budgets: dict[str, float], medians: list[float]) -> Any:
+    """A cell of len(medians) processes, each with 60 samples around its median (3% spread)."""
+    import numpy as np
+
+    cells = []
+    for k, median in enumerate(medians):
+        samples = [float(x) for x in median * np.exp(np.random.default_rng(k).normal(0.0, 0.03, 60))]
+        stats = {**STATS, "count": len(samples), "p50": float(np.median(samples)), "p90": float(np.percentile(samples, 90)),
+                 "p99": float(np.percentile(samples, 99))}
+        latency = {**LATENCY, "samples_ms": samples, "stats": stats}
+        cells.append(record("c", repeat=k, latency=latency, identity_fields={"budgets": budgets}))
+    results = ResultsFile(run=RunMeta(run_id="r", plan_name="p", started_at="t", harness_version="0"), cells=cells)
+    [view] = attach(cell_views(results))
+    return view
+
+
+def test_the_headline_is_judged_on_its_rerun_interval() -> None:
+    probe = _processes_view({}, [9.0, 10.0, 11.5])
+    lo, hi = probe.rerun_ci
+    assert lo < probe.median < hi
+    limits = {"latency_ms.p50": (lo + hi) / 2}  # inside the interval: neither shown within nor past
+    [inside] = _processes_view(limits, [9.0, 10.0, 11.5]).budgets
+    assert inside.verdict == "inconclusive" and inside.interval == pytest.approx((lo, hi))
+    assert "re-run interval" in (inside.detail or "") and "3 processes" in (inside.detail or "")
+    assert outcome([inside]) == "unproven"
+    [above] = _processes_view({"latency_ms.p50": hi * 1.01}, [9.0, 10.0, 11.5]).budgets
+    assert above.verdict == "pass"
+    # The point estimate passes this limit, the interval does not: a point test would say pass.
+    tight = probe.median * 1.001
+    assert tight < hi
+    [point_passes] = _processes_view({"latency_ms.p50": tight}, [9.0, 10.0, 11.5]).budgets
+    assert point_passes.value is not None and point_passes.value <= tight and point_passes.verdict == "inconclusive"
+    [below] = _processes_view({"latency_ms.p50": lo * 0.99}, [9.0, 10.0, 11.5]).budgets
+    assert below.verdict == "fail"
+    [rate] = _processes_view({"min_images_per_s": 1000.0 / probe.median}, [9.0, 10.0, 11.5]).budgets
+    assert rate.verdict == "inconclusive" and rate.interval == pytest.approx((1000.0 / hi, 1000.0 / lo))
+
+
+def test_one_process_is_judged_on_the_point_estimate_and_says_so() -> None:
+    view = _view({"latency_ms.p50": 12, "artifact_mb": 50})
+    by = {v.budget: v for v in view.budgets}
+    assert by["latency_ms.p50"].verdict == "pass" and by["latency_ms.p50"].interval is None
+    assert "no between-process variance is known" in (by["latency_ms.p50"].detail or "")
+    assert "point estimate" in (by["latency_ms.p50"].detail or "")
+    assert "no interval: judged on the figure" in (by["artifact_mb"].detail or "")
+
+
+def test_inconclusive_is_in_the_csv_and_does_not_trip_the_gate() -> None:
+    from harness.report.summary import results_csv
+    from harness.results import DerivedEntry
+
+    probe = _processes_view({}, [9.0, 10.0, 11.5])
+    view = _processes_view({"latency_ms.p50": probe.median}, [9.0, 10.0, 11.5])
+    [row] = list(csv.DictReader(io.StringIO(results_csv([view]))))
+    assert row["budgets_inconclusive"] == "latency_ms.p50" and row["budget_outcome"] == "unproven"
+    results = ResultsFile(run=RunMeta(run_id="r", plan_name="p", started_at="t", harness_version="0"), cells=[],
+                          derived={"c": DerivedEntry(budgets=view.budgets)})
+    gated = parse_plan(BASE + "budgets: {latency_ms: {p50: 10}, gate: true}\n", "plan.yaml", REPO, check_paths=False)
+    assert not budget_gate_tripped(results, gated)
+
+
+def test_the_host_budget_names_the_method_that_was_used() -> None:
+    fallback = {"peak_rss_bytes": 200_000_000, "method": "getrusage ru_maxrss (no /proc/self/status here)"}
+    view = _view({"host_memory_mb": 250}, resources={
+        "device_memory": {"reason": "the cell runs on the CPU"}, "host_memory": fallback,
+        "artifact": {"reason": "x"}, "energy": {"reason": "x"}})
+    [verdict] = view.budgets
+    assert verdict.verdict == "pass" and "getrusage ru_maxrss" in (verdict.detail or "")
+    assert "VmHWM" not in (verdict.detail or "")

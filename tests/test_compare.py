@@ -328,3 +328,23 @@ def test_memory_growth_past_the_threshold_is_a_regression(tmp_path: Path) -> Non
     assert "| memory | energy/image |" in md and "+20.0%" in md
     html = (tmp_path / "out" / "compare.html").read_text()
     assert "memory (A → B)" in html and "past +10%" in html
+
+
+def test_device_memory_read_different_ways_is_flagged_not_compared() -> None:
+    """NVML's process figure against the torch allocator's: two quantities, so the change is
+    not stated and never gates; the same method on both sides is compared as before."""
+    from types import SimpleNamespace
+
+    from harness.report.compare import memory_changes
+    from harness.results import CellResources
+
+    def side(peak: int, method: str) -> Any:
+        return SimpleNamespace(resources=CellResources(processes=1, device_memory_peak_bytes=peak,
+                                                        device_memory_method=method))
+
+    [change] = memory_changes(side(1_000_000_000, "torch_allocator"), side(2_000_000_000, "nvml_process"), 10.0)
+    assert change.not_compared and not change.grew
+    assert change.text() == ("device memory not compared (read different ways: A torch_allocator, "
+                             "B nvml_process)")
+    [same] = memory_changes(side(1_000_000_000, "nvml_process"), side(2_000_000_000, "nvml_process"), 10.0)
+    assert same.grew and same.not_compared is None

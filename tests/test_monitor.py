@@ -292,3 +292,11 @@ def test_real_gpu_sampling() -> None:
     cost = result["summary"]["sample_cost_us"]
     print("NVML sample cost inside the monitor, us:", cost)
     assert cost["p50"] < 2000
+
+
+def test_the_energy_meter_and_the_monitor_share_one_definition_of_the_measurement_phases() -> None:
+    """Two copies could drift apart (a new phase added to one), and RAPL and the NVML counter
+    would then bracket different spans of the same run."""
+    from harness.environment import energy, monitor
+
+    assert energy.MEASURE_PHASES is monitor.MEASURE_PHASES

@@ -1,6 +1,7 @@
 """Memory, energy and artifact size of a cell: RAPL on a fake sysfs tree and for real, NVML's
 energy counter and its power-integration fallback on a fake NVML, the device memory's three
-ways (torch allocator, NVML's process entry above its baseline, the device's used memory),
+ways (NVML's process entry above its baseline for every runtime, the torch allocator where NVML
+does not list the process, the device's used memory),
 the artifact on disk against os.stat, the over-processes figures, and a figure that cannot be
 had is None with its reason, never 0."""
 
@@ -30,6 +31,7 @@ from harness.environment.monitor import GpuMonitor
 from harness.measure.resources import resources_over_processes
 from harness.results import Monitor, Resources
 from harness.run.resources import (
+    HostPeak,
     TorchPeak,
     artifact_size,
     device_memory,
@@ -300,27 +302,56 @@ def test_a_process_nvml_never_lists_falls_back_to_the_device_with_the_reason(fak
     assert "other processes" in memory["reason"] and memory.get("process_peak_bytes") is None
 
 
-def test_the_torch_allocator_is_the_figure_on_torch_paths() -> None:
-    class Runtime:
-        calls: list[str] = []
+def _torch_peak(allocated: int, reserved: int) -> tuple[TorchPeak, list[str]]:
+    calls: list[str] = []
 
+    class Runtime:
         def reset_device_memory_peak(self) -> None:
-            self.calls.append("reset")
+            calls.append("reset")
 
         def device_memory_peak(self) -> dict[str, int]:
-            self.calls.append("read")
-            return {"allocated_bytes": 1_234_000_000, "reserved_bytes": 1_500_000_000}
+            calls.append("read")
+            return {"allocated_bytes": allocated, "reserved_bytes": reserved}
 
-    runtime = Runtime()
-    peak = TorchPeak(runtime)  # type: ignore[arg-type]
+    peak = TorchPeak(Runtime())  # type: ignore[arg-type]
     for name in ("warmup", "measure", "done", "accuracy"):
         peak.phase(name)
-    assert runtime.calls == ["reset", "read"]  # at the measurement phase's edges only
+    return peak, calls
+
+
+def test_torch_paths_headline_nvmls_process_figure_like_every_runtime() -> None:
+    """The same quantity for torch as for ONNX Runtime and TensorRT (NVML's process figure,
+    context and cache included), the allocator's peaks beside it as detail."""
+    peak, calls = _torch_peak(1_234_000_000, 1_500_000_000)
+    assert calls == ["reset", "read"]  # at the measurement phase's edges only
     monitor = {"trace": [{"phase": "measure", "process_memory_bytes": 1_900_000_000}], "reason": None}
     memory = device_memory("cuda:0", {"process_baseline_bytes": 0}, peak, monitor)
-    assert memory["method"] == "torch_allocator" and memory["peak_bytes"] == 1_234_000_000
+    assert memory["method"] == "nvml_process" and memory["peak_bytes"] == 1_900_000_000
+    assert memory["torch_allocated_peak_bytes"] == 1_234_000_000
     assert memory["torch_reserved_peak_bytes"] == 1_500_000_000
-    assert memory["process_peak_bytes"] == 1_900_000_000  # NVML's, CUDA context included, beside it
+    assert "reason" not in memory
+    ort = device_memory("cuda:0", {"process_baseline_bytes": 0}, None, monitor)
+    assert (ort["method"], ort["peak_bytes"]) == (memory["method"], memory["peak_bytes"])
+
+
+def test_the_allocator_is_the_headline_only_without_nvmls_process_reading() -> None:
+    peak, _ = _torch_peak(1_234_000_000, 1_500_000_000)
+    monitor = {"trace": [{"phase": "measure", "device_memory_used_bytes": 9_000_000_000}],
+               "memory_reason": "this process never appeared among NVML's compute processes"}
+    memory = device_memory("cuda:0", {"device_used_baseline_bytes": 1_000_000_000}, peak, monitor)
+    assert memory["method"] == "torch_allocator" and memory["peak_bytes"] == 1_234_000_000
+    assert "never appeared" in memory["reason"] and "no CUDA context" in memory["reason"]
+    assert memory.get("process_peak_bytes") is None
+
+
+def test_processes_read_different_ways_give_no_cell_figure() -> None:
+    group = [record("c", repeat=0, resources=_resources(1_000, 5_000, 0.2)),
+             record("c", repeat=1, resources={**_resources(3_000, 5_000, 0.2),
+                                              "device_memory": {"peak_bytes": 3_000, "method": "torch_allocator"}})]
+    cell = resources_over_processes(group)
+    assert cell is not None and cell.device_memory_peak_bytes is None
+    assert cell.device_memory_method == "nvml_process | torch_allocator"
+    assert "different ways" in (cell.reasons or {})["device_memory"]
 
 
 def test_a_cpu_cell_has_no_device_memory_and_says_why() -> None:
@@ -356,6 +387,43 @@ def test_host_memory_is_the_high_water_mark() -> None:
     assert after["method"] == "/proc/self/status VmHWM"
     assert after["peak_rss_bytes"] >= before["peak_rss_bytes"] + 60 * 1024 * 1024
     assert after["ru_maxrss_bytes"] > 0
+
+
+def test_the_timed_phases_peak_excludes_what_prepare_allocated() -> None:
+    """In a fresh process: 200 MB allocated and freed before the measurement phase (prepare's
+    quantization, say) is in the whole-process peak, not in the timed phase's, which holds the
+    64 MB the phase itself touches."""
+    code = (
+        "import json\n"
+        "from harness.run.resources import HostPeak, host_memory_at_end, host_memory_now\n"
+        "block = bytearray(200 * 1024 * 1024)\n"
+        "block[::4096] = b'x' * len(block[::4096])\n"
+        "del block  # prepare's memory, returned before the timed phase\n"
+        "peak = HostPeak()\n"
+        "peak.phase('warmup')\n"
+        "peak.phase('measure')  # the reset, in the phase callback\n"
+        "timed = bytearray(64 * 1024 * 1024)\n"
+        "timed[::4096] = b'x' * len(timed[::4096])\n"
+        "after = host_memory_now(peak)\n"
+        "print(json.dumps([after, host_memory_at_end(after), peak.before_reset_bytes]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    after, end, before_reset = json.loads(done.stdout)
+    MiB = 1024 * 1024
+    assert after["peak_rss_scope"] == "measure_phase" and "reset" in after["method"] and "reset_reason" not in after
+    assert before_reset >= 200 * MiB
+    assert after["process_peak_rss_bytes"] >= 200 * MiB and end["process_peak_rss_bytes"] >= 200 * MiB
+    assert 64 * MiB <= after["peak_rss_bytes"] < before_reset - 100 * MiB  # the 200 MB block is not in it
+    assert after["peak_rss_bytes"] <= after["rss_after_measure_bytes"] + 8 * MiB
+
+
+def test_a_high_water_mark_that_cannot_be_reset_says_so(tmp_path: Path) -> None:
+    peak = HostPeak(clear_refs=tmp_path / "missing" / "clear_refs")
+    peak.phase("measure")
+    host = host_memory_now(peak)
+    assert not peak.reset and host["peak_rss_scope"] == "process"
+    assert "could not be reset" in host["reset_reason"] and "Linux >= 4.0" in host["reset_reason"]
+    assert host["peak_rss_bytes"] == host["process_peak_rss_bytes"]
 
 
 def test_artifact_sizes_are_the_files_on_disk(tmp_path: Path) -> None:

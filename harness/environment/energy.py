@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MEASURE_PHASES = frozenset({"measure", "sustained"})
-
+# One definition of the phases a measurement spans, the monitor's (the RAPL meter, the energy
+# figures and the GPU monitor must agree on where the phase starts and ends).
+from harness.environment.monitor import MEASURE_PHASES
 
 # ----------------------------------------------------------------------------- RAPL
 

@@ -1,7 +1,8 @@
 """A cell's memory and energy over its processes, from each process's record (`resources`).
 
 Each process of a cell measures its own memory and energy (harness.run.resources); the cell's
-figures are: the WORST peak of any process for device memory, the process's NVML reading and
+figures are: the WORST peak of any process for device memory (only when every process read it
+the same way, `method`: the worst of two quantities is neither), the process's NVML reading and
 host RSS (a deployment must fit its worst run), the artifact's size (one file for every
 process), and the MEDIAN over processes of joules per image, images per joule and mean power
 (like the latency headline, a typical process), with the highest peak power. A figure no
@@ -49,14 +50,24 @@ def resources_over_processes(group: Sequence[CellRecord]) -> CellResources | Non
     artifact = blocks[0].artifact
     if artifact.bytes is None and artifact.reason:
         reasons["artifact"] = artifact.reason
+    device_peak = worst([d.peak_bytes for d in device], "device_memory", [d.reason for d in device])
+    if len(methods) > 1:
+        # The worst of two quantities (NVML's process figure and the allocator's) is neither:
+        # no cell figure rather than one a budget or a comparison would misread.
+        device_peak = None
+        reasons["device_memory"] = (f"the processes read device memory different ways ({', '.join(methods)}): "
+                                    "no single figure over them")
     return CellResources(
         processes=len(records),
-        device_memory_peak_bytes=worst([d.peak_bytes for d in device], "device_memory", [d.reason for d in device]),
+        device_memory_peak_bytes=device_peak,
         device_memory_method=" | ".join(methods) or None,
         process_memory_peak_bytes=worst([d.process_peak_bytes for d in device], "process_memory",
                                         [d.process_reason for d in device]),
         host_peak_rss_bytes=worst([b.host_memory.peak_rss_bytes for b in blocks], "host_memory",
                                   [b.host_memory.reason for b in blocks]),
+        host_memory_method=" | ".join(sorted({b.host_memory.method for b in blocks
+                                              if b.host_memory.peak_rss_bytes is not None and b.host_memory.method}))
+        or None,
         artifact_bytes=artifact.bytes,
         artifact_kind=artifact.kind,
         joules_per_image=_median(per_image),

@@ -8,9 +8,18 @@ of every process; memory is the worst peak of any process; energy per image the 
 processes (harness.measure.resources). A figure that was not measured (a skipped cell, a CPU
 cell's device memory, random weights' mAP) is "not measured" with the reason, never a pass.
 
+The test: a figure with a re-run interval (the headline latency p50 and the throughput derived
+from it, over two or more processes: `rerun_ci95`, harness.measure.repeats) passes only when the
+whole interval is within the limit, fails only when the whole interval is past it, and is
+"inconclusive" when the interval straddles the limit. With one process no between-process
+variance is known: the point estimate is judged, and the verdict's detail says so. Figures
+without an interval (p90/p99 over the pooled samples, memory, artifact size, energy, mAP, the
+sustained slowdown) are judged on the figure, stated in the detail.
+
 A configuration ships when it passes every budget; it does not ship when it fails one; with no
-failure but a budget not measured, it is not shown to meet them ("unproven"). The winner of a
-model and scope is the fastest shipping cell (lowest headline latency).
+failure but a budget not measured or inconclusive, it is not shown to meet them ("unproven").
+An inconclusive budget does not trip `budgets.gate` (nothing shows the limit is exceeded). The
+winner of a model and scope is the fastest shipping cell (lowest headline latency).
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ MB = 1e6
 
 Outcome = Literal["ship", "no_ship", "unproven"]
 OUTCOME_WORDS: dict[str, str] = {"ship": "ships", "no_ship": "does not ship", "unproven": "not shown"}
+# pass: the figure (its re-run interval, when it has one) is within the limit; fail: past it;
+# inconclusive: the interval straddles the limit; not_measured: no figure.
 
 # budget key -> (unit, "max" | "min", what it is in words)
 BUDGETS: dict[str, tuple[str, str, str]] = {
@@ -154,10 +165,17 @@ def _sustained(view: CellView) -> Figure:
 
 def _memory_method(view: CellView) -> str | None:
     method = view.resources.device_memory_method if view.resources else None
-    return {"torch_allocator": "torch allocator peak (max_memory_allocated)",
+    return {"torch_allocator": "torch allocator peak (max_memory_allocated; NVML had no reading of this process)",
             "nvml_process": "NVML: this process above its baseline before the session",
             "nvml_device_used": "NVML: the device's used memory above its baseline (other processes included)"}.get(
         method or "", method)
+
+
+def _host_method(view: CellView) -> str | None:
+    """What the host peak was actually read with (the processes' `method`): VmHWM since the
+    measurement phase's reset, VmHWM since exec, or getrusage's ru_maxrss."""
+    method = view.resources.host_memory_method if view.resources else None
+    return method or "the method was not recorded"
 
 
 def _energy_method(view: CellView) -> str | None:
@@ -172,7 +190,7 @@ FIGURES: dict[str, Callable[[CellView], Figure]] = {
     "latency_ms.p99": _latency("p99"),
     "min_images_per_s": _throughput,
     "device_memory_mb": _resource("device_memory_peak_bytes", "device_memory", MB, _memory_method),
-    "host_memory_mb": _resource("host_peak_rss_bytes", "host_memory", MB, lambda v: "VmHWM after the timed phase"),
+    "host_memory_mb": _resource("host_peak_rss_bytes", "host_memory", MB, _host_method),
     "artifact_mb": _resource("artifact_bytes", "artifact", MB,
                              lambda v: v.resources.artifact_kind if v.resources else None),
     "energy_per_image_j": _resource("joules_per_image", "energy", 1.0, _energy_method),
@@ -182,8 +200,54 @@ FIGURES: dict[str, Callable[[CellView], Figure]] = {
 }
 
 
+def _interval(key: str, view: CellView) -> tuple[float, float] | None:
+    """Where a re-run's figure is expected (95%), in the budget's unit: the headline's re-run
+    interval over two or more processes, and the throughput's from it; else None."""
+    if view.repeats < 2 or view.rerun_ci is None:
+        return None
+    lo, hi = (float(x) for x in view.rerun_ci)
+    if key == "latency_ms.p50":
+        return lo, hi
+    if key == "min_images_per_s" and lo > 0 and hi > 0:
+        return view.batch * 1000.0 / hi, view.batch * 1000.0 / lo  # a slower re-run gives fewer images/s
+    return None
+
+
+# Budgets read from the cell's latency, whose one-process figure has no between-process variance.
+_LATENCY_BUDGETS = {"latency_ms.p50", "latency_ms.p90", "latency_ms.p99", "min_images_per_s"}
+
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+
+
+def _test(value: float, interval: tuple[float, float] | None, limit: float, direction: str) -> Verdict:
+    """pass | fail | inconclusive: on the interval when there is one, else on the figure."""
+    within = (lambda x: x <= limit) if direction == "max" else (lambda x: x >= limit)
+    if interval is None:
+        return "pass" if within(value) else "fail"
+    lo, hi = interval
+    worst, best = (hi, lo) if direction == "max" else (lo, hi)
+    if within(worst):
+        return "pass"
+    if not within(best):
+        return "fail"
+    return "inconclusive"
+
+
+def _basis(key: str, view: CellView, interval: tuple[float, float] | None, unit: str) -> str:
+    if interval is not None:
+        return (f"judged on the re-run interval {fmt.sig(interval[0])}–{fmt.sig(interval[1])} {unit} "
+                f"(95%, {view.repeats} processes)")
+    if key in _LATENCY_BUDGETS and view.repeats < 2:
+        return "one process: no between-process variance is known; judged on the point estimate"
+    if key in _LATENCY_BUDGETS:
+        return "no re-run interval for this figure: judged on the figure"
+    return "no interval: judged on the figure"
+
+
 def judge(view: CellView) -> list[BudgetVerdict]:
-    """Every budget of the cell, judged (in the order BUDGETS lists them)."""
+    """Every budget of the cell, judged (in the order BUDGETS lists them; the test is the
+    module docstring's)."""
     limits = view.identity.budgets or {}
     order = {key: i for i, key in enumerate(BUDGETS)}
     out: list[BudgetVerdict] = []
@@ -199,9 +263,11 @@ def judge(view: CellView) -> list[BudgetVerdict]:
         if value is None or not math.isfinite(value):
             out.append(BudgetVerdict(budget=key, limit=limit, unit=unit, verdict="not_measured", detail=detail))
             continue
-        ok = value <= limit if direction == "max" else value >= limit
+        interval = _interval(key, view)
+        basis = _basis(key, view, interval, unit)
         out.append(BudgetVerdict(budget=key, limit=limit, unit=unit, value=value,
-                                 verdict="pass" if ok else "fail", detail=detail))
+                                 verdict=_test(value, interval, limit, direction), interval=interval,
+                                 detail=f"{detail}; {basis}" if detail else basis))
     return out
 
 
@@ -218,16 +284,20 @@ def outcome(verdicts: Sequence[BudgetVerdict]) -> Outcome | None:
         return None
     if any(v.verdict == "fail" for v in verdicts):
         return "no_ship"
-    if any(v.verdict == "not_measured" for v in verdicts):
+    if any(v.verdict in ("not_measured", "inconclusive") for v in verdicts):
         return "unproven"
     return "ship"
 
 
 def verdict_text(v: BudgetVerdict) -> str:
-    """`fail: 41.2 ms > 33 ms`, `not measured: random weights...`: one budget in words."""
+    """`fail: 41.2 ms > 33 ms`, `inconclusive: 32.1 ms, re-run interval 30.4–34.0 ms across 33 ms`,
+    `not measured: random weights...`: one budget in words."""
     if v.verdict == "not_measured" or v.value is None:
         return f"not measured: {v.detail}" if v.detail else "not measured"
     unit, direction, _ = BUDGETS.get(v.budget, (v.unit, "max", v.budget))
+    if v.verdict == "inconclusive":
+        span = f"{fmt.sig(v.interval[0])}–{fmt.sig(v.interval[1])}" if v.interval else "?"
+        return f"inconclusive: {fmt.sig(v.value)} {unit}, re-run interval {span} {unit} across {v.limit:,g} {unit}"
     op = ("≤" if v.verdict == "pass" else ">") if direction == "max" else ("≥" if v.verdict == "pass" else "<")
     return f"{v.verdict}: {fmt.sig(v.value)} {op} {v.limit:,g} {unit}"
 
@@ -253,6 +323,10 @@ class ShipRow:
     def unmeasured(self) -> list[BudgetVerdict]:
         return [v for v in self.verdicts if v.verdict == "not_measured"]
 
+    @property
+    def inconclusive(self) -> list[BudgetVerdict]:
+        return [v for v in self.verdicts if v.verdict == "inconclusive"]
+
 
 @dataclass
 class ShipGroup:
@@ -264,6 +338,20 @@ class ShipGroup:
     @property
     def shipping(self) -> list[ShipRow]:
         return [r for r in self.rows if r.outcome == "ship"]
+
+    @property
+    def memory_note(self) -> str | None:
+        """Said beside the table when its configurations' device memory was read different
+        ways: their device-memory figures are not one quantity, so not to be set side by side."""
+        if not any(v.budget == "device_memory_mb" for r in self.rows for v in r.verdicts):
+            return None
+        methods = sorted({r.view.resources.device_memory_method for r in self.rows
+                          if r.view.resources is not None and r.view.resources.device_memory_method})
+        if len(methods) < 2:
+            return None
+        return (f"Device memory was read different ways here ({', '.join(methods)}): those figures are different "
+                "quantities (NVML's process figure counts the CUDA context and the allocator's cache, the torch "
+                "allocator's does not), so the configurations' device memory is not comparable across methods.")
 
     @property
     def columns(self) -> list[tuple[str, str]]:

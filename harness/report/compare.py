@@ -81,12 +81,17 @@ class MemoryChange:
     a_bytes: int
     b_bytes: int
     grew: bool  # past the memory threshold
+    # Why the two figures were not compared (read different ways: not one quantity); then
+    # `grew` is False and no change is stated.
+    not_compared: str | None = None
 
     @property
     def change_pct(self) -> float:
         return (self.b_bytes / self.a_bytes - 1.0) * 100.0 if self.a_bytes else 0.0
 
     def text(self) -> str:
+        if self.not_compared:
+            return f"{self.what} not compared ({self.not_compared})"
         return (f"{self.what} {fmt.pct(self.change_pct)} ({fmt.mb(self.a_bytes)} → {fmt.mb(self.b_bytes)} MB)")
 
 
@@ -229,7 +234,11 @@ def memory_changes(a: CellView, b: CellView, threshold_pct: float) -> list[Memor
         if va is None or vb is None or va <= 0:
             continue
         if attr == "device_memory_peak_bytes" and ra.device_memory_method != rb.device_memory_method:
-            continue  # read another way: not the same figure
+            # NVML's process figure and the allocator's are different quantities: a change
+            # between them says nothing, so it is flagged, never gated.
+            out.append(MemoryChange(what, int(va), int(vb), False, not_compared=(
+                f"read different ways: A {ra.device_memory_method or 'unknown'}, B {rb.device_memory_method or 'unknown'}")))
+            continue
         out.append(MemoryChange(what, int(va), int(vb), vb > va * (1 + threshold_pct / 100.0)))
     return out
 

@@ -444,6 +444,21 @@ def _common_limit(views: list[CellView], key: str) -> float | None:
     return next(iter(limits)) if len(limits) == 1 else None
 
 
+def _one_memory_method(views: list[CellView]) -> tuple[list[CellView], list[str], str]:
+    """The cells whose device memory was read one way (NVML's process figure where any cell
+    has it, else the most common method), the labels of those left out, and the method: two
+    methods are two quantities, and one axis holds one."""
+    methods = [v.resources.device_memory_method or "unknown" for v in views if v.resources]
+    if not methods:
+        return [], [], ""
+    chosen = "nvml_process" if "nvml_process" in methods else max(sorted(set(methods)), key=methods.count)
+    keep = [v for v in views if v.resources and (v.resources.device_memory_method or "unknown") == chosen]
+    kept = {id(v) for v in keep}
+    left = [f"{v.model} — {v.config_label} ({v.resources.device_memory_method or 'unknown'})"
+            for v in views if id(v) not in kept and v.resources]
+    return keep, left, chosen
+
+
 def _resource_charts(views: list[CellView]) -> list[dict[str, Any]]:
     """Latency against device memory, and against energy per image, per configuration and
     scope: where a reader would rather look than read the table. A CPU-only run plots host
@@ -458,13 +473,19 @@ def _resource_charts(views: list[CellView]) -> list[dict[str, Any]]:
     for scope in sorted({v.scope for v in measured}, key=lambda s: (s != "model", s)):
         cells = [v for v in measured if v.scope == scope]
         words = scope.replace("_", "-")
-        device = [v for v in cells if v.resources and v.resources.device_memory_peak_bytes is not None]
+        device, left_out, method = _one_memory_method(
+            [v for v in cells if v.resources and v.resources.device_memory_peak_bytes is not None])
         if device:
             pts = [point(v, (v.resources.device_memory_peak_bytes or 0) / 1e6) for v in device if v.resources]
             svg = charts.resource_scatter(pts, f"Latency against device memory, {words} scope", "peak device memory (MB)", "MB",
                                           y_limit=_common_limit(device, "device_memory_mb"), x_limit=_common_limit(device, "latency_ms.p50"))
+            text = (f"Left is faster, down uses less device memory ({method}); dashed: the plan's budget when every "
+                    "cell shares it.")
+            if left_out:
+                text += (f" Not plotted: {', '.join(sorted(left_out))}, whose device memory was read another way "
+                         "(a different quantity, not on this axis).")
             out.append({"id": f"memory-{scope}", "title": f"Latency against device memory · {words} scope", "svg": svg,
-                        "text": "Left is faster, down uses less device memory; dashed: the plan's budget when every cell shares it."})
+                        "text": text})
         else:
             host = [v for v in cells if v.resources and v.resources.host_peak_rss_bytes is not None]
             why = next(((v.resources.reasons or {}).get("device_memory") for v in cells if v.resources), None)

@@ -25,7 +25,7 @@ CSV_COLUMNS = [
     "map_delta_ap", "accuracy_images", "fingerprint", "weights", "unpredictable_classes", "ap_over",
     "device_memory_peak_bytes", "device_memory_method", "process_memory_peak_bytes", "host_peak_rss_bytes",
     "artifact_bytes", "artifact_kind", "joules_per_image", "images_per_joule", "mean_power_w", "peak_power_w",
-    "energy_method", "budget_outcome", "budgets_failed", "budgets_not_measured",
+    "energy_method", "budget_outcome", "budgets_failed", "budgets_not_measured", "budgets_inconclusive",
 ]
 
 
@@ -186,7 +186,8 @@ def _ship_markdown(ctx: dict[str, Any]) -> list[str]:
     if not groups:
         return lines + ["No budgets: the plan sets none (`budgets:` per plan or per model), so no configuration is judged."]
     lines += ["Each configuration against the plan's budgets, on its figures over processes. **ships**: passes every "
-              "budget; **does not ship**: fails one; **not shown**: a budget could not be measured.", ""]
+              "budget; **does not ship**: fails one; **not shown**: a budget could not be measured or is inconclusive "
+              "(its re-run interval straddles the limit).", ""]
     words = ctx["outcome_words"]
     for g in groups:
         lines += [f"### {fmt.md(g.model)} · {fmt.md(g.scope.replace('_', '-'))} scope", ""]
@@ -195,6 +196,8 @@ def _ship_markdown(ctx: dict[str, Any]) -> list[str]:
                       f"{fmt.ms(g.fastest.view.median)} ms ({len(g.shipping)} of {len(g.rows)} ship).", ""]
         else:
             lines += [f"**No configuration meets every budget** ({len(g.rows)} judged).", ""]
+        if g.memory_note:
+            lines += [fmt.md(g.memory_note), ""]
         rows = []
         for r in g.rows:
             cells = []
@@ -316,7 +319,8 @@ def _resource_cells(v: CellView) -> list[Any]:
     result = outcome(v.budgets)
     return [*figures, result or "",
             ";".join(b.budget for b in v.budgets if b.verdict == "fail"),
-            ";".join(b.budget for b in v.budgets if b.verdict == "not_measured")]
+            ";".join(b.budget for b in v.budgets if b.verdict == "not_measured"),
+            ";".join(b.budget for b in v.budgets if b.verdict == "inconclusive")]
 
 
 def results_csv(views: list[CellView]) -> str:

@@ -106,7 +106,9 @@ def _print_ship(groups: dict[str, list[CellView]], console: Any) -> None:
             for row in group.rows:
                 counts[row.outcome] = counts.get(row.outcome, 0) + 1
             failed = sorted({b.budget for row in group.rows for b in row.failed})
+            undecided = sorted({b.budget for row in group.rows for b in row.inconclusive})
             text = (f"[red]no ship[/]: {escape(group.model)} · {group.scope}: no configuration meets every budget ("
                     + ", ".join(f"{n} {OUTCOME_WORDS[o]}" for o, n in counts.items())
-                    + (f"; failed: {escape(', '.join(failed))}" if failed else "") + ")")
+                    + (f"; failed: {escape(', '.join(failed))}" if failed else "")
+                    + (f"; inconclusive: {escape(', '.join(undecided))}" if undecided else "") + ")")
         console.print(text, soft_wrap=True)

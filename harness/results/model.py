@@ -850,12 +850,15 @@ class ProcessFacts(Frozen):
 
 class DeviceMemory(Frozen):
     """Peak device memory of the timed phase (harness.run.resources). `peak_bytes` is the
-    headline, read as `method` says; null with `reason` where it cannot be had, never 0."""
+    headline, read as `method` says (NVML's process figure for every runtime where it exists);
+    null with `reason` where it cannot be had, never 0. Two figures are one quantity only when
+    their methods agree."""
 
     peak_bytes: int | None = None
-    method: str | None = None  # torch_allocator | nvml_process | nvml_device_used
+    method: str | None = None  # nvml_process | torch_allocator (no NVML process reading) | nvml_device_used
     reason: str | None = None
-    # torch's caching allocator, reset at the measurement phase's start, read at its end
+    # torch's caching allocator, reset at the measurement phase's start, read at its end:
+    # detail beside the headline (tensors only: no CUDA context, no cache)
     torch_allocated_peak_bytes: int | None = None
     torch_reserved_peak_bytes: int | None = None
     # NVML: this process's device memory (what nvidia-smi lists, CUDA context included),
@@ -870,12 +873,18 @@ class DeviceMemory(Frozen):
 
 
 class HostMemory(Frozen):
-    """The worker's resident memory. `peak_rss_bytes` is the process's high-water mark
-    (/proc/self/status VmHWM) read after the timed phase; `end_peak_rss_bytes` when the record
-    was built (the accuracy pass included); `ru_maxrss_bytes` is getrusage's figure (which on
-    Linux also counts the parent's pages a child held before its exec)."""
+    """The worker's resident memory. `peak_rss_bytes` is the high-water mark (/proc/self/status
+    VmHWM) of the timed phase: reset when the measurement phase began, read after it
+    (`peak_rss_scope` measure_phase; `process` where it could not be reset, `reset_reason` says
+    why); `process_peak_rss_bytes` the whole process's since exec (prepare included);
+    `end_peak_rss_bytes` VmHWM when the record was built (since the reset: the accuracy pass
+    included); `ru_maxrss_bytes` is getrusage's figure (which on Linux also counts the parent's
+    pages a child held before its exec)."""
 
     peak_rss_bytes: int | None = None
+    peak_rss_scope: str | None = None  # measure_phase | process
+    process_peak_rss_bytes: int | None = None
+    reset_reason: str | None = None
     end_peak_rss_bytes: int | None = None
     rss_after_measure_bytes: int | None = None
     ru_maxrss_bytes: int | None = None
@@ -1102,6 +1111,7 @@ class CellResources(Sparse):
     device_memory_method: str | None = None
     process_memory_peak_bytes: int | None = None  # NVML's, CUDA context included
     host_peak_rss_bytes: int | None = None
+    host_memory_method: str | None = None  # what the processes' host peaks were read with, ' | '-joined
     artifact_bytes: int | None = None
     artifact_kind: str | None = None
     joules_per_image: float | None = None
@@ -1120,8 +1130,10 @@ class BudgetVerdict(Frozen):
     limit: float
     unit: str
     value: float | None = None  # the cell's figure in `unit`
-    verdict: Literal["pass", "fail", "not_measured"]
-    detail: str | None = None  # how the figure was taken, or why it was not measured
+    # inconclusive: the figure's re-run interval straddles the limit (harness.report.budgets)
+    verdict: Literal["pass", "fail", "inconclusive", "not_measured"]
+    detail: str | None = None  # how the figure was taken and judged, or why it was not measured
+    interval: tuple[float, float] | None = None  # the re-run interval judged, in `unit` (None: the figure was)
 
 
 class DerivedEntry(Sparse):

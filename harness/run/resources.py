@@ -1,7 +1,7 @@
 """A measured cell's memory, energy and artifact size (the record's `resources`), read outside
 every timed region: the device-memory baseline before the model or session exists, the torch
 allocator's peak and the RAPL counters at the measurement phase's boundaries (phase callbacks),
-the host's high-water mark after the timed phase, the artifact's size on disk afterwards.
+the host's high-water mark over the timed phase (reset when it begins), the artifact's size on disk afterwards.
 
 Where a figure cannot be had (a CPU cell has no device memory, NVML is absent, a random-weights
 model has no file), it is None with the reason, never 0.
@@ -31,14 +31,53 @@ def _status_kib(field: str, status: Path = Path("/proc/self/status")) -> int | N
     return None
 
 
-def host_memory_now() -> dict[str, Any]:
-    """This process's resident memory: its high-water mark (VmHWM: the peak of this process's
-    own address space since its exec), the current RSS, and getrusage's ru_maxrss."""
+class HostPeak:
+    """Resets this process's high-water mark when the measurement phase begins (a phase
+    callback, outside the timed loop), so that the peak read after it is the timed phase's own:
+    the whole-process VmHWM since exec also holds the prepare step (INT8 quantization, FP16
+    conversion, dataset loading), which only a process that missed the artifact cache runs, so
+    the same configuration would get another figure depending on the cache. Writing "5" to
+    /proc/self/clear_refs resets VmHWM to the current RSS (Linux >= 4.0); where it cannot be
+    written, `reason` says so and the figure stays the whole process's."""
+
+    def __init__(self, clear_refs: Path = Path("/proc/self/clear_refs"), status: Path = Path("/proc/self/status")):
+        self.clear_refs, self.status = clear_refs, status
+        self.before_reset_bytes: int | None = None  # the whole-process peak up to the reset
+        self.reset: bool = False
+        self.reason: str | None = None
+        self._started = False
+
+    def phase(self, name: str) -> None:
+        from harness.environment.monitor import MEASURE_PHASES
+
+        if name not in MEASURE_PHASES or self._started:
+            return
+        self._started = True
+        hwm = _status_kib("VmHWM", self.status)
+        self.before_reset_bytes = hwm * 1024 if hwm is not None else None
+        try:
+            self.clear_refs.write_text("5", "ascii")
+            self.reset = True
+        except OSError as exc:
+            self.reason = (f"the high-water mark could not be reset ({self.clear_refs}: {exc.strerror or exc}; "
+                           "Linux >= 4.0 is needed): the peak is the whole process's since exec, prepare included")
+
+
+def host_memory_now(peak: HostPeak | None = None) -> dict[str, Any]:
+    """This process's resident memory: its high-water mark (VmHWM: since `peak` reset it when
+    the measurement phase began, else since exec), the current RSS, and getrusage's ru_maxrss;
+    `process_peak_rss_bytes` is the whole process's peak since exec either way."""
     hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
     out: dict[str, Any] = {}
+    reset = peak is not None and peak.reset and hwm is not None
     if hwm is not None:
         out["peak_rss_bytes"] = hwm * 1024
-        out["method"] = "/proc/self/status VmHWM"
+        out["method"] = "/proc/self/status VmHWM" + (" (reset at the measurement phase's start)" if reset else "")
+        out["peak_rss_scope"] = "measure_phase" if reset else "process"
+        before = peak.before_reset_bytes if peak is not None and reset else None
+        out["process_peak_rss_bytes"] = max(hwm * 1024, before or 0)
+    if peak is not None and peak.reason:
+        out["reset_reason"] = peak.reason
     if rss is not None:
         out["rss_after_measure_bytes"] = rss * 1024
     with contextlib.suppress(Exception):
@@ -46,18 +85,22 @@ def host_memory_now() -> dict[str, Any]:
     if "peak_rss_bytes" not in out:
         if "ru_maxrss_bytes" in out:
             out["peak_rss_bytes"] = out["ru_maxrss_bytes"]
+            out["process_peak_rss_bytes"] = out["ru_maxrss_bytes"]
             out["method"] = "getrusage ru_maxrss (no /proc/self/status here)"
+            out["peak_rss_scope"] = "process"
         else:
             out["reason"] = "neither /proc/self/status nor getrusage gives this process's peak RSS here"
     return out
 
 
 def host_memory_at_end(after_measure: dict[str, Any]) -> dict[str, Any]:
-    """The after-measure figures plus the high-water mark when the record is built."""
+    """The after-measure figures plus the high-water mark when the record is built (since the
+    reset, when there was one), and the whole process's peak up to then."""
     out = dict(after_measure)
     hwm = _status_kib("VmHWM")
     if hwm is not None:
         out["end_peak_rss_bytes"] = hwm * 1024
+        out["process_peak_rss_bytes"] = max(hwm * 1024, int(out.get("process_peak_rss_bytes") or 0))
     return out
 
 
@@ -184,17 +227,22 @@ def device_memory(device: str, baseline: dict[str, Any], torch_peak: TorchPeak |
                   monitor: dict[str, Any] | None) -> dict[str, Any]:
     """The record's `resources.device_memory` (harness.results.DeviceMemory) as a dict.
 
-    The headline is the torch allocator's max_memory_allocated for runtimes whose allocator is
-    torch's (it counts tensors: weights, activations, workspaces torch allocates; neither the
-    allocator's cache nor the CUDA context); otherwise NVML's reading of this process over the
-    measurement phase above its baseline before the session was created (what nvidia-smi lists:
-    the CUDA context, the runtime's arena and workspaces); where the process cannot be found in
-    NVML's list, the device's used memory above its baseline, which counts other processes too."""
+    The headline is one quantity for every runtime, so that budgets, comparisons and charts can
+    put cells on one axis: NVML's reading of this process over the measurement phase above its
+    baseline before the model or session was created (what nvidia-smi lists: the CUDA context,
+    the allocator's cache or the runtime's arena, workspaces). The torch allocator's peaks
+    (max_memory_allocated / max_memory_reserved: tensors only, neither the context nor the
+    cache) are kept beside it as detail, and are the headline only where NVML has no reading of
+    this process; where neither exists, the device's used memory above its baseline, which
+    counts other processes too. `method` says which; a reader compares two figures only when
+    their methods agree."""
     if not device.startswith("cuda"):
         return {"reason": "the cell runs on the CPU: its memory is the host's (host_memory)"}
     out: dict[str, Any] = {k: v for k, v in baseline.items() if k != "reason"}
     trace = (monitor or {}).get("trace") or []
-    measured = [r for r in trace if r.get("phase") in ("measure", "sustained")]
+    from harness.environment.monitor import MEASURE_PHASES
+
+    measured = [r for r in trace if r.get("phase") in MEASURE_PHASES]
     own = [int(r["process_memory_bytes"]) for r in measured if r.get("process_memory_bytes") is not None]
     used = [int(r["device_memory_used_bytes"]) for r in measured if r.get("device_memory_used_bytes") is not None]
     if own:
@@ -205,12 +253,10 @@ def device_memory(device: str, baseline: dict[str, Any], torch_peak: TorchPeak |
             "no NVML reading of this process during the measurement"
     if used:
         out["device_used_peak_bytes"] = max(used)
-    if torch_peak is not None and torch_peak.peak is not None:
-        out["torch_allocated_peak_bytes"] = torch_peak.peak.get("allocated_bytes")
-        out["torch_reserved_peak_bytes"] = torch_peak.peak.get("reserved_bytes")
-        out["peak_bytes"] = out["torch_allocated_peak_bytes"]
-        out["method"] = "torch_allocator"
-        return out
+    allocator = torch_peak.peak if torch_peak is not None else None
+    if allocator is not None:
+        out["torch_allocated_peak_bytes"] = allocator.get("allocated_bytes")
+        out["torch_reserved_peak_bytes"] = allocator.get("reserved_bytes")
     reasons = [r for r in (baseline.get("reason"), torch_peak.reason if torch_peak else None) if r]
     if own:
         base = out.get("process_baseline_bytes")
@@ -220,6 +266,12 @@ def device_memory(device: str, baseline: dict[str, Any], torch_peak: TorchPeak |
         else:
             out["peak_bytes"] = max(own) - int(base)
         out["method"] = "nvml_process"
+    elif allocator is not None and out.get("torch_allocated_peak_bytes") is not None:
+        out["peak_bytes"] = out["torch_allocated_peak_bytes"]
+        out["method"] = "torch_allocator"
+        reasons.append(f"NVML has no reading of this process ({out.get('process_reason') or 'not listed'}): the figure "
+                       "is torch's allocator peak (tensors only: no CUDA context, no allocator cache), another "
+                       "quantity than the NVML figure of other cells")
     elif used and out.get("device_used_baseline_bytes") is not None:
         out["peak_bytes"] = max(used) - int(out["device_used_baseline_bytes"])
         out["method"] = "nvml_device_used"

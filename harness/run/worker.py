@@ -302,13 +302,15 @@ def measure_latency(
     from harness.environment.energy import RaplMeter
     from harness.environment.monitor import GpuMonitor
     from harness.measure.stats import build_latency
-    from harness.run.resources import TorchPeak, host_memory_now
+    from harness.run.resources import HostPeak, TorchPeak, host_memory_now
 
     cell = run.cell
     monitor = GpuMonitor(gpu_index, cell.gpu.monitor_interval_ms, sample=cell.gpu.monitor)
     # Read at the measurement phase's boundaries, between the timed loops: the runtime's own
     # allocator peak (torch), and on a CPU cell the packages' RAPL energy counters.
     torch_peak = TorchPeak(runtime)
+    # The host's high-water mark is reset there too: the timed phase's peak, not prepare's.
+    host_peak = HostPeak()
     rapl = RaplMeter() if gpu_index is None else None
 
     def on_phase(name: str) -> None:
@@ -316,6 +318,7 @@ def measure_latency(
             run.warmup_started = time.time()
         monitor.phase(name)
         torch_peak.phase(name)
+        host_peak.phase(name)
         if rapl is not None:
             rapl.phase(name)
         run.phase(name)
@@ -333,7 +336,7 @@ def measure_latency(
                 result, stage_samples, timer_name, stage_names = _time_end_to_end(runtime, cell, dataset, on_phase)
         finally:
             monitor_data = monitor.stop()
-    host_after = host_memory_now()  # the high-water mark, read after the timed phase
+    host_after = host_memory_now(host_peak)  # the high-water mark since the timed phase began
     if lock.record is not None:
         run.controls["clocks"] = lock.record
     sustained = cell.protocol.sustained
