@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,12 @@ def test_memory_is_the_device_peak_on_a_gpu_and_the_host_rss_on_the_cpu() -> Non
 # -- a plan and the CLI ---------------------------------------------------------------------
 
 
-def _plan(folder: Path, tune: str = "", precisions: str = "precisions: [fp32, int8, int8-dynamic]") -> Path:
+def _plan(folder: Path, tune: str = "", precisions: str = "precisions: [fp32, int8, int8-dynamic]",
+          openvino: bool = False) -> Path:
+    """A CPU tune plan on the example detector, no `runtimes:` (every installed plug-in is
+    searched): ONNX Runtime's graph levels, and OpenVINO's hints (or its defaults only)."""
+    options = ("\n    openvino-cpu: {performance_hint: [latency, throughput], threads: [null]}" if openvino else
+               "\n    openvino-cpu: {performance_hint: [latency], threads: [null]}")
     plan = folder / "tune.yaml"
     plan.write_text(f"""
 name: tune-cpu
@@ -286,7 +292,7 @@ tune:
   subset_images: 3
   screen_protocol: {{min_iterations: 10, min_seconds: 0.1, warmup_seconds: 0.1}}
   options:
-    onnxruntime-cpu: {{graph_optimization_level: [all, disable], intra_op_num_threads: [null]}}
+    onnxruntime-cpu: {{graph_optimization_level: [all, disable], intra_op_num_threads: [null]}}{options}
 {tune}
 """)
     return plan
@@ -323,8 +329,12 @@ def test_the_space_comes_from_the_plugins(tmp_path: Path) -> None:
     assert any("onnxruntime-cuda" in n and "needs a GPU" in n for n in notes)
     space = build_space(loaded, [1])
     by = {(c.name, c.precision): c for c in space.candidates}
-    assert set(by) == {(n, p) for n in ("onnxruntime-cpu", "onnxruntime-cpu graph_optimization_level=disable")
-                       for p in ("fp32", "int8", "int8-dynamic")}
+    ort = {(n, p) for n in ("onnxruntime-cpu", "onnxruntime-cpu graph_optimization_level=disable")
+           for p in ("fp32", "int8", "int8-dynamic")}
+    # OpenVINO, where installed, with the one hint the plan's tune.options leave it (it has no
+    # dynamic quantization; fp16 only where this CPU has FP16 arithmetic).
+    ov = {("openvino-cpu", p) for p in ("fp32", "int8", "fp16")} if find_spec("openvino") else set()
+    assert ort <= set(by) <= ort | ov and {("openvino-cpu", "fp32"), ("openvino-cpu", "int8")} & set(by) <= ov
     base = [c for c in space.candidates if c.baseline]
     assert [(b.name, b.precision) for b in base] == [("onnxruntime-cpu", "fp32")]
     for name in ("onnxruntime-cpu", "onnxruntime-cpu graph_optimization_level=disable"):
@@ -403,8 +413,9 @@ def test_the_plans_folder_is_one_property(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino", reason="the openvino extra: pip install -e '.[openvino]'")
     folder = tmp_path_factory.mktemp("tune")
-    done = _bench("tune", str(_plan(folder)), "--budget", "map_drop=0.5", "--max-minutes", "20",
+    done = _bench("tune", str(_plan(folder, openvino=True)), "--budget", "map_drop=0.5", "--max-minutes", "20",
                   "--output", str(folder / "out"), cwd=folder)
     assert done.returncode == 0, done.stderr[-4000:]
     [run] = (folder / "out" / "tune-cpu").iterdir()
@@ -417,8 +428,15 @@ def test_the_search_prunes_with_reasons_and_measures_the_survivors(tuned: dict[s
     by = {(c["name"], c["precision"]): c for c in result["candidates"]}
     assert by[("onnxruntime-cpu", "int8")]["outcome"] == "pruned"
     assert by[("onnxruntime-cpu", "int8")]["reason_kind"] == "invalid"
+    assert by[("openvino-cpu", "int8")]["reason_kind"] == "invalid"  # no calibration split either
     measured = [c for c in result["candidates"] if c["outcome"] == "measured"]
-    assert len(measured) == 4  # 2 graph levels x fp32, int8-dynamic
+    # ONNX Runtime: 2 graph levels x fp32, int8-dynamic; OpenVINO: 2 performance hints x fp32
+    # (it has no dynamic quantization, and fp16 is a candidate only where this CPU has it).
+    assert {(c["name"], c["precision"]) for c in measured} >= {
+        ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu graph_optimization_level=disable", "fp32"),
+        ("onnxruntime-cpu", "int8-dynamic"), ("onnxruntime-cpu graph_optimization_level=disable", "int8-dynamic"),
+        ("openvino-cpu", "fp32"), ("openvino-cpu performance_hint=throughput", "fp32")}
+    assert all(c["precision"] == "fp16" for c in measured if c["name"].startswith("openvino") and c["precision"] != "fp32")
     for c in measured:
         assert c["screen_latency_ms"] > 0 and c["latency_ms"] > 0 and c["cell_id"]
         # The worker's peak host RSS (the CPU is the device), from the record's resources.

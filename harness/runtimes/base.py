@@ -189,7 +189,8 @@ class Runtime(ABC):
             return None
         nms = self._nms_stages()
         if nms is not None:
-            return nms.facts()  # type: ignore[no-any-return]
+            facts_here: dict[str, Any] = nms.facts()
+            return facts_here
         facts = self.source.in_graph_nms(self.plugin.name)
         return None if facts is None else {"placement": self.cell.nms, **facts}
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.runtimes.plugin import RuntimePlugin, RuntimeSettings
+from harness.runtimes.plugin import RuntimePlugin, RuntimeSettings, TuneOption
 
 
 class OvInt8Settings(BaseModel):
@@ -50,6 +50,14 @@ class OpenVinoSettings(RuntimeSettings):
     int8: OvInt8Settings = OvInt8Settings()
 
 
+# What `bench tune` varies: the throughput hint runs several streams (each request on fewer
+# threads), and one thread against the pinned cores shows whether the model gains from
+# OpenVINO's parallel kernels at all (None: the harness's default, one per pinned core).
+TUNE = (
+    TuneOption("performance_hint", ("latency", "throughput")),
+    TuneOption("threads", (None, 1)),
+)
+
 PLUGINS = [
     RuntimePlugin(
         name="openvino-cpu",
@@ -69,5 +77,6 @@ PLUGINS = [
         # FP16 on a CPU is an instruction-set question (AVX512-FP16, AMX-FP16), answered by
         # the device's OPTIMIZATION_CAPABILITIES when the cell runs, not by the plan.
         cpu_fp16=True,
+        tune_options=TUNE,
     )
 ]
