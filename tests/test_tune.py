@@ -172,6 +172,18 @@ def _measured(cell_id: str, processes: list[float], ap: float | None = 40.0, mem
 BUDGET = Budget(map_drop=0.5)
 
 
+def test_the_memory_front_holds_one_way_of_reading_device_memory() -> None:
+    from harness.tune.search import _with_fronts
+
+    # The allocator's figure (tensors only) looks smaller than NVML's (context and cache too):
+    # on one axis it would dominate for the wrong reason.
+    nvml_a = _measured("nvml-a", [5.0], memory=900).model_copy(update={"memory_kind": "device", "memory_method": "nvml_process"})
+    nvml_b = _measured("nvml-b", [4.0], memory=1200).model_copy(update={"memory_kind": "device", "memory_method": "nvml_process"})
+    torch_c = _measured("torch-c", [6.0], memory=100).model_copy(update={"memory_kind": "device", "memory_method": "torch_allocator"})
+    fronts = {c.name: c.on_front_memory for c in _with_fronts([nvml_a, nvml_b, torch_c], "device")}
+    assert fronts == {"nvml-a": True, "nvml-b": True, "torch-c": False}
+
+
 def test_a_missing_memory_figure_loses_a_tie() -> None:
     unknown = _measured("unknown", [10.0, 11.0, 12.0], memory=None)
     known = _measured("known", [10.5, 11.5, 12.5], memory=500)

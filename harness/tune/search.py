@@ -657,8 +657,15 @@ def _with_fronts(candidates: list[TuneCandidate], memory_kind: str) -> list[Tune
     measured = [c for c in candidates if c.latency_ms is not None]
     map_points = [pareto.Point(c.cell_id or c.name, c.latency_ms, c.ap) for c in measured  # type: ignore[arg-type]
                   if c.ap is not None]
+    with_memory = [c for c in measured if c.memory_bytes is not None and c.memory_kind == memory_kind]
+    if memory_kind == "device":
+        # Device memory read two ways (NVML's per-process figure, torch's allocator peak where
+        # NVML cannot see the process) is two quantities: the front holds one, NVML's if any.
+        methods = [c.memory_method for c in with_memory]
+        keep = "nvml_process" if "nvml_process" in methods else max(set(methods), key=methods.count, default=None)
+        with_memory = [c for c in with_memory if c.memory_method == keep]
     mem_points = [pareto.Point(c.cell_id or c.name, c.latency_ms, float(c.memory_bytes))  # type: ignore[arg-type]
-                  for c in measured if c.memory_bytes is not None and c.memory_kind == memory_kind]
+                  for c in with_memory]
     map_front = {p.key for p in pareto.front(map_points, higher_is_better=True)}
     mem_front = {p.key for p in pareto.front(mem_points, higher_is_better=False)}
     for c in candidates:
