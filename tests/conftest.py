@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_nvml import FakeGpu, FakeNvml
 
 
 @functools.cache
@@ -52,3 +55,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if reason:
                     item.add_marker(pytest.mark.skip(reason=f"needs {marker}: {reason}"))
                     break
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
+    """A one-GPU fake NVML in place of pynvml (tests/fake_nvml.py), for the GPU paths on a CPU."""
+    fake = FakeNvml([FakeGpu()])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    yield fake

@@ -368,8 +368,8 @@ def test_a_real_cpu_plan_with_passing_and_failing_budgets(tmp_path: Path) -> Non
 
 
 def test_peak_rss_matches_usr_bin_time_of_the_same_worker(tmp_path: Path) -> None:
-    """The worker's own figure against `/usr/bin/time -v`'s "Maximum resident set size" of the
-    same worker command: within 5% (the record is written after its last reading)."""
+    """The worker's whole-process figure against `/usr/bin/time -v`'s "Maximum resident set
+    size" of the same worker command: within 5% (the record is written after its last reading)."""
     pytest.importorskip("onnxruntime")
     if not Path("/usr/bin/time").exists():
         pytest.skip("GNU time is not installed at /usr/bin/time")
@@ -391,8 +391,11 @@ def test_peak_rss_matches_usr_bin_time_of_the_same_worker(tmp_path: Path) -> Non
     assert found, done.stderr[-2000:]
     time_bytes = int(found.group(1)) * 1024
     host = json.loads(result.read_text())["resources"]["host_memory"]
-    assert abs(host["end_peak_rss_bytes"] - time_bytes) <= 0.05 * time_bytes, (host, time_bytes)
-    assert host["peak_rss_bytes"] <= host["end_peak_rss_bytes"]
+    # The whole process's peak is what GNU time sees; the figure verdicts use is the timed
+    # phase's own (the high-water mark reset when it began), never above the whole.
+    assert abs(host["process_peak_rss_bytes"] - time_bytes) <= 0.05 * time_bytes, (host, time_bytes)
+    assert host["peak_rss_scope"] in ("measure_phase", "process")
+    assert 20_000_000 < host["peak_rss_bytes"] <= host["process_peak_rss_bytes"]
     store.release_lock()
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
-from fake_nvml import FakeGpu, FakeNvml
+from fake_nvml import FakeNvml
 
 from harness.environment import nvml
 from harness.environment.monitor import (
@@ -203,14 +202,6 @@ def test_a_failing_sampler_does_not_crash_the_measurement() -> None:
 
 
 # -- without NVML, and with a fake NVML ---------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
-    fake = FakeNvml([FakeGpu()])
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    yield fake
 
 
 def test_without_nvml_the_monitor_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

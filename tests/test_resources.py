@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +134,6 @@ def test_rapl_on_this_machine_is_a_figure_or_null_with_a_reason() -> None:
 
 
 # ----------------------------------------------------------------------------- NVML energy
-
-
-@pytest.fixture
-def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
-    fake = FakeNvml([FakeGpu()])
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    yield fake
 
 
 def _drive(monitor: GpuMonitor, gpu: FakeGpu, clock: FakeClock, *, warmup: int = 3, measure: int = 50,

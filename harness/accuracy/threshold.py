@@ -24,29 +24,28 @@ import numpy as np
 Box = tuple[float, float, float, float]  # COCO xywh
 
 
-def _iou_matrix(dets: np.ndarray, gts: np.ndarray) -> np.ndarray:
-    """IoU of each detection (rows) with each box (columns), boxes as xywh."""
+def _intersection(dets: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Area of overlap of each detection (rows) with each box (columns), boxes as xywh."""
     dx1, dy1 = dets[:, 0:1], dets[:, 1:2]
     dx2, dy2 = dx1 + dets[:, 2:3], dy1 + dets[:, 3:4]
-    gx1, gy1 = gts[:, 0], gts[:, 1]
-    gx2, gy2 = gx1 + gts[:, 2], gy1 + gts[:, 3]
-    iw = np.clip(np.minimum(dx2, gx2) - np.maximum(dx1, gx1), 0, None)
-    ih = np.clip(np.minimum(dy2, gy2) - np.maximum(dy1, gy1), 0, None)
-    inter = iw * ih
+    bx1, by1 = boxes[:, 0], boxes[:, 1]
+    bx2, by2 = bx1 + boxes[:, 2], by1 + boxes[:, 3]
+    iw = np.clip(np.minimum(dx2, bx2) - np.maximum(dx1, bx1), 0, None)
+    ih = np.clip(np.minimum(dy2, by2) - np.maximum(dy1, by1), 0, None)
+    return np.asarray(iw * ih)
+
+
+def _iou_matrix(dets: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU of each detection (rows) with each box (columns), boxes as xywh."""
+    inter = _intersection(dets, gts)
     union = dets[:, 2:3] * dets[:, 3:4] + gts[:, 2] * gts[:, 3] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def _crowd_cover(dets: np.ndarray, crowds: np.ndarray) -> np.ndarray:
     """Intersection over the detection's area, against each crowd region (COCO's crowd rule)."""
-    dx1, dy1 = dets[:, 0:1], dets[:, 1:2]
-    dx2, dy2 = dx1 + dets[:, 2:3], dy1 + dets[:, 3:4]
-    cx1, cy1 = crowds[:, 0], crowds[:, 1]
-    cx2, cy2 = cx1 + crowds[:, 2], cy1 + crowds[:, 3]
-    iw = np.clip(np.minimum(dx2, cx2) - np.maximum(dx1, cx1), 0, None)
-    ih = np.clip(np.minimum(dy2, cy2) - np.maximum(dy1, cy1), 0, None)
     area = dets[:, 2:3] * dets[:, 3:4]
-    return np.where(area > 0, iw * ih / np.where(area > 0, area, 1), 0.0)
+    return np.where(area > 0, _intersection(dets, crowds) / np.where(area > 0, area, 1), 0.0)
 
 
 def match_detections(
