@@ -23,6 +23,10 @@ import argparse
 import errno
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 from harness import __version__
 from harness.errors import UserError
@@ -30,8 +34,17 @@ from harness.errors import UserError
 COMMANDS = ("run", "validate", "env", "report", "compare", "make-sample", "merge", "serve", "tune")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a failed write of help or usage text is raised, not swallowed
+    (Python's argparse ignores OSError there), so a closed pipe ends --help with 141 too."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if message:
+            (file or sys.stderr).write(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bench",
         description="Reproducible latency and accuracy benchmarks for exported object detectors. "
         "`bench PLAN.yaml` runs a plan; `bench` alone runs the bundled quickstart.",
@@ -118,13 +131,26 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a command killed by a closed pipe 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(_normalise(list(sys.argv[1:] if argv is None else argv)))
-        return _dispatch(args)
+        code = _dispatch(args)
+        # What is still buffered must reach the reader now, where a closed pipe can be told
+        # apart, not at the interpreter's exit (which prints "Exception ignored" and exits 120).
+        sys.stdout.flush()
+        return code
     except UserError as exc:
         return _fail(f"bench: error: {exc}", 2)
     except KeyboardInterrupt:
         return _fail("bench: interrupted", 130)
     except BrokenPipeError:
         return _reader_gone()
+    except SystemExit:
+        # argparse's --help and usage errors exit from inside parse_args; their text may still
+        # sit in stdout's buffer (or not, with PYTHONUNBUFFERED): flush it here so a closed
+        # pipe ends the same way either way.
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _reader_gone()
+        raise
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -473,8 +473,10 @@ server:
 
 
 def run_bench(plan: Path, out: Path) -> Path:
+    # From the plan's folder: the artifacts cache (the sample dataset) is made under the working
+    # folder, and the checkout may be read-only (the image's test service mounts it so).
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(plan), "--output", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, cwd=plan.parent, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     runs = sorted(out.glob("*/*/results.json"))
     return runs[-1].parent
