@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from extras import skip_without_ultralytics
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-pytest.importorskip("ultralytics", reason="the yolo extra: pip install -e '.[yolo]'")
+skip_without_ultralytics()
 pytest.importorskip("openvino", reason="the openvino extra: pip install -e '.[openvino]'")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from extras import skip_without_ultralytics
 
 from harness.errors import UserError
 from harness.plan.cells import Cell
@@ -194,7 +195,7 @@ def test_a_yolo_model_reaches_litert_only_through_litert_torch(tmp_path: Path) -
 @pytest.mark.slow
 def test_yolo_exported_by_ultralytics_to_litert_matches_its_pytorch_model(tmp_path: Path, monkeypatch: Any) -> None:
     pytest.importorskip("litert_torch", reason="litert-torch is not installed (the litert-export extra)")
-    pytest.importorskip("ultralytics", reason="the yolo extra")
+    skip_without_ultralytics()
     import torch
 
     from harness.models.yolo.source import YoloSource

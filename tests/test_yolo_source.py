@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extras import skip_without_ultralytics
 
 from harness.errors import WeightsUnavailable
 from harness.plan.expand import expand
 from harness.plan.schema import Plan
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("ultralytics", reason="the yolo extra: pip install -e '.[yolo]'")
+skip_without_ultralytics()
 ort = pytest.importorskip("onnxruntime")
 
 RES = 320  # a multiple of 32, small for CI
