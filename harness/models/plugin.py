@@ -40,6 +40,31 @@ CAPABILITIES = {"torch": "a PyTorch model", "rfdetr": "an rfdetr model object", 
 Problems = list[tuple[str, str]]
 
 
+def model_file_check(kind: str) -> Callable[[Any, Path | None], Problems]:
+    """The plan check of a source that is one model file at `path` (kind "onnx" -> `.onnx`):
+    the file must exist, and `variant` / `weights` (other than `random`) have no meaning."""
+    article = "an" if kind[0] in "aeiou" else "a"
+
+    def check(spec: Any, plan_dir: Path | None) -> Problems:
+        problems: Problems = []
+        if not spec.path:
+            problems.append(("", f"{article} {kind} model needs `path` to the .{kind} file"))
+        elif plan_dir is not None:
+            path = Path(spec.path).expanduser()
+            path = path if path.is_absolute() else plan_dir / path
+            if not path.is_file():
+                what = "is not a file" if path.exists() else "does not exist"
+                problems.append(("path", f"`{spec.path}` {what} (looked for {path}); expected the model's .{kind} file"))
+        if spec.variant:
+            problems.append(("variant", f"`variant` is for rfdetr models; {article} {kind} model is the file at `path`"))
+        if spec.weights not in (None, "random"):
+            problems.append(("weights", f"{article} {kind} model's weights are the file itself: leave `weights` out, or "
+                                        "write `random` to state that the file holds random weights"))
+        return problems
+
+    return check
+
+
 def _no_problems(spec: Any, plan_dir: Path | None) -> Problems:
     return []
 
