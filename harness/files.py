@@ -23,6 +23,7 @@ OSError(ENOSPC) with the file's name; `is_disk_full` tells it apart.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import secrets
@@ -248,3 +249,12 @@ def replacing(path: Path, *, root: Path | None = None) -> Iterator[io.BytesIO]:
     buffer = io.BytesIO()
     yield buffer
     write_replace(path, buffer.getvalue(), root=root)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (read in 1 MiB blocks): checkpoints, engines, annotations."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -95,14 +95,6 @@ def read_coco_images(annotations: Path) -> list[CalibrationImage]:
     return [out[k] for k in sorted(out)]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def canonical_json(value: Any) -> str:
     """One spelling per value: sorted keys, no whitespace, ASCII, no NaN."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)

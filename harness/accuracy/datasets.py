@@ -30,13 +30,13 @@ from harness.accuracy.calibration import (
     CalibrationError,
     CalibrationSet,
     choose_from_split,
-    file_sha256,
     ids_sha256,
     read_coco_images,
     selection_rank,
     split_ids,
 )
 from harness.errors import UserError
+from harness.files import file_sha256
 
 if TYPE_CHECKING:
     from harness.plan.cells import Cell

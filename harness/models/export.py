@@ -16,7 +16,6 @@ while it runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from typing import Any, TextIO
 
 from harness import files
 from harness.environment.fingerprint import short_hash
+from harness.files import file_sha256
 from harness.models.base import OnnxArtifact
 
 ONNX_FILE = "model.onnx"
@@ -37,14 +37,6 @@ META_FILE = "meta.json"
 
 def cache_key(key_fields: dict[str, Any]) -> str:
     return short_hash(key_fields)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -24,9 +24,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from harness.errors import WeightsUnavailable
+from harness.files import file_sha256
 from harness.models.base import ImageMeta, ModelSource, OnnxArtifact
 from harness.models.detections import Detections
-from harness.models.export import file_sha256, redirect_fds
+from harness.models.export import redirect_fds
 from harness.models.rfdetr.variants import VARIANTS
 
 RANDOM_SEED = 0

@@ -39,9 +39,10 @@ import numpy as np
 
 from harness.accuracy.coco_names import coco91_class_names
 from harness.errors import WeightsUnavailable
+from harness.files import file_sha256
 from harness.models.base import ImageMeta, ModelSource, OnnxArtifact
 from harness.models.detections import Detections
-from harness.models.export import file_sha256, redirect_fds
+from harness.models.export import redirect_fds
 from harness.models.torchvision import VARIANTS, TorchvisionOptions, Variant
 from harness.plan.schema import DecoderSpec, Preprocess
 

@@ -436,7 +436,7 @@ def _node_set(nodes: Sequence[Any]) -> dict[str, Any]:
 
 def _facts(request: Request, key: str, path: Path, notes: list[str], calibration_cached: bool | None,
            final: Path) -> dict[str, Any]:
-    from harness.models.export import file_sha256
+    from harness.files import file_sha256
 
     s = request.settings
     facts: dict[str, Any] = {

@@ -44,7 +44,7 @@ from harness.accuracy.calibration import (
 )
 from harness.accuracy.datasets import default_cache_root, split_calibration_set
 from harness.errors import UserError
-from harness.models.export import file_sha256
+from harness.files import file_sha256
 from harness.runtimes.plugin import SettingsProblem
 from harness.runtimes.tensorrt.settings import (
     BUILDER_FIELDS,
