@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.files import file_sha256
+
 CALIBRATION_KEY_SCHEME = 1
 SELECTION_RULE = "smallest sha256(f'{seed}:{image_id}') over every image in the annotations"
 
@@ -127,6 +129,19 @@ class CalibrationSet:
 
     def paths(self) -> list[Path]:
         return [self.images_dir / im.file_name for im in self.images]
+
+    @classmethod
+    def of_files(cls, images: Sequence[CalibrationImage], images_dir: Path, annotations: Path, *, seed: int,
+                 pool_size: int, source: str, overlaps_evaluation: bool) -> CalibrationSet:
+        """The set of the chosen images, each of which must be a file in `images_dir`
+        (CalibrationError naming the first missing ones), with the annotations' sha256."""
+        missing = [str(images_dir / im.file_name) for im in images if not (images_dir / im.file_name).is_file()]
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise CalibrationError(f"{len(missing)} chosen calibration image(s) are missing: {shown}")
+        return cls(images=tuple(images), images_dir=images_dir, annotations=annotations,
+                   annotations_sha256=file_sha256(annotations), seed=seed, pool_size=pool_size, source=source,
+                   overlaps_evaluation=overlaps_evaluation)
 
     def key(self, *, calibrator: str, input_shape: Sequence[int], preprocess: str) -> str:
         """Identity of a calibration cache: same images, same algorithm, same input, same

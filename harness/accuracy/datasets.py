@@ -36,7 +36,6 @@ from harness.accuracy.calibration import (
     split_ids,
 )
 from harness.errors import UserError
-from harness.files import file_sha256
 
 if TYPE_CHECKING:
     from harness.plan.cells import Cell
@@ -276,17 +275,8 @@ def split_calibration_set(cell: Cell, n: int | None, cache_root: Path | None = N
     except ValueError as exc:
         raise CalibrationError(f"dataset.calibration.images {exc}") from None
     chosen = choose_from_split(pool, split, n, spec.calibration.seed)
-    missing = [str(images_dir / im.file_name) for im in chosen if not (images_dir / im.file_name).is_file()]
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise CalibrationError(f"{len(missing)} chosen calibration image(s) are missing: {shown}")
-    return CalibrationSet(
-        images=chosen,
-        images_dir=images_dir,
-        annotations=annotations,
-        annotations_sha256=file_sha256(annotations),
-        seed=spec.calibration.seed,
-        pool_size=len(split),
+    return CalibrationSet.of_files(
+        chosen, images_dir, annotations, seed=spec.calibration.seed, pool_size=len(split),
         source="plan dataset calibration split" + (" (generated sample)" if spec.sample else ""),
         overlaps_evaluation=False,
     )

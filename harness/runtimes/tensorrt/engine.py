@@ -287,20 +287,8 @@ def select_calibration_images(
         raise CalibrationError(f"calibration images folder {images_dir} does not exist")
     pool = read_coco_images(annotations)
     chosen = choose_images(pool, settings.calibration_images, settings.calibration_seed)
-    missing = [str(images_dir / im.file_name) for im in chosen if not (images_dir / im.file_name).is_file()]
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise CalibrationError(f"{len(missing)} chosen calibration image(s) are missing: {shown}")
-    return CalibrationSet(
-        images=chosen,
-        images_dir=images_dir,
-        annotations=annotations,
-        annotations_sha256=file_sha256(annotations),
-        seed=settings.calibration_seed,
-        pool_size=len(pool),
-        source=source,
-        overlaps_evaluation=overlaps,
-    )
+    return CalibrationSet.of_files(chosen, images_dir, annotations, seed=settings.calibration_seed,
+                                   pool_size=len(pool), source=source, overlaps_evaluation=overlaps)
 
 
 def calibration_batches(count: int, batch: int) -> list[range]:
