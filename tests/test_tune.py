@@ -10,6 +10,7 @@ import subprocess
 import sys
 from importlib.util import find_spec
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from harness.results import CellRecord, TuneCandidate
 from harness.tune.pareto import Point, dominated_keys, dominates, front
 from harness.tune.search import (
     Budget,
+    BudgetedLauncher,
     _Estimate,
     _memory,
     _Screened,
@@ -27,6 +29,7 @@ from harness.tune.search import (
     apply_limit,
     nothing_survived,
     parse_budget,
+    runtime_round_robin,
     screen_verdict,
     stage2_skip,
 )
@@ -109,6 +112,38 @@ def test_the_candidate_limit_never_cuts_a_baseline() -> None:
     assert [c.name for c in kept] == ["base", "o0"]
     assert base.pruned is None and others[0].pruned is None
     assert all(c.pruned == ("limit", "not tried: tune.max_candidates is 1") for c in others[1:])
+
+
+def test_a_limit_tries_every_runtime_before_a_second_option_of_any() -> None:
+    """The H200 tune's space (torch, rfdetr-optimized, then four ONNX Runtime CUDA options):
+    in the space's order a tight budget screened torch and rfdetr and never reached ONNX
+    Runtime, the fastest there."""
+    def cand(runtime: str, name: str, baseline: bool = False) -> Candidate:
+        return Candidate(0, "m", runtime, "fp32", 1, {}, {}, name, baseline=baseline)
+
+    space = [cand("torch", "torch", True), cand("torch", "torch fp16"), cand("rfdetr-optimized", "ts"),
+             cand("rfdetr-optimized", "ts fp16"), *(cand("onnxruntime-cuda", f"ort{i}") for i in range(4))]
+    kept = apply_limit(space, 3)
+    assert [c.name for c in kept] == ["torch", "torch fp16", "ts", "ort0"]
+    assert runtime_round_robin(space, lambda c: c.runtime, lambda c: c.baseline)[4:] == [space[3], space[5], space[6], space[7]]
+
+
+def test_the_screening_launcher_asks_in_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.tune.search as search
+
+    monkeypatch.setattr(search, "outcome_record", lambda cell, status, why, when: {"status": status})
+    asked: list[str] = []
+    done: list[str] = []
+
+    def refuse(unit: Any) -> str:
+        asked.append(unit.key)
+        return "not tried"
+
+    units = [SimpleNamespace(key=k, cell=SimpleNamespace(runtime=SimpleNamespace(name=r)))
+             for k, r in [("a1", "a"), ("a2", "a"), ("b1", "b")]]
+    launcher = BudgetedLauncher(refuse, order=lambda us: runtime_round_robin(us, lambda u: u.cell.runtime.name, lambda u: False))
+    launcher.run(units, None, SimpleNamespace(done=lambda unit, record: done.append(unit.key)))  # type: ignore[arg-type]
+    assert asked == done == ["a1", "b1", "a2"]
 
 
 def test_nothing_survived_lists_the_pruned_and_blames_a_failed_run_with_1() -> None:
@@ -210,6 +245,26 @@ def test_every_candidate_inside_the_tie_is_considered() -> None:
     assert winner == "third" and tie is not None and "higher mAP" in tie
     assert "fast, runner, third tie" in tie and "far" not in tie
     assert "11.4 ms" in why
+
+
+def test_a_far_slower_configuration_the_test_cannot_separate_is_no_tie() -> None:
+    """The H200 tune of RF-DETR Nano (2 processes a side, docs/performance.md): eager torch at
+    12 ms was "not significantly slower" than ONNX Runtime with CUDA graphs at 3.1 ms (p = 0.15)
+    and, as a tie decided by memory, won. Beyond the tie margin the lower median decides, and
+    the result says the order is not established."""
+    graphs = _measured("ort-graphs", [3.126688, 3.092544], memory=1_004_535_808)
+    ort = _measured("ort", [4.215616, 3.903680], memory=968_884_224)
+    eager = _measured("torch", [15.788128, 8.303440], memory=912_261_120)
+    winner, why, tie = _winner([eager, ort, graphs], BUDGET)
+    assert winner == "ort-graphs" and "the lowest latency" in why and "tied" not in why
+    assert tie is not None and "no tie" in tie and "more processes would tell" in tie
+    assert "torch: Welch's t-test on log process medians, p = 0.15, change +" in tie
+    # Within the margin the same pair ties, and memory decides.
+    close = _measured("close", [3.2, 3.1], memory=900_000_000)
+    winner, _, tie = _winner([close, graphs], BUDGET)
+    assert winner == "close" and tie is not None and "within 5% of its median" in tie and "lower memory" in tie
+    winner, _, _ = _winner([close, graphs], BUDGET, margin_pct=1.0)
+    assert winner == "ort-graphs"
 
 
 def test_a_p99_search_names_its_figure_and_its_tests_inputs() -> None:

@@ -376,6 +376,10 @@ class TuneSpec(Strict):
     # exact budget there would prune configurations the full pass keeps. The final verdict uses
     # the exact budget. At least 1 (below it, screening would be stricter than the verdict).
     screen_map_margin: Annotated[float, Field(ge=1.0, le=100.0)] = 2.0
+    # A configuration ties with the fastest only when the test cannot tell them apart AND its
+    # median is within this many percent of the fastest's: with 2-3 processes a side the test
+    # cannot tell a 4x slower configuration from the fastest, which is no tie.
+    tie_margin_pct: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
 
 
 class Plan(Strict):

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -55,9 +55,12 @@ from harness.tune.space import Candidate, Space, build_space, plan_with
 # ranks candidates, far from the full protocol's.
 SCREEN_DEFAULTS: dict[str, Any] = {"warmup_iterations": 5, "warmup_seconds": 0.5, "min_iterations": 30,
                                    "min_seconds": 1.0, "max_seconds": 30.0, "repeats": 1, "sustained": None}
-# A p-value threshold, not a relative distance: a configuration whose processes' figures
-# Welch's t-test cannot tell from the fastest's at this level (p >= it) ties with the fastest.
+# A configuration ties with the fastest when Welch's t-test cannot tell their processes'
+# figures apart at this level (p >= it) and its median is within TIE_MARGIN_PCT of the fastest's
+# (the plan's tune.tie_margin_pct). Not significant alone is no tie: with 2-3 processes a side
+# the test has so little power that it cannot tell a 4x slower configuration from the fastest.
 TIE_P_VALUE = 0.05
+TIE_MARGIN_PCT = 5.0
 
 
 @dataclass(frozen=True)
@@ -165,11 +168,28 @@ def _cand_key(c: Candidate) -> tuple[str, str, str, int]:
     return (c.model, c.name, c.precision, c.batch)
 
 
+T = TypeVar("T")
+
+
+def runtime_round_robin(items: Sequence[T], runtime_of: Callable[[T], str], first: Callable[[T], bool]) -> list[T]:
+    """`items` with those `first` picks ahead, then one of each runtime in turn (each runtime's
+    own order kept): a limit or a time budget that stops part-way has still tried every runtime,
+    rather than every option of the runtimes the plan happens to list first."""
+    queues: dict[str, list[T]] = {}
+    for item in items:
+        if not first(item):
+            queues.setdefault(runtime_of(item), []).append(item)
+    out = [item for item in items if first(item)]
+    while any(queues.values()):
+        out += [queue.pop(0) for queue in queues.values() if queue]
+    return out
+
+
 def apply_limit(alive: list[Candidate], limit: int) -> list[Candidate]:
     """The candidates to screen, the baselines first: every baseline (without one no mAP drop
-    exists, so they never count against the limit), then the first `limit` of the rest; those
-    past it are pruned as not tried."""
-    ordered = sorted(alive, key=lambda c: not c.baseline)  # stable: the space's order otherwise
+    exists, so they never count against the limit), then the first `limit` of the rest taken
+    one runtime at a time in turn; those past it are pruned as not tried."""
+    ordered = runtime_round_robin(alive, lambda c: c.runtime, lambda c: c.baseline)
     rest = [c for c in ordered if not c.baseline]
     for c in rest[limit:]:
         c.pruned = ("limit", f"not tried: tune.max_candidates is {limit}")
@@ -277,14 +297,16 @@ class BudgetedLauncher:
     name = "local"
 
     def __init__(self, decide: Callable[[WorkUnit], str | None],
-                 after: Callable[[WorkUnit, dict[str, Any], float], None] = lambda unit, record, wall: None):
+                 after: Callable[[WorkUnit, dict[str, Any], float], None] = lambda unit, record, wall: None,
+                 order: Callable[[Sequence[WorkUnit]], list[WorkUnit]] = list):
         self.decide = decide
         self.after = after
+        self.order = order
         self.inner = LocalLauncher()
         self.walls: dict[str, float] = {}
 
     def run(self, units: Sequence[WorkUnit], store: RunStore, events: Events) -> None:
-        for unit in units:
+        for unit in self.order(units):
             why = self.decide(unit)
             if why is not None:
                 events.done(unit, outcome_record(unit.cell, "skipped", why, utc_now()))
@@ -477,7 +499,13 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
         if measured:
             survivors_so_far.append(cand)
 
-    launcher = BudgetedLauncher(decide, note)
+    def baseline(unit: WorkUnit) -> bool:
+        cand = by_key.get(_cell_key(unit.cell))
+        return cand is not None and cand.baseline
+
+    # apply_limit's order for the cells too: the plan expands them runtime by runtime.
+    launcher = BudgetedLauncher(decide, note, order=lambda units: runtime_round_robin(
+        units, lambda u: u.cell.runtime.name, baseline))
     if alive:
         screen_plan = screening_plan(loaded, alive, space, protocol, subset_n)
         screen_loaded = _loaded(screen_plan, loaded, "# bench tune: screening run (stage 1)\n")
@@ -639,7 +667,8 @@ def _result(loaded: LoadedPlan, budget: Budget, space: Space, chosen: list[Candi
     # differ, the memory front and chart take the first measured cell's and leave the rest out.
     memory_kind = next((c.memory_kind for c in candidates if c.memory_kind), "host_rss")
     candidates = _with_fronts(candidates, memory_kind)
-    winner, why, tie = _winner(candidates, budget)
+    margin_pct = loaded.plan.tune.tie_margin_pct if loaded.plan.tune else TIE_MARGIN_PCT
+    winner, why, tie = _winner(candidates, budget, margin_pct)
     neighbours = _neighbours(candidates, winner, loaded.plan.tune.neighbours if loaded.plan.tune else 2)
     return TuneResult(
         plan_name=loaded.plan.name, budget_map_drop=budget.map_drop, latency_stat=budget.latency,  # type: ignore[arg-type]
@@ -675,13 +704,16 @@ def _with_fronts(candidates: list[TuneCandidate], memory_kind: str) -> list[Tune
     return out
 
 
-def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None, str, str | None]:
+def _winner(candidates: list[TuneCandidate], budget: Budget,
+            margin_pct: float = TIE_MARGIN_PCT) -> tuple[str | None, str, str | None]:
     """The fastest measured configuration within the budget, by the median over processes.
-    Every other one within the budget that is not significantly slower than the fastest
-    (Welch's t-test on the log of each process's statistic, p >= TIE_P_VALUE) ties with it; the
-    tie is decided by the higher mAP, then the lower memory (a missing figure loses), then the
-    lower median. With one process a side no test exists and the lower median decides, which
-    the result says."""
+    Another one within the budget ties with it when Welch's t-test on the log of each process's
+    statistic cannot tell them apart (p >= TIE_P_VALUE) and its median is at most `margin_pct`
+    percent slower; the tie is decided by the higher mAP, then the lower memory (a missing
+    figure loses), then the lower median. One that the test cannot tell apart but that is
+    further off is no tie: the result says the order is not established at these process
+    counts. With one process a side no test exists and the lower median decides, which the
+    result says."""
     from harness.measure.repeats import compare_processes
 
     within = sorted((c for c in candidates if c.within_budget and c.latency_ms is not None),
@@ -693,6 +725,7 @@ def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None
     fastest = within[0]
     tied = [fastest]
     untested: list[str] = []
+    unresolved: list[str] = []
     tests: list[str] = []
     for other in within[1:]:
         test = compare_processes(fastest.process_latency_ms, other.process_latency_ms)
@@ -700,9 +733,13 @@ def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None
             untested.append(f"{other.cell_id} is {test.change_pct:+.1f}% against it; {test.test}, so the lower "
                             "median decides")
         elif test.p_value >= TIE_P_VALUE:
-            tied.append(other)
-            tests.append(f"{other.cell_id}: {_test_label(test.test, stat)}, p = {test.p_value:.2g}, "
+            described = (f"{other.cell_id}: {_test_label(test.test, stat)}, p = {test.p_value:.2g}, "
                          f"change {test.change_pct:+.1f}%")
+            if abs(test.change_pct) <= margin_pct:
+                tied.append(other)
+                tests.append(described)
+            else:
+                unresolved.append(described)
 
     def ap(c: TuneCandidate) -> float:
         return c.ap if c.ap is not None else -math.inf
@@ -714,8 +751,12 @@ def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None
     why = (f"the lowest latency, {label} ({pick.latency_ms:.4g} ms"
            f"{' per image' if len(budget.batches) > 1 else ''}) among the {len(within)} measured configuration(s) "
            f"within {budget.map_drop:g} AP points of the baseline")
+    unsettled = (f"not significantly slower than the fastest but more than {margin_pct:g}% off its median, so no "
+                 f"tie: the lower median decides, and more processes would tell whether the order holds "
+                 f"({'; '.join(unresolved)})") if unresolved else None
     if len(tied) == 1:
-        return pick.cell_id, why, (untested[0] if untested else None)
+        notes = [n for n in (untested[0] if untested else None, unsettled) if n]
+        return pick.cell_id, why, ("; ".join(notes) or None)
     rest = [c for c in tied if c is not pick]
     same_ap = [c for c in rest if ap(c) == ap(pick)]
     if not same_ap:
@@ -731,7 +772,9 @@ def _winner(candidates: list[TuneCandidate], budget: Budget) -> tuple[str | None
                f"baseline; its latency, {label}, is {pick.latency_ms:.4g} ms"
                f"{' per image' if len(budget.batches) > 1 else ''}")
     names = ", ".join(str(c.cell_id) for c in tied)
-    return pick.cell_id, why, (f"{names} tie with the fastest ({'; '.join(tests)}); decided by {decided}")
+    tie = (f"{names} tie with the fastest (not significantly different and within {margin_pct:g}% of its median: "
+           f"{'; '.join(tests)}); decided by {decided}")
+    return pick.cell_id, why, (f"{tie}. {unsettled[0].upper()}{unsettled[1:]}" if unsettled else tie)
 
 
 def _test_label(label: str, stat: str) -> str:
