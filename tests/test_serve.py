@@ -639,3 +639,15 @@ def test_onnxruntime_cuda_with_dynamic_batching_on_and_off(tmp_path: Path) -> No
     batched = results.cells[1].serve
     assert batched is not None and batched.max_batch == 8
 
+
+
+def test_the_slo_line_says_once_that_no_open_loop_rate_met_it() -> None:
+    """The H200 server run's batched cell read "within it none of the rates tried; ... . no
+    open-loop rate met the SLO.": the note repeated the line, in lower case."""
+    from harness.report.serve import _slo_note
+
+    assert _slo_note("no open-loop rate met the SLO", no_open_rate=True) == ""
+    both = "no open-loop rate met the SLO; a level that met the SLO was limited by the load generator: the server may do more"
+    assert _slo_note(both, no_open_rate=True) == (" A level that met the SLO was limited by the load generator: "
+                                                  "the server may do more.")
+    assert _slo_note(None, no_open_rate=False) == ""

@@ -109,6 +109,10 @@ def test_random_weights_are_the_same_in_every_build_and_give_spread_scores(tmp_p
     assert float(scores.max()) < 1.0 and len(torch.unique(scores)) > 1000  # no ties, none saturated
     assert a.class_names[0] == "person" and len(a.class_names) == 80
     assert a.describe()["batchnorm_calibration"]
+    # The ship checklist's preprocessing item reads this (on the H200 run it said "missing").
+    pre = a.describe()["preprocess"]
+    assert pre["resize"] == "letterbox" and pre["letterbox_fill"] == 114 and pre["channel_order"] == "rgb"
+    assert pre["mean"] == [0.0, 0.0, 0.0] and pre["std"] == [1.0, 1.0, 1.0] and pre["value_scale"] == 255.0
 
 
 def test_a_checkpoint_loads_safely_and_code_in_a_pickle_is_refused(tmp_path: Path) -> None:

@@ -234,13 +234,14 @@ def markdown(views: list[CellView]) -> list[str]:
         if serve.slo is not None:
             slo = serve.slo
             bound = ", ".join(f"{k} ≤ {fmt.ms(getattr(slo, k + '_ms'))} ms" for k in ("p50", "p95", "p99") if getattr(slo, k + "_ms") is not None)
-            best = f"{fmt.num(slo.max_rate_rps, 1)} req/s" if slo.max_rate_rps is not None else "none of the rates tried"
+            best = (f"{fmt.num(slo.max_rate_rps, 1)} req/s" if slo.max_rate_rps is not None
+                    else f"none of the {sum(1 for lv in serve.levels if lv.mode == 'open')} rates tried")
             nxt = (f" (the next rate, {fmt.num(slo.first_failing_rate_rps, 1)} req/s, missed it)"
                    if slo.first_failing_rate_rps is not None and slo.max_rate_rps is not None else "")
             closed = (f"; closed loop: {fmt.num(slo.max_closed_throughput_rps, 1)} answers/s at concurrency {slo.max_closed_concurrency}"
                       if slo.max_closed_throughput_rps is not None else "")
             lines += ["", f"SLO {fmt.md(bound)}, errors ≤ {slo.max_error_share:.1%}: highest open-loop rate within it {best}{nxt}{closed}."
-                      + (f" {fmt.md(slo.note)}." if slo.note else "")]
+                      + _slo_note(slo.note, slo.max_rate_rps is None)]
         mon = serve.monitoring
         if mon is not None:
             lines += ["", f"Monitoring ({mon.requests} answers, {mon.rejected} refused): answers without a detection "
@@ -370,3 +371,10 @@ def compare_levels(
         out.append(c)
     unmatched += [f"B {level_name(lb)}" for i, lb in enumerate(b.levels) if i not in used]
     return out, unmatched
+
+
+def _slo_note(note: str | None, no_open_rate: bool) -> str:
+    """The SLO result's note as its own sentence, less what the line already says (that no
+    open-loop rate met the SLO)."""
+    parts = [p for p in (note or "").split("; ") if p and not (no_open_rate and p == "no open-loop rate met the SLO")]
+    return "".join(f" {fmt.md(p[0].upper() + p[1:])}." for p in parts)

@@ -209,6 +209,7 @@ class YoloSource(ModelSource):
             "random_weights": self.random_weights,
             "random_seed": RANDOM_SEED if self.weights_path is None else None,
             "build_s": self.build_s,
+            "preprocess": PREPROCESS.model_dump(mode="json"),
             "nms": self.options.model_dump(),
             "head": "NMS in graph (ultralytics nms=True)" if self.in_graph else "raw (NMS by the harness)",
             **self._facts,
