@@ -10,7 +10,8 @@
 #   int8     benchmarks/lease/int8-ladder.yaml        (FP32, FP16, INT8, INT8 k3 on the CUDA EP)
 #   serve    benchmarks/lease/server.yaml             (dynamic batching off and on)
 #   edge     benchmarks/lease/edge-detectors.yaml     (PyTorch and ORT CUDA, NMS placements)
-#   tune     bench tune benchmarks/lease/tune-nano.yaml, then its tuned.yaml re-measured
+#   tune     bench tune benchmarks/lease/$TUNE_PLAN.yaml (default tune-nano) with --max-minutes
+#            $TUNE_MIN (default 4.5), then its tuned.yaml re-measured
 # The machine goes back 30 s after a call and files outside the tree go with it, so the parts
 # travel in back-to-back calls. The cut plans say what they cut (benchmarks/lease/*.yaml).
 # Each step leaves its logs and run folders (without .onnx/.npz) under $OUT/STEP.tar.gz.
@@ -19,7 +20,6 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out" /tmp/runs /root/parts
 export PYTHONPATH=/tmp/ortsite:/tmp/site:$PWD PYTHONUNBUFFERED=1
 
-bench() { python3 -m harness "$@"; }
 pack() {  # pack STEP: the step's logs and run folders into one file under $OUT
   mkdir -p "/tmp/keep/$1" && mv /tmp/runs/* "/tmp/keep/$1/" 2>/dev/null
   tar -C "/tmp/keep/$1" -czf "$out/$1.tar.gz" --exclude='*.npz' --exclude='*.onnx' . 2>/dev/null

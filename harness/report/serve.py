@@ -19,7 +19,7 @@ from markupsafe import Markup
 from harness.report import charts, fmt
 from harness.report.charts import PALETTE, Scale, _e, _legend, _svg, _x_axis, _y_axis
 from harness.report.rundata import CellView
-from harness.results.serve import Histogram, Level, ServeResult
+from harness.results.serve import NO_OPEN_RATE_NOTE, NOTE_SEPARATOR, Histogram, Level, ServeResult
 
 LEVEL_CSV_COLUMNS = [
     "scenario", "level", "level_mode", "level_concurrency", "level_target_rps", "level_rate_of_peak",
@@ -376,5 +376,5 @@ def compare_levels(
 def _slo_note(note: str | None, no_open_rate: bool) -> str:
     """The SLO result's note as its own sentence, less what the line already says (that no
     open-loop rate met the SLO)."""
-    parts = [p for p in (note or "").split("; ") if p and not (no_open_rate and p == "no open-loop rate met the SLO")]
+    parts = [p for p in (note or "").split(NOTE_SEPARATOR) if p and not (no_open_rate and p == NO_OPEN_RATE_NOTE)]
     return "".join(f" {fmt.md(p[0].upper() + p[1:])}." for p in parts)

@@ -108,6 +108,12 @@ class ClientCapacity(Frozen):
     cpu_share: float | None = None
 
 
+# SloResult.note: its clauses joined by NOTE_SEPARATOR; the one that says no open-loop rate met
+# the SLO is known by its text, so the report can leave it out where its own sentence says so.
+NOTE_SEPARATOR = "; "
+NO_OPEN_RATE_NOTE = "no open-loop rate met the SLO"
+
+
 class SloResult(Frozen):
     p50_ms: float | None = None
     p95_ms: float | None = None

@@ -35,6 +35,8 @@ from harness import files
 from harness.plan.cells import Cell
 from harness.plan.server import ServerSpec, Slo
 from harness.results.serve import (
+    NO_OPEN_RATE_NOTE,
+    NOTE_SEPARATOR,
     ClientCapacity,
     Level,
     Monitoring,
@@ -286,7 +288,7 @@ def slo_result(levels: list[Level], slo: Slo) -> SloResult:
     best_closed = max(closed_ok, key=lambda lv: lv.throughput_rps, default=None)
     notes = []
     if open_levels and max_rate is None:
-        notes.append("no open-loop rate met the SLO")
+        notes.append(NO_OPEN_RATE_NOTE)
     if any(lv.client_limited for lv in levels if lv.meets_slo):
         notes.append("a level that met the SLO was limited by the load generator: the server may do more")
     return SloResult(
@@ -294,7 +296,7 @@ def slo_result(levels: list[Level], slo: Slo) -> SloResult:
         max_rate_rps=max_rate, first_failing_rate_rps=first_failing,
         max_closed_throughput_rps=best_closed.throughput_rps if best_closed else None,
         max_closed_concurrency=best_closed.concurrency if best_closed else None,
-        note="; ".join(notes) or None,
+        note=NOTE_SEPARATOR.join(notes) or None,
     )
 
 

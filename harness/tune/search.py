@@ -32,7 +32,7 @@ import yaml
 
 from harness.errors import UserError
 from harness.plan.load import LoadedPlan, parse_plan
-from harness.plan.schema import LatencyProtocol, Plan, SubsetSpec
+from harness.plan.schema import LatencyProtocol, Plan, SubsetSpec, TuneSpec
 from harness.results import (
     MEASURED_STATUSES,
     CellRecord,
@@ -60,7 +60,7 @@ SCREEN_DEFAULTS: dict[str, Any] = {"warmup_iterations": 5, "warmup_seconds": 0.5
 # (the plan's tune.tie_margin_pct). Not significant alone is no tie: with 2-3 processes a side
 # the test has so little power that it cannot tell a 4x slower configuration from the fastest.
 TIE_P_VALUE = 0.05
-TIE_MARGIN_PCT = 5.0
+TIE_MARGIN_PCT: float = TuneSpec.model_fields["tie_margin_pct"].default
 
 
 @dataclass(frozen=True)
@@ -455,13 +455,13 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
     console = console or make_console()
     clock = Clock()
     deadline = budget.max_minutes * 60.0
-    spec = plan.tune
-    subset_n = spec.subset_images if spec else 50
-    margin = spec.screen_map_margin if spec else 2.0
+    spec = plan.tune or TuneSpec()  # the section's defaults where the plan has none
+    subset_n = spec.subset_images
+    margin = spec.screen_map_margin
     per_image = len(budget.batches) > 1
     space = build_space(loaded, list(budget.batches))
     all_notes = [*notes, *space.notes]
-    alive = apply_limit(space.alive(), spec.max_candidates if spec else 200)
+    alive = apply_limit(space.alive(), spec.max_candidates)
     clock.step("space", f"{len(space.candidates)} candidates, {len(alive)} to screen")
     base = Path(output) if output is not None else Path(plan.output)
     plan_dir = loaded.plan_dir
@@ -499,13 +499,10 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
         if measured:
             survivors_so_far.append(cand)
 
-    def baseline(unit: WorkUnit) -> bool:
-        cand = by_key.get(_cell_key(unit.cell))
-        return cand is not None and cand.baseline
-
-    # apply_limit's order for the cells too: the plan expands them runtime by runtime.
-    launcher = BudgetedLauncher(decide, note, order=lambda units: runtime_round_robin(
-        units, lambda u: u.cell.runtime.name, baseline))
+    # The cells in apply_limit's order: the screening plan expands them runtime by runtime.
+    position = {_cand_key(c): i for i, c in enumerate(alive)}
+    launcher = BudgetedLauncher(decide, note, order=lambda units: sorted(
+        units, key=lambda u: position.get(_cell_key(u.cell), len(position))))
     if alive:
         screen_plan = screening_plan(loaded, alive, space, protocol, subset_n)
         screen_loaded = _loaded(screen_plan, loaded, "# bench tune: screening run (stage 1)\n")
@@ -667,9 +664,9 @@ def _result(loaded: LoadedPlan, budget: Budget, space: Space, chosen: list[Candi
     # differ, the memory front and chart take the first measured cell's and leave the rest out.
     memory_kind = next((c.memory_kind for c in candidates if c.memory_kind), "host_rss")
     candidates = _with_fronts(candidates, memory_kind)
-    margin_pct = loaded.plan.tune.tie_margin_pct if loaded.plan.tune else TIE_MARGIN_PCT
-    winner, why, tie = _winner(candidates, budget, margin_pct)
-    neighbours = _neighbours(candidates, winner, loaded.plan.tune.neighbours if loaded.plan.tune else 2)
+    spec = loaded.plan.tune or TuneSpec()
+    winner, why, tie = _winner(candidates, budget, spec.tie_margin_pct)
+    neighbours = _neighbours(candidates, winner, spec.neighbours)
     return TuneResult(
         plan_name=loaded.plan.name, budget_map_drop=budget.map_drop, latency_stat=budget.latency,  # type: ignore[arg-type]
         per_image=per_image, batches=list(budget.batches), scope=space.scope, max_minutes=budget.max_minutes,
