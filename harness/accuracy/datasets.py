@@ -21,6 +21,7 @@ import copy
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -245,6 +246,20 @@ def dataset_files(spec: DatasetSpec, plan_dir: Path, cache_root: Path) -> tuple[
         return sample_dataset_dir(Path(cache_root), spec.sample_images)
     assert spec.images and spec.annotations  # the schema guarantees both
     return _resolve(spec.images, plan_dir), _resolve(spec.annotations, plan_dir)
+
+
+def generate_sample_files(spec: DatasetSpec, plan_dir: Path, cache_root: Path) -> float | None:
+    """Generate the plan's sample dataset now if it is not cached yet; the seconds it took, or
+    None when nothing was made (a cached sample, or a COCO folder of the user's)."""
+    if not spec.sample:
+        return None
+    from harness.accuracy.sample import sample_dataset_paths
+
+    if sample_dataset_paths(Path(cache_root), spec.sample_images)[1].is_file():
+        return None
+    started = time.perf_counter()
+    dataset_files(spec, plan_dir, cache_root)
+    return time.perf_counter() - started
 
 
 def load_dataset(spec: DatasetSpec, plan_dir: Path, cache_root: Path) -> Dataset:

@@ -255,13 +255,19 @@ def make_sample_dataset(out_dir: Path, n_images: int = 24, seed: int = 0) -> tup
     return out_dir / IMAGES_DIRNAME, out_dir / ANNOTATIONS_FILENAME
 
 
+def sample_dataset_paths(cache_root: Path, n_images: int, seed: int = 0) -> tuple[Path, Path]:
+    """Where `sample_dataset_dir` keeps the sample (images folder, instances JSON), made or not."""
+    version = f"-v{SAMPLE_FORMAT_VERSION}" if SAMPLE_FORMAT_VERSION > 1 else ""
+    out_dir = Path(cache_root) / f"sample-{n_images}-{seed}{version}"
+    return out_dir / IMAGES_DIRNAME, out_dir / ANNOTATIONS_FILENAME
+
+
 def sample_dataset_dir(cache_root: Path, n_images: int, seed: int = 0) -> tuple[Path, Path]:
     """The sample in `cache_root/sample-<n>-<seed>` (`-v<version>` added from format 2 on, so a
     new drawing never reuses images cached by an older one): generated on first use, reused
     after. Safe when several worker processes ask at once: one rename wins, the others reuse it."""
-    version = f"-v{SAMPLE_FORMAT_VERSION}" if SAMPLE_FORMAT_VERSION > 1 else ""
-    out_dir = Path(cache_root) / f"sample-{n_images}-{seed}{version}"
-    result = out_dir / IMAGES_DIRNAME, out_dir / ANNOTATIONS_FILENAME
+    result = sample_dataset_paths(cache_root, n_images, seed)
+    out_dir = result[1].parent
     if result[1].is_file():
         return result
     try:

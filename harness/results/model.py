@@ -885,6 +885,7 @@ class HostMemory(Frozen):
     peak_rss_scope: str | None = None  # measure_phase | process
     process_peak_rss_bytes: int | None = None
     reset_reason: str | None = None
+    released_before_reset_bytes: int | None = None  # freed heap handed back to the OS first
     end_peak_rss_bytes: int | None = None
     rss_after_measure_bytes: int | None = None
     ru_maxrss_bytes: int | None = None

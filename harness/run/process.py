@@ -77,6 +77,7 @@ def run_unit_process(
     unit_rel, result_rel, log_rel = f"logs/.{key}.cell.json", f"cells/.{key}.result.json", f"logs/{cell.cell_id}.log"
     run_dir = store.run_dir
     result_tmp = run_dir / result_rel
+    handover = run_dir / "logs" / f".{key}.built.json"
     started_at = utc_now()
     try:
         log = store.open_append(log_rel)
@@ -84,16 +85,24 @@ def run_unit_process(
         return outcome_record(cell, "failed", str(exc), started_at, failure_kind="environmental", repeat=unit.repeat)
     with log:
         result_tmp.unlink(missing_ok=True)
+        handover.unlink(missing_ok=True)
         store.write_replace(unit_rel, unit.model_dump_json(), durable=False)
         repeat = "" if unit.repeat is None else f" repeat {unit.repeat}"
         log.write(f"--- {started_at} cell {cell.cell_id}{repeat}\n".encode())
         log.flush()
-        returncode, timed_out = _wait_for_worker(
-            [sys.executable, "-m", "harness.run.worker", str(run_dir), str(run_dir / unit_rel), str(result_tmp)],
-            log, {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}, cell.timeout_s,
-            run_dir / "logs" / f"{key}.phase", on_phase, poll_s,
-        )
+        argv = [sys.executable, "-m", "harness.run.worker", str(run_dir), str(run_dir / unit_rel), str(result_tmp),
+                str(handover)]
+        worker_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        phase_path = run_dir / "logs" / f"{key}.phase"
+        returncode, timed_out = _wait_for_worker(argv, log, worker_env, cell.timeout_s, phase_path, on_phase, poll_s)
+        if not timed_out and returncode == 0 and not result_tmp.is_file() and handover.is_file():
+            # The worker built the artifact: a fresh process, which finds it cached, times it
+            # (harness.run.worker's doc says why), under a timeout of its own.
+            log.write(f"--- {utc_now()} cell {cell.cell_id}{repeat}: timed in a fresh process after the build\n".encode())
+            log.flush()
+            returncode, timed_out = _wait_for_worker(argv, log, worker_env, cell.timeout_s, phase_path, on_phase, poll_s)
     (run_dir / unit_rel).unlink(missing_ok=True)
+    handover.unlink(missing_ok=True)
     files = {"log": log_rel}
     if not timed_out and returncode == 0 and result_tmp.is_file():
         try:

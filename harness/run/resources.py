@@ -31,6 +31,25 @@ def _status_kib(field: str, status: Path = Path("/proc/self/status")) -> int | N
     return None
 
 
+def _release_freed_memory(status: Path = Path("/proc/self/status")) -> int | None:
+    """Hands what prepare freed back to the OS before the high-water mark is reset: the reset
+    sets VmHWM to the current RSS, and glibc keeps freed heap resident, so without this a
+    process that quantized or converted a model (an artifact-cache miss) would carry that
+    memory into the timed phase's peak and a warm cache would read lower. Returns the bytes of
+    RSS released, None where RSS or glibc's malloc_trim cannot be had."""
+    import ctypes
+    import gc
+
+    before = _status_kib("VmRSS", status)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    after = _status_kib("VmRSS", status)
+    return None if before is None or after is None else max(0, before - after) * 1024
+
+
 class HostPeak:
     """Resets this process's high-water mark when the measurement phase begins (a phase
     callback, outside the timed loop), so that the peak read after it is the timed phase's own:
@@ -45,6 +64,7 @@ class HostPeak:
         self.before_reset_bytes: int | None = None  # the whole-process peak up to the reset
         self.reset: bool = False
         self.reason: str | None = None
+        self.released_bytes: int | None = None  # RSS handed back to the OS before the reset
         self._started = False
 
     def phase(self, name: str) -> None:
@@ -53,6 +73,7 @@ class HostPeak:
         if name not in MEASURE_PHASES or self._started:
             return
         self._started = True
+        self.released_bytes = _release_freed_memory(self.status)
         hwm = _status_kib("VmHWM", self.status)
         self.before_reset_bytes = hwm * 1024 if hwm is not None else None
         try:
@@ -78,6 +99,8 @@ def host_memory_now(peak: HostPeak | None = None) -> dict[str, Any]:
         out["process_peak_rss_bytes"] = max(hwm * 1024, before or 0)
     if peak is not None and peak.reason:
         out["reset_reason"] = peak.reason
+    if peak is not None and peak.released_bytes is not None:
+        out["released_before_reset_bytes"] = peak.released_bytes
     if rss is not None:
         out["rss_after_measure_bytes"] = rss * 1024
     with contextlib.suppress(Exception):
@@ -208,6 +231,7 @@ class TorchPeak:
         self.runtime = runtime
         self.peak: dict[str, int] | None = None
         self.reason: str | None = None
+        self.released_bytes: int | None = None  # RSS handed back to the OS before the reset
         self._started = False
 
     def phase(self, name: str) -> None:

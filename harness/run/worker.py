@@ -1,6 +1,6 @@
 """One unit of work (one run of one cell), in its own fresh process.
 
-    python -m harness.run.worker RUN_DIR UNIT_JSON RESULT_TMP
+    python -m harness.run.worker RUN_DIR UNIT_JSON RESULT_TMP [HANDOVER_JSON]
 
 The parent (harness.run.process) starts this with stdout and stderr going to the cell's log,
 waits with a timeout, and turns a crash, an out-of-memory kill or a hang into a `failed` record
@@ -12,12 +12,20 @@ folder, so a worker can never overwrite a finished result.
 `run_cell` is the cell's life as a list of named steps; each step is a function below. The
 phase (`check`, `prepare`, `wait_gpu`, `warmup`, `measure`, `accuracy`) is written to
 logs/<unit>.phase for the parent's live view.
+
+A process that built its cell's artifact in `prepare` (exported, converted, quantized, built an
+engine: a cache miss) does not time it: the build leaves the process with memory, imported
+tooling and a heap that a process that found the artifact cached would not have, so the same
+configuration would read differently with a cold and a warm cache. It writes what the build cost
+to HANDOVER_JSON and exits; the parent starts a fresh process for the unit, which finds the
+artifact cached, times it, and records the build under `prepare` (`built_in_earlier_process`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -51,6 +59,18 @@ Record = dict[str, Any]
 OnPhase = Callable[[str], None]
 
 
+# Prepare timings that are set only when this process made the artifact (None: from the cache).
+BUILD_TIMINGS = ("export_s", "build_s", "fp16_convert_s", "quantize_s", "sensitivity_s")
+
+
+class ArtifactBuilt(Exception):
+    """This process built the cell's artifact: a fresh process times it (see the module doc)."""
+
+    def __init__(self, facts: dict[str, Any]):
+        super().__init__("the artifact was built in this process")
+        self.facts = facts
+
+
 class CellEnded(Exception):
     """A step found that the cell ends here, unmeasured: skipped or failed, with the reason."""
 
@@ -76,6 +96,8 @@ class CellRun:
     host_start: dict[str, Any] | None = None
     gpu_index: int | None = None
     warmup_started: float | None = None  # unix time the warm-up began
+    handover: bool = False  # a build in prepare hands timing over to a fresh process
+    built_earlier: dict[str, Any] | None = None  # the build of the process that handed over
 
     @property
     def key(self) -> str:
@@ -129,11 +151,13 @@ class Measured:
 # -- the cell, step by step --------------------------------------------------------------------
 
 
-def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int | None = None) -> Record:
+def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int | None = None,
+             handover: bool = False, built_earlier: dict[str, Any] | None = None) -> Record:
     """Measure one process of a cell and return its record; a step that ends the cell early
     gives a skipped or failed record. Exceptions other than CellEnded are the caller's
-    (`run_unit`)."""
-    run = CellRun(cell, run_dir, log, phase, repeat=repeat, controls=dict(_HOST_CONTROLS))
+    (`run_unit`): ArtifactBuilt among them, when `handover` and prepare built the artifact."""
+    run = CellRun(cell, run_dir, log, phase, repeat=repeat, controls=dict(_HOST_CONTROLS),
+                  handover=handover, built_earlier=built_earlier)
     record_host_start(run)
     try:
         runtime_cls = check_availability(run)
@@ -143,7 +167,7 @@ def run_cell(cell: Cell, run_dir: Path, log: TextIO, phase: OnPhase, repeat: int
         gpu_index = nvml.parse_cuda_index(device)
         baseline = memory_baseline(run, gpu_index)
         source, runtime = build_source_and_runtime(run, runtime_cls)
-        prepare = prepare_runtime(run, runtime, source)
+        prepare = hand_over_after_build(run, prepare_runtime(run, runtime, source))
         settings = runtime.settings()
         dataset = load_accuracy_dataset(run, source)
         conditions = wait_for_gpu_conditions(run, gpu_index)
@@ -255,6 +279,54 @@ def prepare_runtime(run: CellRun, runtime: Runtime, source: ModelSource) -> dict
     _inject_fault(run.cell.cell_id)
     _inject_slowdown(runtime, run.cell.cell_id)
     return prepare
+
+
+def hand_over_after_build(run: CellRun, prepare: dict[str, Any]) -> dict[str, Any]:
+    """Raise ArtifactBuilt when this process built the artifact and may hand timing over; in
+    the process that took over, the build's timings (from the process that made it) fill the
+    prepare facts this process read from the cache."""
+    if run.built_earlier is not None:
+        earlier = dict(run.built_earlier)
+        _carry_build_facts(prepare, earlier.pop("prepare", None) or {})
+        for name, seconds in (earlier.get("timings") or {}).items():
+            prepare.setdefault(name, seconds)
+            if prepare[name] is None:
+                prepare[name] = seconds
+        prepare["built_in_earlier_process"] = earlier
+        return prepare
+    timings = {name: float(prepare[name]) for name in BUILD_TIMINGS if prepare.get(name)}
+    sample_s = generate_sample_dataset(run)
+    if sample_s is not None:
+        prepare["sample_dataset_s"] = timings["sample_dataset_s"] = sample_s
+    if timings and run.handover:
+        run.log.write(f"[worker] the artifact was built in this process ({', '.join(timings)}): "
+                      "a fresh process times it\n")
+        run.log.flush()
+        raise ArtifactBuilt({"pid": os.getpid(), "timings": timings, "prepare": prepare})
+    return prepare
+
+
+def _carry_build_facts(prepare: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """The record describes the cell's preparation as a whole: what the build cost and whether
+    it came from a cache are the building process's (its timings and `cached` flags, at any
+    depth); loading and compiling stay this process's own."""
+    for key, value in earlier.items():
+        if key in BUILD_TIMINGS or key == "cached" or key.endswith("_cached"):
+            if key in prepare:
+                prepare[key] = value
+        elif isinstance(value, dict) and isinstance(prepare.get(key), dict):
+            _carry_build_facts(prepare[key], value)
+
+
+def generate_sample_dataset(run: CellRun) -> float | None:
+    """Draw the plan's generated sample dataset if no earlier process has (a build like an
+    export: its seconds, or None when it was cached or the plan names a COCO folder)."""
+    cell = run.cell
+    if cell.dataset is None:
+        return None
+    from harness.accuracy.datasets import generate_sample_files
+
+    return generate_sample_files(cell.dataset, Path(cell.plan_dir), cell.resolve_path(cell.artifacts_dir) / "datasets")
 
 
 def load_accuracy_dataset(run: CellRun, source: ModelSource) -> Dataset | None:
@@ -596,14 +668,18 @@ def failure_kind(exc: BaseException) -> str:
     return "environmental" if files.is_disk_full(exc) or isinstance(exc, files.UnsafePath) else "cell"
 
 
-def run_unit(unit: WorkUnit, run_dir: Path, log: TextIO, phase: OnPhase) -> Record:
-    """The unit's record, whatever happens to the cell (an exception becomes a failed record)."""
+def run_unit(unit: WorkUnit, run_dir: Path, log: TextIO, phase: OnPhase, handover: bool = False,
+             built_earlier: dict[str, Any] | None = None) -> Record:
+    """The unit's record, whatever happens to the cell (an exception becomes a failed record),
+    unless the process hands timing over after a build (ArtifactBuilt passes through)."""
     cell, repeat = unit.cell, unit.repeat
     files.confine(run_dir)
     files.confine(cell.resolve_path(cell.artifacts_dir))
     started_at = utc_now()
     try:
-        return run_cell(cell, run_dir, log, phase, repeat=repeat)
+        return run_cell(cell, run_dir, log, phase, repeat=repeat, handover=handover, built_earlier=built_earlier)
+    except ArtifactBuilt:
+        raise
     except CellSkipped as exc:
         return outcome_record(cell, "skipped", str(exc), started_at, repeat=repeat)
     except UserError as exc:
@@ -678,10 +754,22 @@ def _inject_fault(cell_id: str) -> None:
 def main(argv: list[str]) -> int:
     _die_with_parent()
     run_dir, unit_json, result_tmp = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    handover_path = Path(argv[3]) if len(argv) > 3 else None
+    built_earlier = None
+    if handover_path is not None and handover_path.is_file():  # this process takes over from a build
+        built_earlier = json.loads(handover_path.read_text("utf-8"))
     unit = WorkUnit.model_validate_json(unit_json.read_text("utf-8"))
     hold_host_fixed(unit.cell)
     phase = Phase(run_dir, unit.key)
-    record = run_unit(unit, run_dir, sys.stdout, phase)
+    try:
+        record = run_unit(unit, run_dir, sys.stdout, phase, handover=handover_path is not None and built_earlier is None,
+                          built_earlier=built_earlier)
+    except ArtifactBuilt as built:
+        sys.stdout.flush()
+        assert handover_path is not None
+        files.write_replace(handover_path, json.dumps(built.facts, default=str), root=run_dir)
+        phase("built")
+        return 0
     sys.stdout.flush()
     files.write_replace(result_tmp, dumps(record), root=run_dir)
     phase("done")

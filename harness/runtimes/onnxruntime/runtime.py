@@ -316,16 +316,19 @@ class OrtRuntime(Runtime):
         if mode == "static" and calibration is not None and (opts.sensitivity or opts.keep_float_worst):
             images = calibration.paths()[: opts.sensitivity_images]
             ids = calibration.image_ids[: opts.sensitivity_images]
-            reader = q.calibration_reader_class()(artifact.input_name, images, request.input_batch, preprocess)
-            batches = [reader.load(b) for b in reader.batches]
             key = {"float_sha256": artifact.sha256, "int8_sha256": facts["model_sha256"], "images": ids,
                    "batch": request.input_batch, "preprocess": request.preprocess_id}
             print(f"[int8] sensitivity pass on {len(ids)} calibration images", file=self.log, flush=True)
-            sens, sensitivity_s = q.cached_sensitivity(
-                made.path.parent, key,
-                lambda: q.sensitivity(source_path, made.path, facts["quantized"]["names"], batches,
-                                      artifact.input_name, opts.sensitivity_top, self.options.intra_op_num_threads),
-            )
+            quantized_path, input_batch = made.path, request.input_batch
+
+            def run_sensitivity() -> dict[str, Any]:
+                # Images are decoded (and ORT's quantization tooling imported) only on a cache miss.
+                reader = q.calibration_reader_class()(artifact.input_name, images, input_batch, preprocess)
+                batches = [reader.load(b) for b in reader.batches]
+                return q.sensitivity(source_path, quantized_path, facts["quantized"]["names"], batches,
+                                     artifact.input_name, opts.sensitivity_top, self.options.intra_op_num_threads)
+
+            sens, sensitivity_s = q.cached_sensitivity(made.path.parent, key, run_sensitivity)
             ranked = list(sens.pop("ranked_nodes", []))
             sens["top"] = sens["top"][: opts.sensitivity_top]
             sens["image_ids"] = ids
