@@ -300,6 +300,27 @@ def test_a_point_without_a_baseline_map_is_not_drawn_past_the_budget() -> None:
     assert "past the mAP budget" not in svg and "no baseline mAP" in svg and 'fill="#fff"' not in svg
 
 
+def test_the_report_says_the_batch_once_and_a_zero_change_without_a_sign(capsys: pytest.CaptureFixture[str]) -> None:
+    """Several batches: the label ends in the batch, which was printed again ("... b1 fp32 b1");
+    a drop of 0 printed as "-0.00 points"."""
+    from harness.report.tune import front_chart, print_tune_summary
+    from harness.results import TuneResult
+
+    winner = _measured("w", [10.0]).model_copy(update={"name": "onnxruntime-cpu intra_op_num_threads=1 b1",
+                                                        "map_drop": 0.0, "ap": 0.0})
+    result = TuneResult(plan_name="p", budget_map_drop=0.5, latency_stat="median", per_image=True, batches=[1, 2],
+                        scope="model", max_minutes=1.0, subset_images=3, screen_protocol={}, candidates=[winner],
+                        winner="w", winner_why="the lowest latency", elapsed_s=1.0)
+    print_tune_summary(result, Path("/runs/x"))
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("winner:"))
+    assert "intra_op_num_threads=1 b1 fp32:" in line and "fp32 b1" not in line
+    assert "mAP ±0.00 points against the baseline" in line and "-0.00" not in line
+    # Random weights: the mAP front is refused in words, the memory front is still drawn.
+    refused = str(front_chart(result, "map", random_weights=True))
+    assert "not drawn" in refused and "random weights" in refused and "<svg" not in refused
+    assert "<svg" in str(front_chart(result, "map"))
+
+
 # -- memory: the cell's resources, one kind per device ------------------------------------
 
 
@@ -412,6 +433,146 @@ def test_the_space_comes_from_the_plugins(tmp_path: Path) -> None:
         assert by[(name, "int8-dynamic")].pruned is None
 
 
+def _two_runtime_plan(folder: Path) -> Path:
+    """The reviewer's plan: ONNX Runtime first, its tune.options leaving the thread default
+    (not set) out, OpenVINO second at its defaults."""
+    plan = folder / "two.yaml"
+    plan.write_text(f"""
+name: tune-two
+device: cpu
+models:
+  - name: anchor-grid-320
+    source: onnx
+    path: {MODEL}
+    weights: random
+    resolutions: [320]
+    preprocess: {{resize: letterbox, mean: [0, 0, 0], std: [1, 1, 1]}}
+    decoder: {{kind: yolo_raw, score_threshold: 0.04, top_k: 100, outputs: {{predictions: output0}}}}
+runtimes: [onnxruntime-cpu, openvino-cpu]
+precisions: [fp32, int8]
+dataset: {{sample: true, sample_images: 8, calibration: {{images: 4}}}}
+tune:
+  options:
+    onnxruntime-cpu: {{graph_optimization_level: [all, basic], intra_op_num_threads: [1, 2]}}
+    openvino-cpu: {{performance_hint: [latency]}}
+""")
+    return plan
+
+
+def test_the_baseline_stays_on_the_first_runtime_when_tune_options_leave_a_default_out(tmp_path: Path) -> None:
+    """`intra_op_num_threads: [1, 2]` has no candidate at the default (not set): the baseline
+    was OpenVINO's, the second runtime's, and every mAP drop was judged against it silently."""
+    from harness.tune.space import build_space, load_tune_plan
+
+    loaded, _ = load_tune_plan(_two_runtime_plan(tmp_path))
+    space = build_space(loaded, [1], check_available=False)
+    [base] = [c for c in space.candidates if c.baseline]
+    assert (base.runtime, base.name, base.precision) == ("onnxruntime-cpu", "onnxruntime-cpu intra_op_num_threads=1",
+                                                         "fp32")
+    [note] = [n for n in space.notes if n.startswith("baseline")]
+    assert "onnxruntime-cpu intra_op_num_threads=1 fp32 b1" in note and "the plan's first runtime" in note
+    assert "intra_op_num_threads=1 (default not set)" in note
+    # Several batches: the first one, and the label's batch is not said twice.
+    space = build_space(loaded, [1, 4], check_available=False)
+    [base] = [c for c in space.candidates if c.baseline]
+    assert (base.name, base.batch) == ("onnxruntime-cpu intra_op_num_threads=1 b1", 1)
+    assert "intra_op_num_threads=1 b1 fp32:" in next(n for n in space.notes if n.startswith("baseline"))
+
+
+def test_a_first_runtime_without_a_runnable_fp32_candidate_passes_the_baseline_on_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.runtimes.registry import plugin
+    from harness.tune.space import build_space, load_tune_plan
+
+    loaded, _ = load_tune_plan(_two_runtime_plan(tmp_path))
+    # One plug-in class for every runtime: the check answers by the plug-in's name.
+    monkeypatch.setattr(type(plugin("onnxruntime-cpu")), "unavailable_reason",
+                        lambda self, cell: "not here" if self.name == "onnxruntime-cpu" else None)
+    space = build_space(loaded, [1])
+    [base] = [c for c in space.candidates if c.baseline]
+    assert (base.name, base.precision) == ("openvino-cpu", "fp32")  # at its defaults: threads not set
+    note = next(n for n in space.notes if n.startswith("baseline"))
+    assert "first of the plan's runtimes with an FP32 candidate that can run here (onnxruntime-cpu: none)" in note
+    assert "at the default settings" in note
+
+
+def test_the_tuned_plan_leaves_out_the_precision_axis_no_entry_reads(tmp_path: Path) -> None:
+    import yaml
+
+    from harness.plan.expand import expand
+    from harness.tune.search import _loaded
+    from harness.tune.space import build_space, load_tune_plan, plan_with
+
+    loaded, _ = load_tune_plan(_two_runtime_plan(tmp_path))
+    space = build_space(loaded, [1], check_available=False)
+    fp32_only = [c for c in space.alive() if c.precision == "fp32" and c.runtime == "onnxruntime-cpu"]
+    plan = plan_with(loaded, fp32_only, space)
+    data = plan.model_dump(mode="json", exclude_defaults=True)
+    assert "precisions" not in data and "batch_sizes" not in data
+    assert all(rt["precisions"] == ["fp32"] for rt in data["models"][0]["runtimes"])
+    # Read back it is still a plan, and its cells are the candidates given, fp32 only.
+    again = _loaded(plan, loaded, "# tuned\n")
+    cells = expand(again.plan, tmp_path)
+    assert sorted((c.runtime.key, c.precision) for c in cells) == sorted((c.name, "fp32") for c in fp32_only)
+    assert "int8" not in yaml.safe_dump(data)
+
+
+def test_a_label_that_carries_the_batch_is_not_followed_by_it_again() -> None:
+    from harness.tune.labels import candidate_text
+
+    assert candidate_text("onnxruntime-cpu intra_op_num_threads=1 b1", "fp32", 1) == (
+        "onnxruntime-cpu intra_op_num_threads=1 b1 fp32")
+    assert candidate_text("onnxruntime-cpu", "fp32", 1) == "onnxruntime-cpu fp32 b1"
+    assert candidate_text("x b1", "int8", 4) == "x b1 int8 b4"  # another batch's digits are no suffix
+
+
+def test_the_step_lines_count_only_the_processes_that_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """12 configurations chosen, 2 of them past the time budget: the measure line said
+    "12 configuration(s), 12 process(es)", counting the skipped records as processes."""
+    import harness.tune.search as search
+    from harness.tune.search import measured_counts, screened_counts
+
+    monkeypatch.setattr(search, "outcome_record", lambda cell, status, why, when: {"status": status})
+
+    class Ran:
+        def run(self, units: Any, store: Any, events: Any) -> None:
+            for unit in units:
+                events.done(unit, {"status": "ok"})
+
+    def units(cell_ids: list[str]) -> list[Any]:
+        return [SimpleNamespace(key=f"{c}#{r}", cell_id=c, cell=None) for c in cell_ids for r in (0, 1)]
+
+    late = {"c10", "c11"}
+    launcher = BudgetedLauncher(lambda u: "not measured: the time budget" if u.cell_id in late else None)
+    launcher.inner = Ran()  # type: ignore[assignment]
+    events: Any = SimpleNamespace(done=lambda unit, record: None, started=None, phase=None)
+    launcher.run(units([f"c{i}" for i in range(12)]), None, events)  # type: ignore[arg-type]
+    assert measured_counts(launcher, 12) == ("10 of 12 configuration(s), 20 process(es); 4 process(es) not started "
+                                             "(the time budget): 2 configuration(s) not measured")
+    # A configuration cut short after its first process still counts as measured, said so.
+    cut = BudgetedLauncher(lambda u: "not measured" if u.key == "c1#1" else None)
+    cut.inner = Ran()  # type: ignore[assignment]
+    cut.run(units(["c0", "c1"]), None, events)  # type: ignore[arg-type]
+    assert measured_counts(cut, 2) == ("2 of 2 configuration(s), 3 process(es); 1 process(es) not started "
+                                       "(the time budget): 1 with fewer processes")
+    everything = BudgetedLauncher(lambda u: None)
+    everything.inner = Ran()  # type: ignore[assignment]
+    everything.run(units(["c0"]), None, events)  # type: ignore[arg-type]
+    assert measured_counts(everything, 1) == "1 configuration(s), 2 process(es)"
+    assert screened_counts(launcher) == "20 screening process(es), 4 candidate(s) not tried (the time budget)"
+
+
+def test_random_weights_are_recognised_by_the_reports_rules() -> None:
+    from harness.results import DerivedEntry
+    from harness.tune.search import _random_weights
+
+    trained = record("t", status="ok")
+    assert not _random_weights([trained], None)
+    assert _random_weights([record("r", status="ok", random_weights=True)], None)
+    assert _random_weights([record("k", status="ok", identity_fields={"weights_kind": "random"})], None)
+    assert _random_weights([trained], DerivedEntry(random_weights=True))
+
+
 def test_the_screening_protocol_wins_over_a_models_own(tmp_path: Path) -> None:
     from harness.plan.expand import expand
     from harness.tune.search import screen_protocol, screening_plan
@@ -521,6 +682,12 @@ def test_the_search_prunes_with_reasons_and_measures_the_survivors(tuned: dict[s
     # Random weights: every mAP is 0, so the fastest dominates on (latency, mAP) alone.
     assert sum(c["on_front_map"] for c in measured) == 1
     assert [s["name"] for s in result["steps"]] == ["space", "screen", "measure", "report"]
+    assert "baseline onnxruntime-cpu fp32 b1" in result["steps"][0]["note"]
+    assert any(n.startswith("baseline of model anchor-grid-320: onnxruntime-cpu fp32 b1") for n in result["notes"])
+    # weights: random, so the notes say the mAP front and budget compare noise (latency is real).
+    from harness.tune.search import RANDOM_WEIGHTS_NOTE
+
+    assert RANDOM_WEIGHTS_NOTE in result["notes"]
     assert result["screen_run"] and Path(result["screen_run"]).is_dir()
     assert "winner:" in tuned["stderr"] and "tuned.yaml" in tuned["stderr"]
 
@@ -531,6 +698,9 @@ def test_the_report_has_the_fronts_and_the_pruned(tuned: dict[str, Any]) -> None
     assert "tune-dominated" in html and "tune-winner" in html
     assert "cannot exist" in html and "dataset.calibration" in html
     assert "Time per step" in html
+    # weights: random: the mAP front is refused as the report's other mAP charts are; memory is drawn.
+    assert "Latency against mAP: not drawn" in html and "Latency against memory" in html
+    assert "-0.00" not in html
 
 
 def test_tuned_yaml_validates_and_measures_again(tuned: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from markupsafe import Markup
 from harness.report import fmt
 from harness.report.charts import PALETTE, Scale, _clip, _e, _runtime_legend, _svg, _x_axis, _y_axis
 from harness.results import TuneCandidate, TuneResult, latency_label
+from harness.tune.labels import candidate_text
 
 TUNE_FILE = "tune.json"
 KIND_WORDS = {"invalid": "cannot exist", "unavailable": "unavailable here", "failed": "failed",
@@ -31,9 +32,15 @@ def memory_words(kind: str | None) -> str:
             "host_rss": "peak host RSS of the worker (the CPU is the device)"}.get(kind or "", "memory")
 
 
-def front_chart(result: TuneResult, axis: str) -> Markup:
+def front_chart(result: TuneResult, axis: str, random_weights: bool = False) -> Markup:
     """Latency (x) against mAP or memory (y) of the measured configurations: front points
-    solid and labelled, dominated ones faint, the winner ringed, the front as a step line."""
+    solid and labelled, dominated ones faint, the winner ringed, the front as a step line.
+    On random weights the mAP front is not drawn, as the report's other mAP charts are not:
+    the mAP is noise (latency and memory are real, so the memory front still is)."""
+    if axis == "map" and random_weights:
+        return Markup('<p class="none">Latency against mAP: not drawn. The measured configurations used random '
+                      "weights, so their mAP is noise and a front would mislead; latency and memory are real "
+                      "(the memory front below).</p>")
     if axis == "map":
         pts = [(c, c.ap) for c in result.candidates if c.latency_ms is not None and c.ap is not None]
         title, ylabel = "Latency against mAP", "mAP (COCO AP50:95, points)"
@@ -65,7 +72,7 @@ def front_chart(result: TuneResult, axis: str) -> Markup:
     for c, v in pts:
         x, y = xs(c.latency_ms or 0.0), ys(float(v))
         faint = not on_front(c)
-        tip = (f"{c.name} · {c.precision} · b{c.batch}\n{fmt.ms(c.latency_ms)} ms · "
+        tip = (f"{candidate_text(c.name, c.precision, c.batch)}\n{fmt.ms(c.latency_ms)} ms · "
                + (f"mAP {fmt.num(c.ap, 2)}" if axis == "map" else f"{float(v):.1f} MB" + (f" ({c.memory_method})" if c.memory_method else ""))
                + budget_words(c.within_budget) + ("\ndominated" if faint else ""))
         opacity = ' opacity="0.25"' if faint else ""
@@ -108,6 +115,22 @@ def _settings_text(c: TuneCandidate) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(c.settings.items())) or "defaults"
 
 
+def measured_on_random_weights(run_dir: Path, result: TuneResult) -> bool:
+    """Whether the measured configurations drew their weights at random, by the rule of the
+    report's cell views (harness/report/rundata.py): the record's flag, finalize's, or the
+    identity's weights kind."""
+    from harness.results import read_run
+
+    try:
+        run = read_run(run_dir).results
+    except (OSError, ValueError):
+        return False
+    measured = {c.cell_id for c in result.candidates if c.latency_ms is not None}
+    return any(r.cell_id in measured and (r.random_weights or r.identity.weights_kind == "random"
+                                          or bool(getattr(run.derived.get(r.cell_id), "random_weights", False)))
+               for r in run.cells)
+
+
 def tune_context(run_dir: Path) -> dict[str, Any] | None:
     try:
         result = load_tune(run_dir)
@@ -116,10 +139,14 @@ def tune_context(run_dir: Path) -> dict[str, Any] | None:
     if result is None:
         return None
     winner = next((c for c in result.candidates if c.cell_id == result.winner), None)
+    random_weights = measured_on_random_weights(run_dir, result)
     return {
         "result": result,
         "winner": winner,
-        "map_svg": front_chart(result, "map"),
+        "winner_text": candidate_text(winner.name, winner.precision, winner.batch) if winner else None,
+        "candidate_text": candidate_text,
+        "random_weights": random_weights,
+        "map_svg": front_chart(result, "map", random_weights),
         "memory_svg": front_chart(result, "memory"),
         "measured": sorted([c for c in result.candidates if c.outcome == "measured"],
                            key=lambda c: (c.latency_ms is None, c.latency_ms or 0.0)),
@@ -144,8 +171,10 @@ def print_tune_summary(result: TuneResult, run_dir: Path) -> None:
            + ", ".join(f"{n} {what}" for what, n in counts.items())]
     winner = next((c for c in result.candidates if c.cell_id == result.winner), None)
     if winner is not None:
-        out.append(f"winner: {winner.name} {winner.precision} b{winner.batch}: {fmt.ms(winner.latency_ms)} ms "
-                   f"({latency_label(result.latency_stat)}), mAP drop {fmt.num(winner.map_drop, 2)} points; {result.winner_why}")
+        change = "–" if winner.map_drop is None else fmt.signed(-winner.map_drop, 2)
+        out.append(f"winner: {candidate_text(winner.name, winner.precision, winner.batch)}: "
+                   f"{fmt.ms(winner.latency_ms)} ms ({latency_label(result.latency_stat)}), mAP {change} points "
+                   f"against the baseline; {result.winner_why}")
         if result.tie_break:
             out.append(f"tie: {result.tie_break}")
     else:

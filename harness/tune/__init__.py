@@ -3,5 +3,6 @@ the survivors with the full protocol, and write the fronts, the winner and tuned
 
 space.py builds the candidates from the runtime plug-ins, search.py runs the two stages through
 the normal launcher and worker, pareto.py holds the dominance rules, tuned.py writes the plan
-that reproduces the result. Nothing here is imported by `bench --help`. docs/tune.md.
+that reproduces the result, labels.py names a candidate in words (the report uses it too).
+Nothing here is imported by `bench --help`. docs/tune.md.
 """

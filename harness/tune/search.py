@@ -49,6 +49,7 @@ from harness.run.launch import Events, LocalLauncher, WorkUnit
 from harness.run.record import outcome_record
 from harness.run.store import RunStore, dumps, utc_now
 from harness.tune import pareto
+from harness.tune.labels import candidate_text
 from harness.tune.space import Candidate, Space, build_space, plan_with
 
 # Screening protocol, unless tune.screen_protocol says otherwise: enough calls for a median that
@@ -281,7 +282,7 @@ class NothingSurvived(Exception):
 
 def nothing_survived(display_name: str, candidates: Sequence[Candidate], screen_dir: Path | None) -> NothingSurvived:
     pruned = [c for c in candidates if c.pruned is not None]
-    lines = [f"  {c.name} {c.precision} b{c.batch} ({c.model}): {c.pruned[0]}: {c.pruned[1]}"
+    lines = [f"  {candidate_text(c.name, c.precision, c.batch)} ({c.model}): {c.pruned[0]}: {c.pruned[1]}"
              for c in pruned if c.pruned is not None]
     where = f" (screening run: {screen_dir})" if screen_dir is not None else " (nothing was screened)"
     failed = any(c.pruned is not None and c.pruned[0] == "failed" for c in pruned)
@@ -292,7 +293,9 @@ def nothing_survived(display_name: str, candidates: Sequence[Candidate], screen_
 class BudgetedLauncher:
     """The local launcher, one unit at a time, asking `decide` before each: a unit it refuses
     gets a `skipped` record saying why (so the run folder says what was not tried). `after`
-    sees each record that ran, with its wall time, once it is written."""
+    sees each record that ran, with its wall time, once it is written. `walls` holds the units
+    that ran (a process each) and `ran_cells` their cells; `refused` the units `decide` kept
+    from starting."""
 
     name = "local"
 
@@ -304,11 +307,14 @@ class BudgetedLauncher:
         self.order = order
         self.inner = LocalLauncher()
         self.walls: dict[str, float] = {}
+        self.ran_cells: set[str] = set()
+        self.refused: list[WorkUnit] = []
 
     def run(self, units: Sequence[WorkUnit], store: RunStore, events: Events) -> None:
         for unit in self.order(units):
             why = self.decide(unit)
             if why is not None:
+                self.refused.append(unit)
                 events.done(unit, outcome_record(unit.cell, "skipped", why, utc_now()))
                 continue
             started = time.monotonic()
@@ -316,8 +322,31 @@ class BudgetedLauncher:
             self.inner.run([unit], store, Events(done=_collecting(events.done, records), started=events.started,
                                                  phase=events.phase))
             self.walls[unit.key] = time.monotonic() - started
+            self.ran_cells.add(unit.cell_id)
             for record in records:
                 self.after(unit, record, self.walls[unit.key])
+
+
+def screened_counts(launcher: BudgetedLauncher) -> str:
+    """The screening step's line: the processes that started (one per candidate) and the
+    candidates the time budget kept from starting, never counted as processes."""
+    text = f"{len(launcher.walls)} screening process(es)"
+    return text + (f", {len(launcher.refused)} candidate(s) not tried (the time budget)" if launcher.refused else "")
+
+
+def measured_counts(launcher: BudgetedLauncher, chosen: int) -> str:
+    """The measurement step's line: of the configurations chosen, those that ran at least one
+    process, the processes that ran, and what the time budget kept from starting (a skipped
+    record is in results.json but is no process)."""
+    refused_cells = {u.cell_id for u in launcher.refused}
+    untouched = refused_cells - launcher.ran_cells
+    cut_short = refused_cells & launcher.ran_cells  # some of its processes ran, not all
+    if not launcher.refused:
+        return f"{chosen} configuration(s), {len(launcher.walls)} process(es)"
+    parts = [f"{len(untouched)} configuration(s) not measured"] if untouched else []
+    parts += [f"{len(cut_short)} with fewer processes"] if cut_short else []
+    return (f"{chosen - len(untouched)} of {chosen} configuration(s), {len(launcher.walls)} process(es); "
+            f"{len(launcher.refused)} process(es) not started (the time budget): {', '.join(parts)}")
 
 
 def _collecting(done: Callable[[WorkUnit, dict[str, Any]], None],
@@ -462,7 +491,9 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
     space = build_space(loaded, list(budget.batches))
     all_notes = [*notes, *space.notes]
     alive = apply_limit(space.alive(), spec.max_candidates)
-    clock.step("space", f"{len(space.candidates)} candidates, {len(alive)} to screen")
+    baselines = [candidate_text(c.name, c.precision, c.batch) for c in space.candidates if c.baseline]
+    clock.step("space", f"{len(space.candidates)} candidates, {len(alive)} to screen"
+               + (f"; baseline {', '.join(baselines)} (tune.json's notes say why)" if baselines else "; no baseline"))
     base = Path(output) if output is not None else Path(plan.output)
     plan_dir = loaded.plan_dir
 
@@ -509,7 +540,7 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
         store = start_run(screen_loaded, base)
         screen_dir = store.run_dir
         _, screen_results = _execute(store, screen_loaded, launcher, console)
-    clock.step("screen", f"{len(launcher.walls)} screening process(es)")
+    clock.step("screen", screened_counts(launcher))
 
     # -- screening verdicts ----------------------------------------------------------------
     screened: list[Candidate] = []
@@ -559,8 +590,9 @@ def tune(loaded: LoadedPlan, budget: Budget, *, output: Path | None = None, cons
             started_cells.add(unit.cell_id)
         return why
 
-    code, measure_results = _execute(store, final_loaded, BudgetedLauncher(decide_measure), console)
-    clock.step("measure", f"{len(chosen)} configuration(s), {len(measure_results.cells)} process(es)")
+    measure_launcher = BudgetedLauncher(decide_measure)
+    code, measure_results = _execute(store, final_loaded, measure_launcher, console)
+    clock.step("measure", measured_counts(measure_launcher, len(chosen)))
 
     result = _result(loaded, budget, space, chosen, facts, measure_results, subset_n, protocol, screen_dir,
                      run_dir, clock, deadline, all_notes)
@@ -663,6 +695,8 @@ def _result(loaded: LoadedPlan, budget: Budget, space: Space, chosen: list[Candi
     # One plan has one device, so every measured cell's memory is of one kind; should they
     # differ, the memory front and chart take the first measured cell's and leave the rest out.
     memory_kind = next((c.memory_kind for c in candidates if c.memory_kind), "host_rss")
+    if any(_random_weights(g, results.derived.get(primary_record(g).cell_id)) for g in groups.values()):
+        notes = [*notes, RANDOM_WEIGHTS_NOTE]
     candidates = _with_fronts(candidates, memory_kind)
     spec = loaded.plan.tune or TuneSpec()
     winner, why, tie = _winner(candidates, budget, spec.tie_margin_pct)
@@ -676,6 +710,18 @@ def _result(loaded: LoadedPlan, budget: Budget, space: Space, chosen: list[Candi
         candidates=candidates, winner=winner, winner_why=why, tie_break=tie, neighbours=neighbours,
         elapsed_s=round(clock.elapsed(), 3), notes=notes,
     )
+
+
+# The rest of the report's words for a run on random weights (harness/report/terminal.py).
+RANDOM_WEIGHTS_NOTE = ("random weights: latency and memory are real, mAP is meaningless: the latency-against-mAP "
+                       "front and the mAP budget compare noise, not accuracy")
+
+
+def _random_weights(group: Sequence[CellRecord], derived: DerivedEntry | None) -> bool:
+    """Whether a measured cell drew its weights at random: the record's flag, finalize's, or
+    the identity's weights kind (the rules the report's cell views read, harness/report/rundata.py)."""
+    return any(r.random_weights or r.identity.weights_kind == "random" for r in group) or bool(
+        derived is not None and derived.random_weights)
 
 
 def _with_fronts(candidates: list[TuneCandidate], memory_kind: str) -> list[TuneCandidate]:

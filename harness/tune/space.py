@@ -24,6 +24,7 @@ from harness.plan.load import LoadedPlan
 from harness.plan.schema import LatencyProtocol, ModelSpec, Plan, RuntimeSpec
 from harness.runtimes.plugin import RuntimePlugin, TuneOption
 from harness.runtimes.registry import plugin, plugins
+from harness.tune.labels import candidate_text
 
 MAX_LABEL = 80  # RuntimeSpec.label's limit
 
@@ -212,10 +213,11 @@ def _dedupe_names(space: Space) -> None:
 def plan_with(loaded: LoadedPlan, candidates: list[Candidate], space: Space, *, model_protocols: bool = True,
               **changes: Any) -> Plan:
     """The plan with each model's runtimes replaced by `candidates` (one runtime entry per
-    group, holding its precisions), at the tuned scope and resolution, without its tune
-    section; models without a candidate are left out. `model_protocols=False` drops each
-    model's own `protocol:` so the plan's (the screening protocol, given in `changes`) holds
-    for every cell: a model's would otherwise be merged over it."""
+    group, holding its precisions and its batch), at the tuned scope and resolution, without
+    its tune section or plan-wide precision and batch axes; models without a candidate are
+    left out. `model_protocols=False` drops each model's own `protocol:` so the plan's (the
+    screening protocol, given in `changes`) holds for every cell: a model's would otherwise be
+    merged over it."""
     plan = loaded.plan
     models = []
     for m_index, model in enumerate(plan.models):
@@ -238,8 +240,12 @@ def plan_with(loaded: LoadedPlan, candidates: list[Candidate], space: Space, *, 
             "resolutions": [space.resolutions[m_index]] if model.resolutions or plan.resolutions else None,
             **({} if model_protocols else {"protocol": None}),
         }))
+    # Every runtime entry pins its precisions and batch, so the plan's axes would be read by no
+    # cell: they go back to their defaults, which a dump leaves out (a tuned.yaml listing int8
+    # at the top while no configuration runs it would say otherwise).
     update: dict[str, Any] = {"models": models, "runtimes": None, "tune": None, "scopes": [space.scope], "nms": None,
-                              **changes}
+                              "precisions": list(Plan.model_fields["precisions"].default),
+                              "batch_sizes": list(Plan.model_fields["batch_sizes"].default), **changes}
     return plan.model_copy(update=update)
 
 
@@ -276,27 +282,60 @@ def _prune_unavailable(space: Space, loaded: LoadedPlan) -> None:
 
 
 def _choose_baselines(space: Space) -> None:
-    """Per model, the FP32 reference every mAP drop is taken against: the runtime whose plug-in
-    names fp32 its default reference (eager PyTorch), else the first runtime, with its default
-    settings, at the first batch."""
+    """Per model, the FP32 reference every mAP drop is taken against. The runtime first: the
+    one whose plug-in names fp32 its default reference (eager PyTorch), else the plan's first
+    runtime with an FP32 candidate that can run here. Then, within that runtime only, the
+    candidate at the first batch closest to the plug-in's defaults: the fewest searched
+    settings away from each option's first declared value, ties in the order the plan lists
+    the values. `tune.options` may leave a default out ([1, 2] threads): the baseline then
+    stays on the first runtime rather than moving to another one that happens to sit at its
+    defaults, and the note says which settings differ."""
     for m_index in sorted({c.model_index for c in space.candidates}):
-        alive = [c for c in space.alive() if c.model_index == m_index and c.precision == "fp32"]
-        defaults = [c for c in alive if all(_is_first(c, k, v) for k, v in c.varied.items())]
-        ranked = sorted(defaults or alive, key=lambda c: (plugin(c.runtime).default_reference_precision != "fp32",
-                                                         c.batch != min(x.batch for x in alive)))
-        if ranked:
-            ranked[0].baseline = True
-        else:
+        mine = [c for c in space.candidates if c.model_index == m_index]
+        runtime_order = list(dict.fromkeys(c.runtime for c in mine))
+        alive = [c for c in mine if c.pruned is None and c.precision == "fp32"]
+        if not alive:
             space.notes.append(f"model {space_model(space, m_index)} has no FP32 candidate that can run here: "
                                "no baseline, so no mAP drop can be checked for it")
+            continue
+        first_batch = min(c.batch for c in alive)
+        runtime = min((c.runtime for c in alive), key=lambda r: (plugin(r).default_reference_precision != "fp32",
+                                                                 runtime_order.index(r)))
+        own = [c for c in alive if c.runtime == runtime]
+        # min() keeps the first of equals: the space's order, the plan's values first.
+        chosen = min(own, key=lambda c: (c.batch != first_batch, len(_off_default(c))))
+        chosen.baseline = True
+        space.notes.append(baseline_note(chosen, runtime_order))
 
 
-def _is_first(c: Candidate, key: str, value: Any) -> bool:
-    rt = plugin(c.runtime)
-    for option in rt.tune_options:
-        if option.key == key:
-            return bool(option.values) and option.values[0] == value
-    return True  # a key only the plan's tune.options name: every value is the plan's choice
+def _off_default(c: Candidate) -> dict[str, tuple[Any, Any]]:
+    """The searched settings of `c` away from the plug-in's default: key -> (value, default).
+    A key only the plan's tune.options name has no declared default and never counts."""
+    declared = {o.key: o.values for o in plugin(c.runtime).tune_options}
+    return {k: (v, declared[k][0]) for k, v in c.varied.items() if declared.get(k) and declared[k][0] != v}
+
+
+def _setting_text(value: Any) -> str:
+    return "not set" if value is None else str(value)
+
+
+def baseline_note(c: Candidate, runtime_order: list[str]) -> str:
+    """Which candidate is the baseline and by which step of the rule (docs/tune.md)."""
+    if plugin(c.runtime).default_reference_precision == "fp32":
+        why = f"{c.runtime} names FP32 its default reference"
+    elif runtime_order and c.runtime != runtime_order[0]:
+        why = (f"{c.runtime} is the first of the plan's runtimes with an FP32 candidate that can run here "
+               f"({', '.join(runtime_order[:runtime_order.index(c.runtime)])}: none)")
+    else:
+        why = f"{c.runtime} is the plan's first runtime"
+    off = _off_default(c)
+    if off:
+        changed = ", ".join(f"{k}={_setting_text(v)} (default {_setting_text(d)})" for k, (v, d) in off.items())
+        settings = f"its FP32 candidate closest to the defaults, as tune.options leaves a default out: {changed}"
+    else:
+        settings = "its FP32 candidate at the default settings"
+    return (f"baseline of model {c.model}: {candidate_text(c.name, c.precision, c.batch)}: {why}; {settings}; "
+            "every mAP drop is taken against it")
 
 
 def space_model(space: Space, m_index: int) -> str:

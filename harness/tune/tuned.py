@@ -17,6 +17,7 @@ import yaml
 from harness.plan.load import LoadedPlan
 from harness.results import TuneResult
 from harness.run.store import RunStore
+from harness.tune.labels import candidate_text
 from harness.tune.space import Candidate, Space, plan_with
 
 TUNED_PLAN = "tuned.yaml"
@@ -53,7 +54,7 @@ def tuned_plan_text(loaded: LoadedPlan, space: Space, result: TuneResult, chosen
     data: dict[str, Any] = plan.model_dump(mode="json", exclude_defaults=True)
     winner = next(t for t in result.candidates if t.cell_id == result.winner)
     header = (f"# Written by `bench tune` for plan {loaded.plan.name}: the winner within {result.budget_map_drop:g} AP "
-              f"points of the baseline,\n# {winner.name} {winner.precision} b{winner.batch}, its neighbours "
+              f"points of the baseline,\n# {candidate_text(winner.name, winner.precision, winner.batch)}, its neighbours "
               f"({len(result.neighbours)}) and the baseline, with the plan's full protocol.\n"
               f"# Re-measure with: bench {TUNED_PLAN}\n")
     return header + yaml.safe_dump(data, sort_keys=False)
