@@ -299,7 +299,18 @@ def verdict_text(v: BudgetVerdict) -> str:
         span = f"{fmt.sig(v.interval[0])}–{fmt.sig(v.interval[1])}" if v.interval else "?"
         return f"inconclusive: {fmt.sig(v.value)} {unit}, re-run interval {span} {unit} across {v.limit:,g} {unit}"
     op = ("≤" if v.verdict == "pass" else ">") if direction == "max" else ("≥" if v.verdict == "pass" else "<")
-    return f"{v.verdict}: {fmt.sig(v.value)} {op} {v.limit:,g} {unit}"
+    return f"{v.verdict}: {_against(v.value, v.limit)} {op} {v.limit:,g} {unit}"
+
+
+def _against(value: float, limit: float) -> str:
+    """The value with enough digits not to read as the limit it failed ("150.3 > 150", never
+    "150 > 150"); three significant digits where those already differ."""
+    limit_text = f"{limit:,g}"
+    for digits in range(3, 10):
+        text = f"{value:,.{digits}g}"
+        if value == limit or text != limit_text:
+            return text if digits > 3 else fmt.sig(value)
+    return f"{value:,.10g}"
 
 
 # ----------------------------------------------------------------------------- the table

@@ -1,9 +1,16 @@
 """`bench compare A B`: did B get slower (or less accurate) than A, cell by cell?
 
-For every cell id in both runs: the change in median latency with a Mann-Whitney U test on
-the raw samples, and the change in mAP. Two numbers compare only when they were measured
-under the same conditions, so the environments' fingerprints must match; when they don't,
-the comparison is refused (exit 2) and the differing fields are listed, unless forced.
+For every cell id in both runs: the change in median latency, judged at the level of
+processes (the unit that varies; samples inside one process are not independent): Welch's
+t-test on the logs of the process medians (harness.measure.repeats.compare_processes, in words
+TEST_WORDS), the change's (1 - alpha) interval, and a verdict from where that interval lies
+against +-threshold_pct. With one process on a side there is no interval and the cell gets "no
+verdict" (protocol.repeats >= 3 gives one). Server cells are compared level by level at equal
+load, the same test on each level's per-process median latency (harness.report.serve.
+compare_levels); they run one process by default, so they need protocol.repeats for a verdict.
+The change in mAP is shown beside. Two numbers compare only when they were measured under the
+same conditions, so the environments' fingerprints must match; when they don't, the
+comparison is refused (exit 2) and the differing fields are listed, unless forced.
 
 Memory is compared too, as latency is gated: a cell whose peak device memory or peak host RSS
 (the worst process, harness.measure.resources) grew by more than `memory_threshold_pct` from A
@@ -11,9 +18,11 @@ to B is a regression; energy per image is shown beside it, not gated (it follows
 and the GPU's state more than the code).
 
 Exit status, for CI:
-  0  no matched cell is significantly slower than the threshold allows
-  1  at least one matched cell is significantly slower (p < alpha) by more than threshold_pct,
-     grew in memory by more than memory_threshold_pct, or was measured in A but failed in B
+  0  no matched cell is slower than the threshold allows (cells with no verdict do not fail it;
+     compare.html and compare.md say when no cell got a verdict at all)
+  1  at least one matched cell is slower by more than threshold_pct over its whole (1 - alpha)
+     interval, grew in memory by more than memory_threshold_pct, or was measured in A but
+     failed in B
   2  refused: fingerprints differ, or a matched cell was measured under another latency
      protocol or on another dataset (and not forced), or the runs share no cell
 
@@ -44,6 +53,8 @@ from harness.report.render import render_template, write_atomic
 from harness.report.rundata import CellView, cell_views, environment_json, flatten, is_volatile, load_run, show_value
 
 EXIT_OK, EXIT_REGRESSION, EXIT_REFUSED = 0, 1, 2
+UNJUDGED_VERDICTS = ("no verdict", "not compared")
+# The test in words: the terminal text, compare.md and compare.html's banner all say it from here.
 TEST_WORDS = ("Welch's t-test on the logs of the process medians (each process one value: samples "
               "inside a process are not independent); the threshold applies to the interval")
 
@@ -271,6 +282,9 @@ def compare_cell(a: CellView, b: CellView, threshold_pct: float, alpha: float,
         c.note = "no latency: " + ", ".join(missing)
     if c.memory_grew:
         c.regression = True
+        if not c.verdict.startswith(("slower", "failed")):
+            # The cell fails on memory whatever its latency said: the verdict column says so.
+            c.verdict = "grew in memory" if c.verdict in ("no verdict", "not compared") else f"{c.verdict}, grew in memory"
         grew = "; ".join(m.text() for m in c.memory_grew)
         c.note = f"{c.note}; memory grew past +{memory_threshold_pct:g}%: {grew}" if c.note else \
             f"memory grew past +{memory_threshold_pct:g}%: {grew}"
@@ -340,11 +354,14 @@ def compare_runs(
 
     rows = [compare_cell(ca, cb, threshold_pct, alpha, memory_threshold_pct) for ca, cb in matched]
     regressions = [r for r in rows if r.regression]
+    # A pass is only claimed for cells that got a verdict (one process a side gets none).
+    unjudged = [r for r in rows if r.verdict in UNJUDGED_VERDICTS and not r.regression]
     code = EXIT_REGRESSION if regressions else EXIT_OK
     context = {
         "id_a": id_a, "id_b": id_b, "path_a": str(a), "path_b": str(b),
         "meta_a": meta_a, "meta_b": meta_b,
         "rows": rows, "regressions": regressions, "only_a": only_a, "only_b": only_b,
+        "unjudged": unjudged, "test_words": TEST_WORDS,
         "threshold_pct": threshold_pct, "alpha": alpha, "forced": bool(warning) and force,
         "memory_threshold_pct": memory_threshold_pct,
         "problems": problems, "conditions": conditions, "warning": warning, "code": code,
@@ -501,12 +518,16 @@ def compare_markdown(ctx: dict[str, Any]) -> str:
                 lines.append(f"> - {fmt.md(c.cell_id)}: {fmt.md(f[0])}: A {fmt.md(f[1])}, B {fmt.md(f[2])}")
         lines.append("")
     level = f"{(1 - ctx['alpha']) * 100:g}%"
-    verdict = (
-        f"**FAIL**: {len(ctx['regressions'])} cell(s) slower by more than {ctx['threshold_pct']:g}% over their whole {level} interval"
-        if ctx["regressions"] else f"**PASS**: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval"
-    )
+    unjudged, n_rows = ctx["unjudged"], len(ctx["rows"])
+    if ctx["regressions"]:
+        verdict = f"**FAIL**: {len(ctx['regressions'])} cell(s) slower by more than {ctx['threshold_pct']:g}% over their whole {level} interval"
+    elif len(unjudged) == n_rows:
+        verdict = f"**NO VERDICT**: none of the {n_rows} cell(s) could be judged ({fmt.md('; '.join(dict.fromkeys(r.note for r in unjudged if r.note)))})"
+    else:
+        verdict = f"**PASS**: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval" + (
+            f" ({len(unjudged)} of {n_rows} cell(s) got no verdict)" if unjudged else "")
     lines += [
-        verdict + f" ({TEST_WORDS}).", "",
+        verdict + f". Test: {TEST_WORDS}.", "",
         "| cell | A median ms | B median ms | processes A/B | change | p | verdict | mAP change (pts) | memory | energy/image |",
         "| :--- | ---: | ---: | ---: | ---: | ---: | :--- | ---: | :--- | ---: |",
     ]

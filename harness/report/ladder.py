@@ -74,14 +74,56 @@ def _settings_without_int8(view: CellView) -> str:
 
 
 def rung_label(view: CellView) -> str:
+    """The rung's name from what its record says was done: the calibration method, the nodes
+    the plan kept in float (by name, or as the sensitivity pass's worst K), and "nothing
+    quantized" when the tool quantized no node (an INT8 rung that runs in float)."""
     q = view.record.prepare.quantization
     if view.precision == "int8-dynamic":
-        return "INT8 dynamic"
-    if view.precision == "int8" and q is not None and q.calibration is not None:
+        label = "INT8 dynamic"
+    elif view.precision == "int8" and q is not None and q.calibration is not None:
         label = f"INT8 {q.calibration.method}"
-        kept = len(q.keep_float) + len(q.keep_float_worst)
-        return f"{label}, {kept} node{'s' if kept != 1 else ''} in float" if kept else label
-    return view.precision.upper()
+        if q.keep_float:
+            label += f", {_names(q.keep_float)} kept in float"
+        if q.keep_float_worst:
+            label += f", the worst {len(q.keep_float_worst)} kept in float"
+    else:
+        return view.precision.upper()
+    if q is not None and q.quantized.count == 0:
+        label += ", nothing quantized"
+    return label
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 2 else f"{len(names)} nodes"
+
+
+def _quantization_facts(view: CellView) -> dict[str, Any]:
+    """What the record says the quantizer was told (defaults filled in), for telling rungs apart."""
+    q = view.record.prepare.quantization
+    if q is None:
+        return {}
+    return {
+        "per_channel": q.per_channel, "op_types": q.op_types, "weight_type": q.weight_type,
+        "activation_type": q.activation_type, "symmetric_activations": q.symmetric_activations,
+        "calibration_images": q.calibration.count if q.calibration is not None else None,
+    }
+
+
+def _distinguish(rungs: list[Rung]) -> None:
+    """Rungs whose labels collide (two INT8 entries differing in per_channel, op_types, image
+    counts...) get the quantization facts that tell them apart, else their runtime entry's label."""
+    by_label: dict[str, list[Rung]] = {}
+    for rung in rungs:
+        by_label.setdefault(rung.label, []).append(rung)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        facts = [_quantization_facts(r.view) for r in same]
+        keys = sorted({k for f in facts for k in f})
+        differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in facts}) > 1]
+        for rung, own in zip(same, facts, strict=True):
+            told = [f"{k}={json.dumps(own.get(k))}" for k in differing]
+            rung.label += f" ({', '.join(told)})" if told else f" ({rung.view.runtime})"
 
 
 def _points(value: float | None) -> float | None:
@@ -140,6 +182,7 @@ def ladders(views: list[CellView]) -> list[Ladder]:
                 rung.sizes = _size_rows(c.accuracy, base.accuracy)
                 rung.classes = _class_rows(c.accuracy, base.accuracy)
             rungs.append(rung)
+        _distinguish(rungs)
         ladder = Ladder(model, runtime, scope, batch, resolution, rungs, any(c.random_weights for c in cells))
         ladder.svg = ladder_chart(ladder)
         out.append(ladder)
@@ -211,7 +254,7 @@ def ladder_markdown(items: list[Ladder]) -> list[str]:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in ladder.rungs:
             sizes = {words: d for words, _, _, d in r.sizes}
-            worst = next(((n, d) for n, _, _, d in r.classes if d is not None), None)
+            worst = next(((n, d) for n, _, _, d in r.classes if d is not None and d < 0), None)  # none lost: none worst
             cells = [
                 fmt.md(r.label), fmt.ms(r.median), "1x (ref)" if r.is_baseline else fmt.speedup(r.speedup),
                 "0 (ref)" if r.is_baseline else fmt.signed(r.delta),

@@ -115,11 +115,11 @@ class RuntimePlugin:
             raise SettingsProblem(self.title, self._problems(exc)) from None
 
     def _problems(self, exc: ValidationError) -> list[tuple[str, str]]:
-        known = ", ".join(self.settings.model_fields) or "none"
         problems = []
         for err in exc.errors(include_url=False):
             key = ".".join(str(p) for p in err["loc"]) or "<settings>"
             if err["type"] == "extra_forbidden":
+                known = ", ".join(_fields_at(self.settings, err["loc"][:-1])) or "none"
                 what = f"unknown {self.title} setting (check its spelling; known: {known})"
             else:
                 what = err["msg"].removeprefix("Value error, ")
@@ -152,3 +152,19 @@ class RuntimePlugin:
 def _load(path: str) -> Any:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a settings model accepts at `loc` (a nested section such as `int8`)."""
+    import typing
+
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        nested = [a for a in (field.annotation, *typing.get_args(field.annotation))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)

@@ -5,7 +5,7 @@ provider asked for is the one that ran (runtime.py says how), and the precision 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -123,7 +123,7 @@ def _plugin(name: str, provider: str, cls: str, device: Device, precisions: set[
         needs=frozenset({"onnx"}),
         libraries=libraries,
         export_keys=("opset", "dynamic_batch"),
-        cell_check="harness.runtimes.onnxruntime:cell_problems",
+        cell_check="harness.runtimes.onnxruntime:ort_cell_problems",
         device_nms=True,  # CPU: torch.from_numpy; CUDA: outputs bound to torch tensors
         tune_options=tune,
     )
@@ -145,7 +145,8 @@ def cell_problems(cell: Cell) -> list[tuple[str, str]]:
             "(100-500 images for a real model; a handful for a smoke test)",
         ))
         return problems
-    n = int8.get("calibration_images") if isinstance(int8, dict) else None
+    int8 = int8 if isinstance(int8, dict) else {}
+    n = int8.get("calibration_images")
     if isinstance(n, int) and n > split.images:
         problems.append((
             "runtime.settings.int8.calibration_images",
@@ -153,6 +154,55 @@ def cell_problems(cell: Cell) -> list[tuple[str, str]]:
             f"{split.images}",
         ))
     return problems
+
+
+def ort_cell_problems(cell: Cell) -> list[tuple[str, str]]:
+    """cell_problems, plus what only ONNX Runtime's quantizer reads: the sensitivity pass (its
+    images come from the calibration split; keep_float_worst needs it) and keep_float's node
+    names, which are the ONNX file's."""
+    problems = cell_problems(cell)
+    int8 = cell.runtime.settings.get("int8")
+    int8 = int8 if isinstance(int8, dict) else {}
+    if cell.precision in ("int8", "int8-dynamic"):
+        problems += _keep_float_problems(cell, int8.get("keep_float"))
+    if cell.precision != "int8" or cell.dataset is None or cell.dataset.calibration is None:
+        return problems
+    n = int8.get("calibration_images")
+    used = n if isinstance(n, int) else cell.dataset.calibration.images
+    asked = int8.get("sensitivity_images")
+    if isinstance(asked, int) and asked > used:
+        problems.append((
+            "runtime.settings.int8.sensitivity_images",
+            f"int8.sensitivity_images asks for {asked} images; the sensitivity pass draws from the {used} "
+            "calibration images this cell uses",
+        ))
+    if int8.get("keep_float_worst") and int8.get("sensitivity") is False:
+        problems.append((
+            "runtime.settings.int8.keep_float_worst",
+            "keep_float_worst picks the worst nodes of the sensitivity pass, which `sensitivity: false` turns off: "
+            "drop one of the two",
+        ))
+    return problems
+
+
+def _keep_float_problems(cell: Cell, names: Any) -> list[tuple[str, str]]:
+    """Misspelt keep_float names, when the ONNX file is the plan's own and already on disk (an
+    exported model's names are checked when it is exported)."""
+    if not names or not isinstance(names, list) or cell.source != "onnx" or not cell.model.path:
+        return []
+    path = cell.resolve_path(cell.model.path)
+    if not path.is_file():
+        return []  # the model source names the missing file
+    from harness.errors import UserError
+    from harness.runtimes.onnxruntime.quantize import check_node_names
+
+    try:
+        check_node_names(path, [str(n) for n in names], "int8.keep_float")
+    except UserError as exc:
+        return [("runtime.settings.int8.keep_float", str(exc))]
+    except Exception:  # noqa: BLE001 -- an unreadable file is the model source's to report, when it runs
+        return []
+    return []
 
 
 PLUGINS = [

@@ -25,6 +25,7 @@ preparation, cached in the artifacts folder, never inside a timed region.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -85,16 +86,25 @@ def named_model(src: Path, src_sha256: str, root: Path) -> Path:
     target = root / f"named-{src_sha256[:16]}" / MODEL_FILE
     if target.is_file():
         return target
-    taken = {node.name for node in model.graph.node if node.name}
-    for index, node in enumerate(model.graph.node):
-        if not node.name:
+    for node, name in zip(model.graph.node, node_names(model.graph.node), strict=True):
+        node.name = name
+    _publish(target.parent, lambda staging: onnx.save(model, str(staging / MODEL_FILE)))
+    return target
+
+
+def node_names(nodes: Sequence[Any]) -> list[str]:
+    """Each node's name as `named_model` gives it: its own, else `<op type>_<index>`."""
+    taken = {node.name for node in nodes if node.name}
+    names = []
+    for index, node in enumerate(nodes):
+        name = node.name
+        if not name:
             name = f"{node.op_type}_{index}"
             while name in taken:
                 name += "_"
-            node.name = name
             taken.add(name)
-    _publish(target.parent, lambda staging: onnx.save(model, str(staging / MODEL_FILE)))
-    return target
+        names.append(name)
+    return names
 
 
 def _publish(folder: Path, write: Callable[[Path], None]) -> None:
@@ -250,13 +260,16 @@ def quantize(request: Request, root: Path, log: TextIO) -> Quantized:
     folder = root / key
     meta_path = folder / META_FILE
     if meta_path.is_file() and (folder / MODEL_FILE).is_file():
-        meta = json.loads(meta_path.read_text("utf-8"))
-        if meta.get("key_fields") == fields:
+        meta, problem = _checked_entry(folder, fields)
+        if meta is not None:
             print(f"[int8] quantized model cache hit {folder}", file=log, flush=True)
             facts = dict(meta["facts"], cached=True, model_path=str(folder / MODEL_FILE))
             if facts.get("calibration"):
                 facts["calibration"] = dict(facts["calibration"], cached=True)
             return Quantized(folder / MODEL_FILE, facts, None)
+        print(f"[int8] cache entry {folder} is not usable ({problem}): it is set aside and the model "
+              "quantized again", file=log, flush=True)
+        _retire(folder)
 
     print(f"[int8] quantizing {request.source} ({request.mode}, key {key}: {canonical_json(fields)})",
           file=log, flush=True)
@@ -282,6 +295,31 @@ def quantize(request: Request, root: Path, log: TextIO) -> Quantized:
     print(f"[int8] done in {quantize_s:.1f} s: {facts['quantized']['count']} nodes quantized, "
           f"{facts['kept_float']['count']} of quantizable op types left in float", file=log, flush=True)
     return Quantized(path, dict(facts, cached=False), quantize_s)
+
+
+def _checked_entry(folder: Path, fields: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The entry's meta.json when it describes this request and the file beside it is the one
+    it describes (its sha256), else (None, what is wrong): the record's facts come from
+    meta.json, so a replaced or half-written model.onnx must not run under them."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text("utf-8"))
+        recorded = meta["facts"]["model_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"{META_FILE} unreadable: {exc}"
+    if meta.get("key_fields") != fields:
+        return None, f"{META_FILE} describes another quantization"
+    actual = files.file_sha256(folder / MODEL_FILE)
+    if actual != recorded:
+        return None, f"{MODEL_FILE} has sha256 {actual[:16]}..., {META_FILE} records {str(recorded)[:16]}..."
+    return meta, ""
+
+
+def _retire(folder: Path) -> None:
+    """Move a bad cache entry out of the way (a rename: a worker reading it keeps its files)."""
+    aside = folder.parent / f".{folder.name}-stale-{os.getpid()}-{time.time_ns()}"
+    with contextlib.suppress(OSError):
+        os.rename(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _quantize_dynamic(request: Request, out: Path) -> None:
@@ -480,7 +518,7 @@ def check_node_names(float_path: Path, names: Sequence[str], where: str) -> None
     """keep_float names must exist in the model: a misspelt name would quietly quantize it."""
     import onnx
 
-    known = {n.name for n in onnx.load(str(float_path), load_external_data=False).graph.node}
+    known = set(node_names(onnx.load(str(float_path), load_external_data=False).graph.node))
     unknown = [n for n in names if n not in known]
     if unknown:
         import difflib

@@ -348,6 +348,12 @@ class OrtRuntime(Runtime):
             facts["sensitivity"] = sens
         facts["keep_float"] = list(opts.keep_float)
         facts["keep_float_worst"] = worst
+        if not facts["quantized"]["count"]:
+            why = (f"op_types {opts.op_types}" if opts.op_types is not None else "every quantizable node kept in float"
+                   if facts["kept_float"]["count"] else "no node of an op type the quantizer knows")
+            note = f"no node was quantized ({why}): this {self.cell.precision} rung runs in float"
+            facts["notes"] = [*facts.get("notes", []), note]
+            print(f"[int8] warning: {note}", file=self.log, flush=True)
         self.quantization = facts
         self._extra_prepare = {"quantize_s": quantize_s, "sensitivity_s": sensitivity_s, "quantization": facts}
         return made.path
