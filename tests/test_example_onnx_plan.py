@@ -42,3 +42,26 @@ def test_the_onnx_example_plan_runs(tmp_path: Path) -> None:
     accuracy = cells["model"]["accuracy"]
     assert accuracy["images"] == 8 and 0.0 <= accuracy["bbox"]["AP"] <= 1.0
     assert (run / "report.html").is_file() and "random weights" in (run / "summary.md").read_text().lower()
+
+
+def test_a_decoder_output_the_file_lacks_is_named_at_validate_and_at_run(tmp_path: Path) -> None:
+    import numpy as np
+
+    from harness.errors import UserError
+    from harness.models.decode import named_output
+    from harness.plan.schema import DecoderSpec
+
+    plan = (REPO / "plans" / "onnx-detector.yaml").read_text().replace("{predictions: output0}", "{predictions: Identity}")
+    assert "Identity" in plan
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan.replace("../examples/", f"{REPO}/examples/"))
+    done = subprocess.run([sys.executable, "-m", "harness", "validate", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "decoder.outputs.predictions" in done.stderr and "no output `Identity`" in done.stderr
+    assert "its outputs are output0" in done.stderr and "Traceback" not in done.stderr
+
+    # A file the plan check cannot read ahead (a .tflite) meets the same words when it runs.
+    spec = DecoderSpec(kind="yolo_raw", outputs={"predictions": "Identity"})
+    with pytest.raises(UserError, match=r"decoder.outputs.predictions: the model has no output `Identity`; .* output0"):
+        named_output({"output0": np.zeros((1, 84, 10), np.float32)}, spec, "predictions")

@@ -393,9 +393,21 @@ def batched_nms(
     return nms_numpy(boxes, scores, iou_threshold, classes)
 
 
+def named_output(outputs: dict[str, np.ndarray], spec: DecoderSpec, key: str) -> np.ndarray:
+    """The output `decoder.outputs.<key>` names; a UserError naming the field and the model's
+    real outputs when it has none of that name (a bare KeyError would name neither)."""
+    name = spec.outputs[key]
+    if name not in outputs:
+        from harness.errors import UserError
+
+        raise UserError(f"decoder.outputs.{key}: the model has no output `{name}`; its outputs are "
+                        f"{', '.join(sorted(outputs))}")
+    return outputs[name]
+
+
 def _single_output(outputs: dict[str, np.ndarray], spec: DecoderSpec, key: str) -> np.ndarray:
     if key in spec.outputs:
-        return outputs[spec.outputs[key]]
+        return named_output(outputs, spec, key)
     if len(outputs) != 1:
         raise ValueError(
             f"the model has outputs {sorted(outputs)}; say which one holds the predictions "
@@ -431,9 +443,9 @@ def decode_yolo_end2end(
       (B,) or (B, 1) output truncates each image's rows.
     """
     if "boxes" in spec.outputs:
-        boxes = outputs[spec.outputs["boxes"]]
-        scores = outputs[spec.outputs["scores"]]
-        classes = outputs[spec.outputs["classes"]]
+        boxes = named_output(outputs, spec, "boxes")
+        scores = named_output(outputs, spec, "scores")
+        classes = named_output(outputs, spec, "classes")
         num = outputs.get(spec.outputs.get("num_dets", ""))
     else:
         pred = _single_output(outputs, spec, "predictions")

@@ -60,9 +60,28 @@ def model_file_check(kind: str) -> Callable[[Any, Path | None], Problems]:
         if spec.weights not in (None, "random"):
             problems.append(("weights", f"{article} {kind} model's weights are the file itself: leave `weights` out, or "
                                         "write `random` to state that the file holds random weights"))
+        if kind == "onnx" and spec.path and plan_dir is not None and spec.decoder is not None and spec.decoder.outputs:
+            problems += _onnx_output_problems(spec, plan_dir)
         return problems
 
     return check
+
+
+def _onnx_output_problems(spec: Any, plan_dir: Path) -> Problems:
+    """decoder.outputs must name outputs the file has: read from the graph (no weights loaded)
+    when the file is there; an unreadable file is the run's to report."""
+    path = Path(spec.path).expanduser()
+    path = path if path.is_absolute() else plan_dir / path
+    if not path.is_file():
+        return []
+    try:
+        import onnx
+
+        names = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    except Exception:  # noqa: BLE001 -- onnx missing or the file unreadable: checked when it runs
+        return []
+    return [(f"decoder.outputs.{key}", f"{path.name} has no output `{name}`; its outputs are {', '.join(names)}")
+            for key, name in spec.decoder.outputs.items() if name not in names]
 
 
 def _no_problems(spec: Any, plan_dir: Path | None) -> Problems:
