@@ -35,12 +35,12 @@ def _ultralytics_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
     monkeypatch.setenv("YOLO_AUTOINSTALL", "false")
 
 
-def _sources(tmp_path: Path, weights: str = "random", nms: list[str] | None = None):
+def _sources(tmp_path: Path, weights: str = "random", nms: list[str] | None = None, variant: str = "yolov8n"):
     from harness.models.yolo.source import YoloSource
 
     plan = Plan.model_validate({
         "name": "t", "device": "cpu", "artifacts": str(tmp_path / "artifacts"), "resolutions": [RES],
-        "models": [{"name": "y", "source": "yolo", "variant": "yolov8n", "weights": weights, "options": OPTIONS}],
+        "models": [{"name": "y", "source": "yolo", "variant": variant, "weights": weights, "options": OPTIONS}],
         "runtimes": ["torch"], "nms": nms or ["host", "device", "in_graph"], "scopes": ["end_to_end"],
     })
     return {cell.nms: YoloSource(cell, io.StringIO()) for cell in expand(plan, tmp_path)}
@@ -124,6 +124,10 @@ def test_a_checkpoint_loads_safely_and_code_in_a_pickle_is_refused(tmp_path: Pat
     with torch.inference_mode():
         assert torch.equal(source.torch_model("cpu")(x)[0], loaded.torch_model("cpu")(x)[0])
     assert loaded.random_weights is False and "weights_only" in loaded.describe()["weights_loader"]
+    # The checkpoint is a yolov8n: run as another variant, the record would name the wrong model.
+    wrong = _sources(tmp_path / "wrong", weights=str(good), nms=["host"], variant="yolo11n")["host"]
+    with pytest.raises(WeightsUnavailable, match=r"variant is `yolo11n`, but .* holds a `yolov8n`"):
+        wrong.torch_model("cpu")
 
     marker = tmp_path / "pwned"
 

@@ -104,6 +104,22 @@ def load_checkpoint(path: Path) -> Any:
     return model.float().eval()
 
 
+def checkpoint_variant(model: Any) -> str | None:
+    """The architecture an Ultralytics model was built from, as a plan's `variant` names it
+    (`yolo11n`, `yolov8s`): its YAML file's name, with the scale the YAML records put in when
+    the name has none (`yolov8.yaml` + scale n -> yolov8n); None when the model does not say."""
+    import re
+
+    spec = getattr(model, "yaml", None)
+    if not isinstance(spec, dict) or not spec.get("yaml_file"):
+        return None
+    stem = Path(str(spec["yaml_file"])).stem
+    scale = spec.get("scale")
+    if isinstance(scale, str) and not re.search(r"\d[nslmx](?=-|$)", stem):
+        stem = re.sub(r"(\d+)(?=-|$)", rf"\g<1>{scale}", stem, count=1)
+    return stem
+
+
 class YoloSource(ModelSource):
     def __init__(self, cell: Any, log: TextIO):
         super().__init__(cell, log)
@@ -143,6 +159,7 @@ class YoloSource(ModelSource):
         with redirect_fds(self.log):
             if self.weights_path is not None:
                 model = load_checkpoint(self.weights_path)
+                self._check_variant(model)
             else:
                 from ultralytics.nn.tasks import DetectionModel
 
@@ -159,6 +176,17 @@ class YoloSource(ModelSource):
             p.requires_grad = False
         self.build_s = time.perf_counter() - started
         return model
+
+    def _check_variant(self, model: Any) -> None:
+        """The plan's `variant` must be the checkpoint's architecture: the record names the
+        variant, so a yolo11n file run as `yolov8n` would be reported as the wrong model."""
+        found = checkpoint_variant(model)
+        stated = self.cell.model.variant
+        if found is not None and stated and found != stated:
+            raise WeightsUnavailable(
+                f"model `{self.cell.model.name}`: variant is `{stated}`, but {self.weights_path} holds a `{found}` "
+                f"(its model YAML): write `variant: {found}`"
+            )
 
     @cached_property
     def _model(self) -> Any:
