@@ -43,6 +43,27 @@ class _Parser(argparse.ArgumentParser):
             (file or sys.stderr).write(message)
 
 
+def _percent(text: str) -> float:
+    """A threshold in percent: a finite number >= 0 (a negative one would flag every cell)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 5, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite percentage >= 0, got {text!r}")
+    return value
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability such as 0.01, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bench",
@@ -76,13 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="compare two runs (folders or results.json files)")
     compare.add_argument("a", help="baseline run")
     compare.add_argument("b", help="candidate run")
-    compare.add_argument("--threshold", type=float, default=5.0, metavar="PCT",
+    compare.add_argument("--threshold", type=_percent, default=5.0, metavar="PCT",
                          help="fail (exit 1) when a cell is significantly slower by more than PCT percent (default 5)")
-    compare.add_argument("--alpha", type=float, default=0.01, help="1 - the level of the change intervals (default 0.01: 99%% intervals)")
-    compare.add_argument("--memory-threshold", type=float, default=10.0, metavar="PCT",
+    compare.add_argument("--alpha", type=_alpha, default=0.01, help="1 - the level of the change intervals (default 0.01: 99%% intervals)")
+    compare.add_argument("--memory-threshold", type=_percent, default=10.0, metavar="PCT",
                          help="peak device memory or host RSS growth (%%) that counts as a regression (default 10)")
     compare.add_argument("--force", action="store_true", help="compare even when the environments' fingerprints differ")
     compare.add_argument("--out", metavar="DIR", help="folder for compare.html and compare.md")
+
+    from harness.serve import listen_port  # light: the server stack is imported only when serving
 
     serve = sub.add_parser("serve", help="serve one cell of a plan over HTTP on loopback (POST /v1/detect, /metrics)")
     serve.add_argument("plan", help="plan YAML file")
@@ -91,9 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--precision", help="one of the plan's precisions (default: the first)")
     serve.add_argument("--batch", type=int, help="max batch of dynamic batching, one of the plan's batch sizes (default: the first)")
     serve.add_argument("--resolution", type=int, help="one of the model's resolutions (default: the first)")
+    serve.add_argument("--nms", metavar="PLACEMENT", help="where NMS runs, one of the plan's NMS placements: host, device, "
+                                                         "in_graph (default: the first)")
     serve.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    serve.add_argument("--port", type=listen_port, default=8000, help="port, 0-65535 (default 8000; 0: any free port)")
     serve.add_argument("--max-seconds", type=float, help="stop by itself after this many seconds")
+    serve.add_argument("--log", metavar="FILE", help="where the runtime's session and build logs go "
+                                                     "(default: a new bench-serve-CELL-*.log in the system's temp folder)")
 
     tune = sub.add_parser("tune", help="search runtimes, precisions and speed options for the fastest "
                                        "configuration within an mAP budget (docs/tune.md)")
@@ -206,7 +233,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return serve_by_hand(args.plan, args.model, args.runtime, host=args.host, port=args.port,
                              precision=args.precision, batch=args.batch, resolution=args.resolution,
-                             max_seconds=args.max_seconds)
+                             nms=args.nms, max_seconds=args.max_seconds, log_path=args.log)
     if args.command == "tune":
         return _tune(args)
     if args.command == "make-sample":

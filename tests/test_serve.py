@@ -313,9 +313,15 @@ def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(server: Any)
         error = json.loads(raw)["error"]
         assert (error["status"], error["code"]) == (status, code), name
         assert http(port, "POST", "/v1/detect", good, {"Content-Type": "image/jpeg"})[0] == 200, f"after {name}"
+    def counted(code: int) -> int:
+        found = re.search(rf'^detbench_requests_total\{{[^}}]*code="{code}"\}} (\d+)$', http(port, "GET", "/metrics")[2].decode(), re.M)
+        return int(found.group(1)) if found else 0
+
     for method, path, status in (("GET", "/nowhere", 404), ("GET", "/v1/detect", 405)):
+        before = counted(status)
         got, _, raw = http(port, method, path)
         assert got == status and json.loads(raw)["error"]["status"] == status
+        assert counted(status) == before + 1, f"{status} not counted in detbench_requests_total"
     assert json.loads(http(port, "GET", "/healthz")[2])["status"] == "ok"
 
 
@@ -352,6 +358,46 @@ def test_a_flood_past_the_queue_limit_gets_503_and_the_server_recovers(server: A
     assert http(target.port, "POST", "/v1/detect", jpeg(), {"Content-Type": "image/jpeg"})[0] == 200
     stats = json.loads(http(target.port, "GET", "/v1/stats")[2])
     assert stats["monitoring"]["status_codes"]["503"] >= 20
+
+
+def test_a_flood_with_connection_close_gets_every_503_and_a_clean_close(server: Any) -> None:
+    """Clients that send a whole body on `Connection: close` and read to the end of the
+    connection: each gets its JSON answer, and the connection ends with FIN, not RST. A server
+    that closes on a refused body it has not read makes the kernel reset the connection, which
+    can erase the answer before the client reads it (RFC 9112 9.6); this one reads it first."""
+    import threading
+    from collections import Counter
+
+    body = jpeg()
+    raw = (f"POST /v1/detect HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/jpeg\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode("ascii") + body
+    clients = 60
+    start_together = threading.Barrier(clients)
+    outcomes: list[Any] = []
+
+    def client() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", server.target.port), timeout=30) as sock:
+                start_together.wait(30)
+                sock.sendall(raw)
+                received = b""
+                while chunk := sock.recv(65536):  # to the end: a reset raises here
+                    received += chunk
+            head, _, answer = received.partition(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            outcomes.append((status, json.loads(answer).get("error", {}).get("code")))
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    counts = Counter(outcomes)
+    assert sum(counts.values()) == clients and set(counts) <= {(200, None), (503, "overloaded")}, counts
+    assert counts[(503, "overloaded")] > 0, counts
+    assert http(server.target.port, "POST", "/v1/detect", jpeg(), {"Content-Type": "image/jpeg"})[0] == 200
 
 
 def test_dynamic_batching_batches_concurrent_requests(tmp_path: Path) -> None:
@@ -435,20 +481,26 @@ def test_a_server_that_cannot_run_says_why(tmp_path: Path) -> None:
 def test_bench_serve_by_hand(tmp_path: Path) -> None:
     plan = tmp_path / "plan.yaml"
     plan.write_text(plan_text())
+    log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", str(plan), "--model", "anchor-grid-320",
-                             "--runtime", "onnxruntime-cpu", "--port", "0", "--max-seconds", "120"],
+                             "--runtime", "onnxruntime-cpu", "--port", "0", "--max-seconds", "120", "--log", str(log)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stderr is not None
         port = None
+        said: list[str] = []
         deadline = time.monotonic() + 120
         while port is None and time.monotonic() < deadline:
             line = proc.stderr.readline()
             if not line:
                 break
+            said.append(line)
             if m := re.search(r"on http://127\.0\.0\.1:(\d+)", line):
                 port = int(m.group(1))
         assert port, "bench serve did not say where it listens"
+        # The terminal: what is served and where its runtime's log went; ORT's session log is in the file.
+        assert len(said) == 2 and str(log) in said[0] and "batch up to 1, resolution 320" in said[0], said
+        assert "onnxruntime" in log.read_text()
         status, _, raw = http(port, "POST", "/v1/detect", jpeg(), {"Content-Type": "image/jpeg"})
         assert status == 200 and json.loads(raw)["cell_id"].endswith("__server")
         proc.send_signal(signal.SIGINT)
@@ -463,6 +515,45 @@ def test_bench_serve_refuses_a_non_loopback_host(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "harness.cli", "serve", str(plan), "--model", "anchor-grid-320",
                            "--runtime", "onnxruntime-cpu", "--host", "0.0.0.0"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2 and "loopback" in done.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_bench_serve_refuses_a_bad_port_naming_it(tmp_path: Path, port: str) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text())
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "serve", str(plan), "--model", "anchor-grid-320",
+                           "--runtime", "onnxruntime-cpu", "--port", port], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and "argument --port:" in done.stderr and "0-65535" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("option", "words"), [
+    ({"batch": 3}, "--batch 3: model anchor-grid-320 on runtime onnxruntime-cpu has batch sizes [1, 4]"),
+    ({"precision": "fp16"}, "--precision fp16: model anchor-grid-320 on runtime onnxruntime-cpu has precisions [fp32]"),
+    ({"resolution": 640}, "--resolution 640: model anchor-grid-320 on runtime onnxruntime-cpu has resolutions [320]"),
+    ({"batch": 4, "nms": "in_graph"}, "--nms in_graph: model anchor-grid-320 on runtime onnxruntime-cpu with --batch 4 "
+                                      "has NMS placements [host, device]"),
+])
+def test_bench_serve_names_the_values_of_the_option_that_does_not_match(tmp_path: Path, option: dict[str, Any], words: str) -> None:
+    from harness.serve.server import pick_cell
+
+    cells = load_cells(plan_text("[1, 4]", extra="nms: [host, device]\n"), tmp_path)
+    asked = {"precision": None, "batch": None, "resolution": None, "nms": None, **option}
+    with pytest.raises(UserError) as err:
+        pick_cell(cells, "anchor-grid-320", "onnxruntime-cpu", **asked)
+    assert str(err.value) == words
+
+
+def test_bench_serve_says_which_nms_placement_it_serves(tmp_path: Path) -> None:
+    from harness.serve.server import describe_choice, pick_cell
+
+    cells = load_cells(plan_text("[1, 4]", extra="nms: [host, device]\n"), tmp_path)
+    first = pick_cell(cells, "anchor-grid-320", "onnxruntime-cpu", None, None, None)
+    assert first.nms == "host"
+    assert describe_choice(cells, first) == ("precision fp32, batch up to 1, resolution 320, NMS host; "
+                                             "the plan also has --batch 4; --nms device")
+    assert pick_cell(cells, "anchor-grid-320", "onnxruntime-cpu", None, 4, None, "device").cell_id == \
+        "anchor-grid-320__onnxruntime-cpu__fp32__b4__r320__nms-device__server"
 
 
 # ----------------------------------------------------------------------------- the scenario through bench
@@ -552,7 +643,18 @@ def test_bench_compare_compares_server_cells_at_equal_load(sweep_run: Path, tmp_
     assert "level by level at equal load" in done.stdout and "c4" in done.stdout and "15 rps" in done.stdout
     assert "no verdict" in done.stdout and "one server process a side" in done.stdout
     assert "server levels at equal load" in (tmp_path / "compare.md").read_text()
-    assert "server levels at equal load" in (tmp_path / "compare.html").read_text()
+    html = (tmp_path / "compare.html").read_text()
+    assert "server levels at equal load" in html
+    # One process a side: nothing got a verdict, so the banner claims no pass, and it names the
+    # test the comparison used (the terminal's words), not another.
+    from markupsafe import escape as html_escape  # as the template escapes it
+
+    from harness.report.compare import TEST_WORDS
+
+    banner = html[html.index('id="gate"'):].split("</div></div>", 1)[0]
+    assert "No verdict" in banner and "Pass" not in banner and "protocol.repeats" in banner, banner
+    assert str(html_escape(TEST_WORDS)) in banner and "Mann-Whitney" not in html
+    assert "**NO VERDICT**" in (tmp_path / "compare.md").read_text()
 
 
 def test_compare_levels_finds_a_slower_level() -> None:

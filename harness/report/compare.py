@@ -496,9 +496,15 @@ def _text(header: str, ctx: dict[str, Any], wrote: str) -> str:
             "or failing in B: "
             + ", ".join(r.cell_id for r in ctx["regressions"])
         )
+    elif ctx["rows"] and len(ctx["unjudged"]) == len(ctx["rows"]):
+        lines.append(f"NO VERDICT: none of the {len(ctx['rows'])} matched cell(s) could be judged (one process on a "
+                     "side has no between-process interval: measure with protocol.repeats >= 3); none grew in "
+                     f"memory by more than {ctx['memory_threshold_pct']:g}%.")
     else:
-        lines.append(f"OK: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval, "
-                     f"none grown in memory by more than {ctx['memory_threshold_pct']:g}%.")
+        judged = len(ctx["rows"]) - len(ctx["unjudged"])
+        without = f" ({len(ctx['unjudged'])} of {len(ctx['rows'])} cell(s) got no verdict)" if ctx["unjudged"] else ""
+        lines.append(f"OK: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval "
+                     f"({judged} judged){without}, none grown in memory by more than {ctx['memory_threshold_pct']:g}%.")
     lines.append(wrote)
     return "\n".join(lines)
 
@@ -522,7 +528,8 @@ def compare_markdown(ctx: dict[str, Any]) -> str:
     if ctx["regressions"]:
         verdict = f"**FAIL**: {len(ctx['regressions'])} cell(s) slower by more than {ctx['threshold_pct']:g}% over their whole {level} interval"
     elif len(unjudged) == n_rows:
-        verdict = f"**NO VERDICT**: none of the {n_rows} cell(s) could be judged ({fmt.md('; '.join(dict.fromkeys(r.note for r in unjudged if r.note)))})"
+        why = "; ".join(dict.fromkeys(r.note for r in unjudged if r.note))
+        verdict = f"**NO VERDICT**: none of the {n_rows} cell(s) could be judged" + (f" ({fmt.md(why)})" if why else "")
     else:
         verdict = f"**PASS**: no cell slower by more than {ctx['threshold_pct']:g}% over its whole {level} interval" + (
             f" ({len(unjudged)} of {n_rows} cell(s) got no verdict)" if unjudged else "")

@@ -15,6 +15,23 @@ package imports them, and this package imports them only inside functions.
 
 from __future__ import annotations
 
+MAX_PORT = 65535
+
+
+def listen_port(text: str) -> int:
+    """`bench serve --port`'s type: a TCP port, 0 (any free port) to 65535. argparse prints the
+    ArgumentTypeError as `argument --port: ...` and exits 2, so a bad port never reaches bind()
+    (whose OverflowError would be a traceback)."""
+    from argparse import ArgumentTypeError
+
+    try:
+        port = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not a port number (0-{MAX_PORT})") from None
+    if not 0 <= port <= MAX_PORT:
+        raise ArgumentTypeError(f"{port} is outside 0-{MAX_PORT} (0: any free port)")
+    return port
+
 
 def serve_extra_problem() -> str | None:
     """Why the server cannot run here (the `serve` extra is not installed), or None."""

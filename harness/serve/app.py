@@ -100,6 +100,7 @@ async def read_body(request: Any, limits: Limits) -> bytes:
             raise Refused(413, "body_too_large", f"the body is {int(declared):,} bytes; the server takes at most {limits.max_body_bytes:,}")
     chunks: list[bytes] = []
     size = 0
+    request.state.body_started = True  # drain_unread_body leaves a body alone from here on
     try:
         async with asyncio.timeout(limits.request_timeout_s):
             async for chunk in request.stream():
@@ -110,6 +111,33 @@ async def read_body(request: Any, limits: Limits) -> bytes:
     except TimeoutError:
         raise Refused(408, "body_timeout", f"the body was not received within {limits.request_timeout_s:g} s") from None
     return b"".join(chunks)
+
+
+async def drain_unread_body(request: Any, limits: Limits) -> None:
+    """Read and drop a body the answer did not need (a 503 at admission, a 415, a bad
+    `min_score`). Closing a connection with unread bytes in its receive buffer makes the kernel
+    send RST instead of FIN, and a client still sending its body (Connection: close, or an
+    HTTP/1.1 client that sends the whole body before reading) then gets ConnectionResetError
+    instead of the JSON refusal. A body already started, or declared over `max_body_bytes`, is
+    left alone, and draining stops at `max_body_bytes` or `request_timeout_s`, so a refusal never
+    costs more than the largest request the server accepts."""
+    from starlette.requests import ClientDisconnect
+
+    if getattr(request.state, "body_started", False):
+        return
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+        return
+    request.state.body_started = True
+    size = 0
+    try:
+        async with asyncio.timeout(limits.request_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    return
+    except (TimeoutError, ClientDisconnect):
+        return
 
 
 async def image_bytes(request: Any, limits: Limits) -> bytes:
@@ -187,6 +215,8 @@ async def detect(service: Service, request: Any) -> tuple[int, dict[str, Any], d
     if service.in_flight >= limits.max_queue:
         status, body, headers = 503, error_body(503, "overloaded", f"{service.in_flight} requests in flight, the queue limit "
                                                                    f"(limits.max_queue {limits.max_queue}); retry later"), {"Retry-After": "1"}
+        # Admission is decided on arrival; the body is read only so that the 503 reaches the client.
+        await drain_unread_body(request, limits)
         _finish(service, row, status, started)
         return status, body, headers
     service.in_flight += 1
@@ -228,6 +258,7 @@ async def detect(service: Service, request: Any) -> tuple[int, dict[str, Any], d
         _finish(service, row, 200, started)
         return 200, result, {}
     except Refused as exc:
+        await drain_unread_body(request, limits)
         _finish(service, row, exc.status, started)
         return exc.status, error_body(exc.status, exc.code, exc.message), exc.headers
     except images.BadImage as exc:
@@ -255,6 +286,7 @@ async def noop(service: Service, request: Any) -> tuple[int, dict[str, Any]]:
     try:
         await image_bytes(request, service.limits)
     except Refused as exc:
+        await drain_unread_body(request, service.limits)
         return exc.status, error_body(exc.status, exc.code, exc.message)
     return 200, {}
 
@@ -307,6 +339,10 @@ def build_app(service: Service) -> Any:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         detail = exc.detail if isinstance(exc, HTTPException) else f"{type(exc).__name__}: {exc}"
         headers = getattr(exc, "headers", None)
+        # 404, 405 and errors outside the handlers: counted, as every answer of the endpoint is,
+        # so a client calling the wrong path shows in detbench_requests_total.
+        assert service.metrics is not None
+        service.metrics.count_request(status)
         return JSONResponse(error_body(status, "http_error" if status < 500 else "internal_error", str(detail)),
                             status_code=status, headers=headers)
 

@@ -163,6 +163,13 @@ class Metrics:
             if status == 200:
                 self.recent.append(server_s)
 
+    def count_request(self, status: int) -> None:
+        """A request answered outside /v1/detect's handler (404, 405, an unexpected error):
+        counted by status, not timed (the latency families are the endpoint's)."""
+        with self._lock:
+            key = str(status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+
     def observe_answer(self, queue_s: float, inference_s: float, detections: int, max_score: float, width: int, height: int) -> None:
         with self._lock:
             self.queue.observe(queue_s)
@@ -187,7 +194,7 @@ class Metrics:
             labels = dict(self.info)
             lines = ["# HELP detbench_model_info The model and runtime this server runs.",
                      "# TYPE detbench_model_info gauge", f"detbench_model_info{_labels(labels)} 1",
-                     "# HELP detbench_requests_total Answered requests by HTTP status.",
+                     "# HELP detbench_requests_total Requests answered by /v1/detect, and by routing (404, 405), by HTTP status.",
                      "# TYPE detbench_requests_total counter"]
             for code, n in sorted(self.requests.items()):
                 lines.append(f"detbench_requests_total{_labels({**labels, 'code': code})} {n}")

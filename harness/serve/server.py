@@ -163,35 +163,102 @@ def main(argv: list[str]) -> int:
 # -- by hand: bench serve ----------------------------------------------------------------------
 
 
+# The options that pick one of a model's cells on a runtime: (option, Cell attribute, plural).
+CELL_OPTIONS = (
+    ("--precision", "precision", "precisions"),
+    ("--batch", "batch", "batch sizes"),
+    ("--resolution", "resolution", "resolutions"),
+    ("--nms", "nms", "NMS placements"),
+)
+
+
+def _values(cells: list[Cell], attr: str) -> list[Any]:
+    """The distinct values of `attr` among `cells`, in the plan's order (its first is the default)."""
+    return list(dict.fromkeys(getattr(c, attr) for c in cells if getattr(c, attr) is not None))
+
+
+def _shown(values: list[Any]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
 def pick_cell(cells: list[Cell], model: str, runtime: str, precision: str | None, batch: int | None,
-              resolution: int | None) -> Cell:
+              resolution: int | None, nms: str | None = None) -> Cell:
+    """The cell `bench serve` serves: the model on the runtime, narrowed by each option given (an
+    option left out takes the plan's first value). A value the plan does not have is refused with
+    the values it does have for that option."""
     from harness.errors import UserError
 
-    found = [c for c in cells if c.model.name == model and c.runtime.key == runtime
-             and (precision is None or c.precision == precision) and (batch is None or c.batch == batch)
-             and (resolution is None or c.resolution == resolution)]
+    found = [c for c in cells if c.model.name == model and c.runtime.key == runtime]
     if not found:
         have = sorted({f"--model {c.model.name} --runtime {c.runtime.key}" for c in cells})
-        raise UserError(f"no cell of the plan is model {model!r} on runtime {runtime!r}"
-                        + (" with the options given" if precision or batch or resolution else "")
-                        + "; the plan has: " + "; ".join(have))
+        raise UserError(f"no cell of the plan is model {model!r} on runtime {runtime!r}; the plan has: " + "; ".join(have))
+    # NMS placements are spelt in_graph in plans and in-graph in cell ids: take either.
+    wanted = {"precision": precision, "batch": batch, "resolution": resolution,
+              "nms": nms.replace("-", "_") if nms else None}
+    narrowed_by: list[str] = []
+    for option, attr, plural in CELL_OPTIONS:
+        value = wanted[attr]
+        if value is None:
+            continue
+        matching = [c for c in found if getattr(c, attr) == value]
+        if not matching:
+            which = f"model {model} on runtime {runtime}" + (f" with {' '.join(narrowed_by)}" if narrowed_by else "")
+            have = _values(found, attr)
+            if not have:
+                raise UserError(f"{option} {value}: {which} has no NMS the harness places (the plan gives it no NMS placement)")
+            raise UserError(f"{option} {value}: {which} has {plural} {_shown(have)}")
+        found = matching
+        narrowed_by.append(f"{option} {value}")
     end_to_end = [c for c in found if c.scope == "end_to_end"]
     return (end_to_end or found)[0]
 
 
+def describe_choice(cells: list[Cell], cell: Cell) -> str:
+    """What `bench serve` serves, option by option, and the plan's other values for the options
+    (so a default, e.g. the first of several NMS placements, is never picked silently)."""
+    siblings = [c for c in cells if c.model.name == cell.model.name and c.runtime.key == cell.runtime.key]
+    served = [f"precision {cell.precision}", f"batch up to {cell.batch}", f"resolution {cell.resolution}"]
+    if cell.nms is not None:
+        served.append(f"NMS {cell.nms}")
+    others = []
+    for option, attr, _ in CELL_OPTIONS:
+        rest = [v for v in _values(siblings, attr) if v != getattr(cell, attr)]
+        if rest:
+            others.append(f"{option} {', '.join(str(v) for v in rest)}")
+    return ", ".join(served) + ("; the plan also has " + "; ".join(others) if others else "")
+
+
+def open_log(cell: Cell, log_path: str | None) -> tuple[Any, Path]:
+    """The runtime's log file, open for writing: `log_path`, else a new file of this process's
+    own in the system's temp folder (mkstemp: a unique name, created exclusively, so a file or
+    link someone planted under a predictable name is never written through)."""
+    import tempfile
+
+    if log_path:
+        return open(log_path, "w", encoding="utf-8"), Path(log_path)  # noqa: SIM115  (open while serving)
+    fd, name = tempfile.mkstemp(prefix=f"bench-serve-{cell.cell_id}-", suffix=".log")
+    return os.fdopen(fd, "w", encoding="utf-8"), Path(name)
+
+
 def serve_by_hand(plan_path: str, model: str, runtime: str, *, host: str, port: int, precision: str | None,
-                  batch: int | None, resolution: int | None, max_seconds: float | None = None) -> int:
-    """`bench serve`: the cell's server in this process, until Ctrl-C (or `max_seconds`)."""
+                  batch: int | None, resolution: int | None, nms: str | None = None,
+                  max_seconds: float | None = None, log_path: str | None = None) -> int:
+    """`bench serve`: the cell's server in this process, until Ctrl-C (or `max_seconds`). The
+    runtime's own output (ONNX Runtime's VERBOSE session log, TensorRT's build log: a hundred
+    lines and more) goes to a log file, so the terminal shows only where the server listens."""
     import asyncio
 
     from harness.errors import UserError
     from harness.plan.load import load_plan
+    from harness.serve import MAX_PORT
 
     check_loopback(host)
+    if not 0 <= port <= MAX_PORT:  # the CLI checks it too; this is for other callers
+        raise UserError(f"--port {port}: a port is 0-{MAX_PORT} (0: any free port)")
     if problem := serve_extra_problem():
         raise UserError(problem)
     loaded = load_plan(plan_path)
-    cell = pick_cell(loaded.cells, model, runtime, precision, batch, resolution)
+    cell = pick_cell(loaded.cells, model, runtime, precision, batch, resolution, nms)
     if cell.server is None:
         cell = cell.model_copy(update={"server": loaded.plan.server or ServerSpec()})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -200,36 +267,46 @@ def serve_by_hand(plan_path: str, model: str, runtime: str, *, host: str, port: 
     try:
         sock.bind((host, port))
     except OSError as exc:
+        sock.close()
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
-    print(f"bench serve: preparing {cell.cell_id} ...", file=sys.stderr, flush=True)
     try:
-        built = build(cell, sys.stderr)
-    except CellEnded as end:
-        raise UserError(f"{cell.cell_id} cannot be served: {end.status}: {end.reason}") from None
-    from harness.serve.app import build_app
-
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"bench serve: {cell.cell_id} on http://{shown}:{bound} (batch up to {cell.batch}); Ctrl-C stops it\n"
-          f"  curl -s -H 'Content-Type: image/jpeg' --data-binary @image.jpg http://{shown}:{bound}/v1/detect\n"
-          f"  curl -s http://{shown}:{bound}/metrics", file=sys.stderr, flush=True)
-    server = uvicorn_server(build_app(built.service))
-
-    async def run() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        if max_seconds is not None:
-            await asyncio.sleep(max_seconds)
-            server.should_exit = True
-        await task
-
+        log, log_file = open_log(cell, log_path)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"--log {log_path}: cannot write it: {exc.strerror}") from None
+    print(f"bench serve: preparing {cell.cell_id} ({describe_choice(loaded.cells, cell)}); "
+          f"the runtime's log goes to {log_file} ...", file=sys.stderr, flush=True)
     try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
+        try:
+            built = build(cell, log)
+        except CellEnded as end:
+            raise UserError(f"{cell.cell_id} cannot be served: {end.status}: {end.reason} (log: {log_file})") from None
+        from harness.serve.app import build_app
+
+        bound = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"bench serve: {cell.cell_id} on http://{shown}:{bound} (batch up to {cell.batch}); Ctrl-C stops it\n"
+              f"  curl -s -H 'Content-Type: image/jpeg' --data-binary @image.jpg http://{shown}:{bound}/v1/detect\n"
+              f"  curl -s http://{shown}:{bound}/metrics", file=sys.stderr, flush=True)
+        server = uvicorn_server(build_app(built.service))
+
+        async def run() -> None:
+            task = asyncio.create_task(server.serve(sockets=[sock]))
+            if max_seconds is not None:
+                await asyncio.sleep(max_seconds)
+                server.should_exit = True
+            await task
+
+        try:
+            asyncio.run(run())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            built.service.batcher.stop()
+            built.runtime.close()
     finally:
-        built.service.batcher.stop()
-        built.runtime.close()
+        log.close()
     return 0
 
 
