@@ -420,14 +420,17 @@ def _runtime_cell_checks(cells: list[Cell]) -> Problems:
 
 def _with_reference_first(cells: list[Cell]) -> list[Cell]:
     """Mark the model's reference configuration (the runtime marked `reference: true`, else the
-    first runtime whose plug-in names a default reference precision, at that precision) and
-    move its cells to the front, so every later cell of the model can be compared against the
-    reference cell of the same resolution and batch."""
+    first runtime whose plug-in names a default reference precision, at that precision, else
+    the plan's first runtime at fp32) and move its cells to the front, so every later cell of
+    the model can be compared against the reference cell of the same resolution and batch
+    (and every NMS placement against the first: how placements are checked to agree)."""
     if not cells:
         return cells
     marked = [c for c in cells if c.runtime.reference]
     if not marked:
         marked = [c for c in cells if c.precision == plugin(c.runtime.name).default_reference_precision]
+    if not marked:
+        marked = [c for c in cells if c.precision == "fp32"]
     if not marked:
         return cells
     ref_runtime, ref_precision, ref_nms = marked[0].runtime.key, marked[0].precision, marked[0].nms
