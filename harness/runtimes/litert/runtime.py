@@ -112,8 +112,11 @@ class LiteRtCpuRuntime(Runtime):
         # captured into the cell log and kept as part of the proof.
         buffer = io.StringIO()
         with redirect_fds(buffer):
-            interpreter = Interpreter(model_path=str(path), num_threads=threads,
-                                      experimental_op_resolver_type=resolver)
+            try:
+                interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                                          experimental_op_resolver_type=resolver)
+            except ValueError as exc:  # "Model provided has model identifier ..., should be TFL3"
+                raise UserError(f"{path} is not a LiteRT (.tflite) model the interpreter can read: {exc}") from None
             inputs = interpreter.get_input_details()
             if len(inputs) != 1:
                 raise UserError(f"{path} has {len(inputs)} inputs; the harness feeds detectors with one image tensor")
@@ -121,7 +124,13 @@ class LiteRtCpuRuntime(Runtime):
             self.nhwc = len(shape) == 4 and shape[-1] == 3 and shape[1] != 3
             if shape[0] != self.cell.batch:
                 shape[0] = self.cell.batch
-                interpreter.resize_tensor_input(inputs[0]["index"], shape)
+                try:
+                    interpreter.resize_tensor_input(inputs[0]["index"], shape)
+                    interpreter.allocate_tensors()
+                except (RuntimeError, ValueError) as exc:  # XNNPack: "failed to reshape"
+                    raise CellSkipped(f"{path} has a fixed batch of {int(inputs[0]['shape'][0])} and cannot be "
+                                      f"resized to batch {self.cell.batch} ({str(exc).strip().splitlines()[0][:200]}); "
+                                      "export it with a dynamic batch or ask for that batch") from None
             interpreter.allocate_tensors()
         load_s = time.perf_counter() - started
         self.log_text = buffer.getvalue()
@@ -136,13 +145,13 @@ class LiteRtCpuRuntime(Runtime):
         res = self.cell.resolution
         want = [self.cell.batch, res, res, 3] if self.nhwc else [self.cell.batch, 3, res, res]
         if [int(d) for d in self.input["shape"]] != want:
-            raise CellSkipped(f"{path} takes input {list(self.input['shape'])}; this cell feeds {want} "
+            raise CellSkipped(f"{path} takes input {[int(d) for d in self.input['shape']]}; this cell feeds {want} "
                               f"(resolution {res}, batch {self.cell.batch})")
         self.tensors = interpreter.get_tensor_details()
         self.precision = file_precision(self.tensors)
         if self.precision != self.cell.precision:
             raise UserError(
-                f"{path} is a {self.precision} file (its tensors: {self._dtypes()}); the cell asks for "
+                f"{path} is {'an' if self.precision.startswith('i') else 'a'} {self.precision} file (its tensors: {self._dtypes()}); the cell asks for "
                 f"{self.cell.precision}: LiteRT runs the file as written, so ask for precision {self.precision}"
             )
         facts: dict[str, Any] = {"path": str(path), "bytes": len(data), "sha256": self.sha256}
