@@ -124,6 +124,9 @@ def _format_validation(where: str, exc: ValidationError) -> str:
             what = "unknown key (check its spelling; unknown keys are errors, not ignored)"
         elif kind == "missing":
             what = "required, but missing"
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            # pydantic names the Python class ("a valid dictionary or instance of PlanBudgets")
+            what = f"expected a mapping of keys to values (`key: value` lines), got {_yaml_kind(err.get('input'))}"
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
             what = f"got {err.get('input')!r}; expected one of {expected}"
@@ -133,6 +136,19 @@ def _format_validation(where: str, exc: ValidationError) -> str:
                 what += f" (got {err['input']!r})"
         lines.append(f"  {field or '<top level>'}: {what}")
     return "\n".join(lines)
+
+
+def _yaml_kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words (a list, a number, a string...)."""
+    if isinstance(value, list):
+        return f"a list ({value!r:.60})"
+    if isinstance(value, bool):
+        return f"a boolean ({value!r})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value!r:.60})"
+    return "nothing (null)" if value is None else f"{type(value).__name__}"
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
