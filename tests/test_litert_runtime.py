@@ -129,7 +129,7 @@ def test_int8_quantizes_the_input_and_dequantizes_the_output_with_the_files_para
 
 
 def test_precision_must_be_the_files(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="is a int8 file.*ask for precision int8"):
+    with pytest.raises(UserError, match="is an int8 file.*ask for precision int8"):
         _runtime(tmp_path, file="anchor-grid-320-int8.tflite", precision="fp32").prepare()
     with pytest.raises(UserError, match="is a fp32 file.*ask for precision fp32"):
         _runtime(tmp_path, precision="int8").prepare()
