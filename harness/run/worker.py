@@ -289,8 +289,7 @@ def hand_over_after_build(run: CellRun, prepare: dict[str, Any]) -> dict[str, An
         earlier = dict(run.built_earlier)
         _carry_build_facts(prepare, earlier.pop("prepare", None) or {})
         for name, seconds in (earlier.get("timings") or {}).items():
-            prepare.setdefault(name, seconds)
-            if prepare[name] is None:
+            if prepare.get(name) is None:  # sample_dataset_s, which this process's prepare lacks
                 prepare[name] = seconds
         prepare["built_in_earlier_process"] = earlier
         return prepare
@@ -324,9 +323,9 @@ def generate_sample_dataset(run: CellRun) -> float | None:
     cell = run.cell
     if cell.dataset is None:
         return None
-    from harness.accuracy.datasets import generate_sample_files
+    from harness.accuracy.datasets import default_cache_root, generate_sample_files
 
-    return generate_sample_files(cell.dataset, Path(cell.plan_dir), cell.resolve_path(cell.artifacts_dir) / "datasets")
+    return generate_sample_files(cell.dataset, Path(cell.plan_dir), default_cache_root(cell))
 
 
 def load_accuracy_dataset(run: CellRun, source: ModelSource) -> Dataset | None:

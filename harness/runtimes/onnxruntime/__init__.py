@@ -129,13 +129,20 @@ def _plugin(name: str, provider: str, cls: str, device: Device, precisions: set[
     )
 
 
+def _int8_settings(cell: Cell) -> dict[str, Any]:
+    """The plan's raw `int8` settings of the cell's runtime entry ({} when absent or malformed:
+    the settings schema reports a malformed one)."""
+    int8 = cell.runtime.settings.get("int8")
+    return int8 if isinstance(int8, dict) else {}
+
+
 def cell_problems(cell: Cell) -> list[tuple[str, str]]:
     """What `bench validate` can say before anything runs: static INT8 needs the plan's
     calibration split, and can use at most the images it holds."""
     if cell.precision != "int8":
         return []
     problems: list[tuple[str, str]] = []
-    int8 = cell.runtime.settings.get("int8") or {}
+    int8 = _int8_settings(cell)
     split = cell.dataset.calibration if cell.dataset is not None else None
     if split is None:
         problems.append((
@@ -145,7 +152,6 @@ def cell_problems(cell: Cell) -> list[tuple[str, str]]:
             "(100-500 images for a real model; a handful for a smoke test)",
         ))
         return problems
-    int8 = int8 if isinstance(int8, dict) else {}
     n = int8.get("calibration_images")
     if isinstance(n, int) and n > split.images:
         problems.append((
@@ -161,8 +167,7 @@ def ort_cell_problems(cell: Cell) -> list[tuple[str, str]]:
     images come from the calibration split; keep_float_worst needs it) and keep_float's node
     names, which are the ONNX file's."""
     problems = cell_problems(cell)
-    int8 = cell.runtime.settings.get("int8")
-    int8 = int8 if isinstance(int8, dict) else {}
+    int8 = _int8_settings(cell)
     if cell.precision in ("int8", "int8-dynamic"):
         problems += _keep_float_problems(cell, int8.get("keep_float"))
     if cell.precision != "int8" or cell.dataset is None or cell.dataset.calibration is None:

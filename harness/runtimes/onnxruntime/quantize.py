@@ -26,6 +26,7 @@ preparation, cached in the artifacts folder, never inside a timed region.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -514,11 +515,18 @@ def _facts(request: Request, key: str, path: Path, notes: list[str], calibration
     return facts
 
 
-def check_node_names(float_path: Path, names: Sequence[str], where: str) -> None:
-    """keep_float names must exist in the model: a misspelt name would quietly quantize it."""
+@functools.lru_cache(maxsize=8)
+def _file_node_names(path: str, mtime_ns: int) -> tuple[str, ...]:
+    """A file's node names, read once per file version (validate checks every INT8 cell of a
+    plan against the same file)."""
     import onnx
 
-    known = set(node_names(onnx.load(str(float_path), load_external_data=False).graph.node))
+    return tuple(node_names(onnx.load(path, load_external_data=False).graph.node))
+
+
+def check_node_names(float_path: Path, names: Sequence[str], where: str) -> None:
+    """keep_float names must exist in the model: a misspelt name would quietly quantize it."""
+    known = set(_file_node_names(str(float_path), float_path.stat().st_mtime_ns))
     unknown = [n for n in names if n not in known]
     if unknown:
         import difflib
